@@ -1,0 +1,102 @@
+"""cascade: serve tiny/small/large model cascades, routed by a policy file.
+
+Everything users need is importable from here. The model zoo (scikit-learn, pandas,
+skl2onnx) loads on first use, so ``import cascade`` stays light for serving processes.
+
+Example::
+
+    import cascade
+
+    cards = cascade.build_zoo(cascade.load_dataset("digits"), "models/digits")
+    model = cascade.OnnxModel("models/digits/tiny.onnx")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from cascade.backends import FakeModel, InputSpec, Model, OnnxModel, ProviderFallbackWarning
+from cascade.errors import (
+    BackendError,
+    BuildError,
+    CascadeError,
+    DatasetError,
+    FidelityError,
+    InputError,
+    ModelTimeout,
+    ModelUnavailable,
+    OverloadedError,
+    PolicyError,
+)
+
+if TYPE_CHECKING:
+    from cascade.zoo import (
+        CompressionOptions,
+        Dataset,
+        ModelCard,
+        Split,
+        available_datasets,
+        build_zoo,
+        format_cards,
+        load_dataset,
+        load_table,
+        read_cards,
+    )
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "CompressionOptions": "cascade.zoo",
+    "Dataset": "cascade.zoo",
+    "ModelCard": "cascade.zoo",
+    "Split": "cascade.zoo",
+    "available_datasets": "cascade.zoo",
+    "build_zoo": "cascade.zoo",
+    "format_cards": "cascade.zoo",
+    "load_dataset": "cascade.zoo",
+    "load_table": "cascade.zoo",
+    "read_cards": "cascade.zoo",
+}
+
+__all__ = [
+    "BackendError",
+    "BuildError",
+    "CascadeError",
+    "CompressionOptions",
+    "Dataset",
+    "DatasetError",
+    "FakeModel",
+    "FidelityError",
+    "InputError",
+    "InputSpec",
+    "Model",
+    "ModelCard",
+    "ModelTimeout",
+    "ModelUnavailable",
+    "OnnxModel",
+    "OverloadedError",
+    "PolicyError",
+    "ProviderFallbackWarning",
+    "Split",
+    "__version__",
+    "available_datasets",
+    "build_zoo",
+    "format_cards",
+    "load_dataset",
+    "load_table",
+    "read_cards",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cascade' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,91 @@
+"""The Model protocol every tier backend implements, and input validation shared by backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from cascade.errors import InputError
+
+__all__ = ["InputSpec", "Model", "validate_batch"]
+
+_MAX_LISTED_ROWS = 5
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model accepts: one 2-D float32 tensor ``[batch, width]``.
+
+    ``width`` is ``None`` when the graph leaves it symbolic.
+    """
+
+    name: str
+    width: int | None
+    dtype: str = "float32"
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A tier backend: a batch of rows in, class probabilities out.
+
+    Example::
+
+        model = OnnxModel("models/digits/tiny.onnx")
+        probabilities = await model.predict(rows)   # (n, n_classes) float32
+    """
+
+    name: str
+    input_spec: InputSpec
+
+    async def predict(self, batch: Any) -> np.ndarray:
+        """Return class probabilities, float32 of shape ``(len(batch), n_classes)``."""
+        ...
+
+
+def validate_batch(batch: Any, spec: InputSpec) -> np.ndarray:
+    """Check ``batch`` against ``spec`` and return it as a C-contiguous float32 array.
+
+    Real numbers of any width (ints, float16/32/64) are cast to float32; booleans, complex
+    numbers, strings and objects are refused. Every refusal is an ``InputError`` naming the
+    input, what was expected and what came.
+    """
+    where = f"input '{spec.name}'"
+    expected_shape = f"[batch, {spec.width if spec.width is not None else 'n_features'}]"
+    try:
+        array = np.asarray(batch)
+    except ValueError as exc:  # ragged nested lists
+        raise InputError(
+            f"{where}: expected a rectangular {expected_shape} array, got ragged rows"
+        ) from exc
+    kind = array.dtype.kind
+    if kind not in "iuf":
+        got = "booleans" if kind == "b" else f"dtype {array.dtype}"
+        if array.size == 0 and kind in "OU":
+            got = "an empty batch"
+        raise InputError(f"{where}: expected real numbers (cast to {spec.dtype}), got {got}")
+    if array.ndim != 2:
+        raise InputError(
+            f"{where}: expected rank 2 {expected_shape}, got rank {array.ndim} "
+            f"with shape {list(array.shape)}"
+        )
+    if array.shape[0] == 0:
+        raise InputError(f"{where}: empty batch (0 rows); send at least one row")
+    if spec.width is not None and array.shape[1] != spec.width:
+        raise InputError(
+            f"{where}: expected {spec.width} features per row, got {array.shape[1]} "
+            f"(shape {list(array.shape)})"
+        )
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: caught below
+        as_float = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(as_float)
+    if not finite.all():
+        bad_rows = np.flatnonzero(~finite.all(axis=1))
+        listed = ", ".join(str(r) for r in bad_rows[:_MAX_LISTED_ROWS])
+        more = ", ..." if bad_rows.size > _MAX_LISTED_ROWS else ""
+        raise InputError(
+            f"{where}: {int((~finite).sum())} non-finite values (NaN, inf or beyond float32) "
+            f"in rows [{listed}{more}]"
+        )
+    return as_float

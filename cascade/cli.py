@@ -1,0 +1,175 @@
+"""`cascade` command line: one entry point for everything a user does.
+
+cascade models build [DATASET | --data FILE --label-column COL] [--out DIR] [options]
+cascade models card DIR [--json]
+cascade datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cascade.errors import CascadeError
+
+__all__ = ["main"]
+
+DEFAULT_DATASET = "digits"
+
+
+def _sparsity(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in modes if m not in ("dynamic", "static")]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(
+            f"unknown mode {bad or text!r} (allowed: dynamic, static, or dynamic,static)"
+        )
+    return modes
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cascade",
+        description="Route requests through tiny/small/large model tiers by a policy file.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = commands.add_parser("models", help="build and inspect the model zoo")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+
+    build = model_commands.add_parser(
+        "build",
+        help="train the tiny/small/large tiers, export them to ONNX and write model cards",
+        description="Train the tiny/small/large tiers of a dataset, export each to ONNX, check it "
+        "against scikit-learn, measure it and write a model card beside it.",
+    )
+    build.add_argument(
+        "dataset",
+        nargs="?",
+        default=None,
+        help=f"built-in dataset (default: {DEFAULT_DATASET}); see `cascade datasets`",
+    )
+    build.add_argument("--data", type=Path, help="your own labelled table (CSV or Parquet)")
+    build.add_argument("--label-column", help="the label column of --data")
+    build.add_argument("--out", type=Path, help="output directory (default: models/DATASET)")
+    build.add_argument("--seed", type=int, default=0, help="seed of splits and training")
+    build.add_argument(
+        "--distill",
+        action="store_true",
+        help="also build an MLP student distilled from the large tier (and its hard-label twin)",
+    )
+    build.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="distillation: weight of the hard-label loss (default 0.5)",
+    )
+    build.add_argument(
+        "--temperature",
+        type=float,
+        default=4.0,
+        help="distillation: softening temperature (default 4)",
+    )
+    build.add_argument(
+        "--quantize",
+        type=_modes,
+        default=(),
+        metavar="MODES",
+        help="INT8 variants of the student: dynamic, static or dynamic,static",
+    )
+    build.add_argument(
+        "--prune",
+        type=_sparsity,
+        metavar="SPARSITY",
+        help="magnitude-prune the student's weights to this sparsity, e.g. 0.8",
+    )
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.add_argument("--json", action="store_true", help="print the cards as JSON")
+    build.set_defaults(subparser=build)
+
+    card = model_commands.add_parser("card", help="print the model cards found in a directory")
+    card.add_argument("directory", type=Path)
+    card.add_argument("--json", action="store_true", help="print the cards as JSON")
+
+    commands.add_parser("datasets", help="list the built-in datasets")
+    return parser
+
+
+def _print_cards(cards: Sequence[object], *, as_json: bool) -> None:
+    from cascade.zoo.cards import ModelCard, format_cards
+    from cascade.zoo.report import format_compression
+
+    typed = [c for c in cards if isinstance(c, ModelCard)]
+    if as_json:
+        print(json.dumps([c.model_dump(mode="json") for c in typed], indent=2))
+        return
+    print(format_cards(typed))
+    compression = format_compression(typed)
+    if compression:
+        print()
+        print(compression)
+
+
+def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from cascade.zoo.build import CompressionOptions, build_zoo
+    from cascade.zoo.datasets import load_dataset, load_table
+
+    if args.data is not None:
+        if args.dataset is not None:
+            parser.error("give either DATASET or --data FILE, not both")
+        if not args.label_column:
+            parser.error("--data needs --label-column COL")
+        dataset = load_table(args.data, label_column=args.label_column, seed=args.seed)
+    else:
+        if args.label_column:
+            parser.error("--label-column only goes with --data FILE")
+        dataset = load_dataset(args.dataset or DEFAULT_DATASET, seed=args.seed)
+    options = CompressionOptions(
+        distill=args.distill,
+        alpha=args.alpha,
+        temperature=args.temperature,
+        quantize=args.quantize,
+        prune=args.prune,
+    )
+    out = args.out or Path("models") / dataset.name
+    cards = build_zoo(dataset, out, compression=options, progress=not args.no_progress)
+    _print_cards(cards, as_json=args.json)
+    if not args.json:
+        print(f"\nwrote {len(cards)} models and cards to {out}/")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failed, 2 usage)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "datasets":
+            from cascade.zoo.datasets import available_datasets
+
+            for name in available_datasets():
+                print(name)
+            return 0
+        if args.models_command == "build":
+            return _build(args, args.subparser)
+        from cascade.zoo.cards import read_cards
+
+        _print_cards(read_cards(args.directory), as_json=args.json)
+        return 0
+    except CascadeError as exc:
+        print(f"cascade: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
