@@ -71,14 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--alpha",
         type=float,
-        default=0.5,
         help="distillation: weight of the hard-label loss (default 0.5)",
     )
     build.add_argument(
         "--temperature",
         type=float,
-        default=4.0,
-        help="distillation: softening temperature (default 4)",
+        help="distillation: softening temperature (default 2)",
     )
     build.add_argument(
         "--quantize",
@@ -134,12 +132,12 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.label_column:
             parser.error("--label-column only goes with --data FILE")
         dataset = load_dataset(args.dataset or DEFAULT_DATASET, seed=args.seed)
+    given = {"alpha": args.alpha, "temperature": args.temperature}  # else the defaults
     options = CompressionOptions(
         distill=args.distill,
-        alpha=args.alpha,
-        temperature=args.temperature,
         quantize=args.quantize,
         prune=args.prune,
+        **{key: value for key, value in given.items() if value is not None},
     )
     out = args.out or Path("models") / dataset.name
     cards = build_zoo(dataset, out, compression=options, progress=not args.no_progress)

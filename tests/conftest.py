@@ -8,9 +8,7 @@ import pytest
 
 from cascade.zoo import CompressionOptions, ModelCard, build_zoo, load_dataset
 
-DIGITS_COMPRESSION = CompressionOptions(
-    distill=True, quantize=("dynamic", "static"), prune=0.8, student_epochs=30, finetune_epochs=5
-)
+DIGITS_COMPRESSION = CompressionOptions(distill=True, quantize=("dynamic", "static"), prune=0.8)
 
 
 @pytest.fixture(scope="session")

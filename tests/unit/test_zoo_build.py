@@ -100,7 +100,7 @@ def test_distilled_student_is_reported_beside_the_hard_label_student(digits_zoo:
     assert distilled.compression["baseline_test_accuracy"] == hard.accuracy["test"]
     assert distilled.sha256 != hard.sha256
     table = format_compression(digits_zoo[1])
-    assert "distillation (alpha 0.5, T 4.0)" in table
+    assert "distillation (alpha 0.5, T 2.0)" in table
     assert "student.hard" in table
 
 
