@@ -31,6 +31,9 @@ from cascade.errors import (
 )
 
 if TYPE_CHECKING:
+    from cascade.evaluate import EvalRow, Evaluator, Target, calibrate_policy
+    from cascade.policy import LoadedPolicy, Policy, load_policy, parse_policy
+    from cascade.routing import BatchResult, Decision, Engine
     from cascade.zoo import (
         CompressionOptions,
         Dataset,
@@ -47,6 +50,17 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "BatchResult": "cascade.routing",
+    "Decision": "cascade.routing",
+    "Engine": "cascade.routing",
+    "EvalRow": "cascade.evaluate",
+    "Evaluator": "cascade.evaluate",
+    "LoadedPolicy": "cascade.policy",
+    "Policy": "cascade.policy",
+    "Target": "cascade.evaluate",
+    "calibrate_policy": "cascade.evaluate",
+    "load_policy": "cascade.policy",
+    "parse_policy": "cascade.policy",
     "CompressionOptions": "cascade.zoo",
     "Dataset": "cascade.zoo",
     "ModelCard": "cascade.zoo",
@@ -61,30 +75,41 @@ _LAZY = {
 
 __all__ = [
     "BackendError",
+    "BatchResult",
     "BuildError",
     "CascadeError",
     "CompressionOptions",
     "Dataset",
     "DatasetError",
+    "Decision",
+    "Engine",
+    "EvalRow",
+    "Evaluator",
     "FakeModel",
     "FidelityError",
     "InputError",
     "InputSpec",
+    "LoadedPolicy",
     "Model",
     "ModelCard",
     "ModelTimeout",
     "ModelUnavailable",
     "OnnxModel",
     "OverloadedError",
+    "Policy",
     "PolicyError",
     "ProviderFallbackWarning",
     "Split",
+    "Target",
     "__version__",
     "available_datasets",
     "build_zoo",
+    "calibrate_policy",
     "format_cards",
     "load_dataset",
+    "load_policy",
     "load_table",
+    "parse_policy",
     "read_cards",
 ]
 

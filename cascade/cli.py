@@ -3,6 +3,8 @@
 cascade models build [DATASET | --data FILE --label-column COL] [--out DIR] [options]
 cascade models card DIR [--json]
 cascade datasets
+cascade policy schema [--out policies/policy.schema.json]
+cascade policy validate FILE...
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cascade._cli_evaluate import add_evaluate_commands, run_calibrate, run_evaluate
 from cascade.errors import CascadeError
 
 __all__ = ["main"]
 
 DEFAULT_DATASET = "digits"
+DEFAULT_SCHEMA = Path("policies") / "policy.schema.json"
 
 
 def _sparsity(text: str) -> float:
@@ -100,7 +104,31 @@ def _parser() -> argparse.ArgumentParser:
     card.add_argument("--json", action="store_true", help="print the cards as JSON")
 
     commands.add_parser("datasets", help="list the built-in datasets")
+    add_evaluate_commands(commands)
+    _add_policy_commands(commands)
     return parser
+
+
+def _add_policy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    policy = commands.add_parser("policy", help="validate policy files, write their JSON Schema")
+    actions = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    schema = actions.add_parser(
+        "schema",
+        help="write the JSON Schema of policy files (editor completion and checks)",
+    )
+    schema.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_SCHEMA,
+        help=f"where to write it (default: {DEFAULT_SCHEMA})",
+    )
+    validate = actions.add_parser(
+        "validate",
+        help="check policy files: schema, model files, ONNX inputs",
+        description="Check each policy file as `cascade serve` would load it; print `ok` per "
+        "valid file and every problem of the others as FILE:LINE field.path: problem.",
+    )
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
 
 
 def _print_cards(cards: Sequence[object], *, as_json: bool) -> None:
@@ -147,6 +175,28 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> int:
+    from cascade.errors import PolicyError
+    from cascade.policy import load_policy, write_schema
+
+    if args.policy_command == "schema":
+        print(write_schema(args.out))
+        return 0
+    status = 0
+    for file in args.files:
+        try:
+            policy = load_policy(file).policy
+        except PolicyError as exc:
+            print(exc, file=sys.stderr)
+            status = 1
+            continue
+        tiers = len(policy.tiers)
+        print(
+            f"ok  {file} ({tiers} tier{'s' if tiers != 1 else ''}, routing {policy.routing.kind})"
+        )
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failed, 2 usage)."""
     parser = _parser()
@@ -158,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in available_datasets():
                 print(name)
             return 0
+        if args.command == "policy":
+            return _policy(args)
+        if args.command == "evaluate":
+            return run_evaluate(args)
+        if args.command == "calibrate":
+            return run_calibrate(args)
         if args.models_command == "build":
             return _build(args, args.subparser)
         from cascade.zoo.cards import read_cards

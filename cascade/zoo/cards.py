@@ -83,8 +83,7 @@ class ModelCard(_Frozen):
     sha256: str
     latency: Latency
     relative_cost: float | None = Field(
-        default=None,
-        description=f"per-row cost at batch {COST_BATCH} relative to the large tier"
+        default=None, description=f"per-row cost at batch {COST_BATCH} relative to the large tier"
     )
     relative_cost_by_batch: dict[int, float] = Field(default_factory=dict)
     fidelity: Fidelity | None = None

@@ -82,6 +82,9 @@ def sklearn_to_onnx(
     if "probabilities" not in [o.name for o in graph.graph.output]:
         raise BuildError(f"converted {type(estimator).__name__} has no 'probabilities' output")
     graph.producer_name = "cascade"
+    # skl2onnx names the graph with a random uuid; a fixed name makes builds reproducible
+    # byte for byte, so a model's sha256 identifies its training, not the export run.
+    graph.graph.name = f"cascade_{type(classifier).__name__}"
     for key, value in (metadata or {}).items():
         entry = graph.metadata_props.add()
         entry.key = key

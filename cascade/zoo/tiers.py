@@ -87,7 +87,7 @@ class TierRecipe:
 RECIPES: Mapping[str, TierRecipe] = MappingProxyType(
     {
         "tiny": TierRecipe("tiny", "logistic_regression", {"max_iter": 300}),
-        "small": TierRecipe("small", "random_forest", {"n_estimators": 10}),
+        "small": TierRecipe("small", "random_forest", {"n_estimators": 20}),
         "large": TierRecipe(
             "large",
             "hist_gradient_boosting",

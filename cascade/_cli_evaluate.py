@@ -1,0 +1,199 @@
+"""`cascade evaluate` and `cascade calibrate`: parsers and handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_evaluate_commands", "run_calibrate", "run_evaluate"]
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("policy", type=Path, help="policy file (YAML)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="labelled table (CSV/Parquet) instead of the "
+        "policy's bundled dataset; split 60/20/20 like `models build --data`",
+    )
+    parser.add_argument("--label-column", help="the label column of --data")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="replay labelled data through a policy, beside always-tiny/small/large",
+        description="Replay a labelled split through the policy with the serving engine and "
+        "in-process ONNX tiers; print accuracy, cost and escalation beside always-<tier>.",
+    )
+    _data_arguments(evaluate)
+    evaluate.add_argument("--split", choices=("test", "calibration", "train"), default="test")
+    evaluate.add_argument("--json", action="store_true", help="one JSON object per row")
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit a policy's thresholds on the calibration split and write them back",
+        description="Fit thresholds (and confidence calibration) on the calibration split "
+        "with a statistical margin, write them into the policy file (comments kept) with "
+        "provenance, print the Pareto frontier and save it as a PNG.",
+    )
+    _data_arguments(calibrate)
+    calibrate.add_argument(
+        "--target-relative-accuracy",
+        type=_fraction,
+        help="accuracy relative to always-large to guarantee, e.g. 0.995",
+    )
+    calibrate.add_argument(
+        "--max-relative-cost",
+        type=_positive,
+        help="cost relative to always-large not to exceed, e.g. 0.35",
+    )
+    calibrate.add_argument(
+        "--max-escalation",
+        type=_fraction,
+        help="largest fraction of requests escalated past the first tier",
+    )
+    calibrate.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="confidence of the statistical margin (default 0.95)",
+    )
+    calibrate.add_argument(
+        "--calibration",
+        choices=("temperature", "isotonic", "none"),
+        default="temperature",
+        help="confidence calibration (default temperature)",
+    )
+    calibrate.add_argument(
+        "--png", type=Path, help="frontier plot (default: beside the policy, NAME.frontier.png)"
+    )
+    calibrate.add_argument("--dry-run", action="store_true", help="do not write the policy")
+    calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
+    calibrate.set_defaults(subparser=calibrate)
+
+
+def _prepare(args: argparse.Namespace) -> Any:
+    from cascade.evaluate import ensure_models
+    from cascade.policy import load_policy
+
+    loaded = load_policy(args.policy)
+    built = ensure_models(loaded, progress=not args.no_progress)
+    if built:
+        print(
+            f"built {len(built)} missing model files for {loaded.policy.dataset}", file=sys.stderr
+        )
+    return loaded
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from cascade.evaluate import Evaluator, format_rows, labelled_split
+
+    loaded = _prepare(args)
+    X, y, label = labelled_split(
+        loaded, split=args.split, data=args.data, label_column=args.label_column
+    )
+    rows = Evaluator(loaded).evaluate(X, y)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.to_dict()))
+    else:
+        print(format_rows(rows, title=f"{loaded.policy.name} on {label} ({len(y)} rows)"))
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from cascade.evaluate import (
+        Evaluator,
+        Point,
+        Target,
+        calibrate_policy,
+        format_frontier,
+        format_rows,
+        labelled_split,
+        plot_frontier,
+    )
+    from cascade.policy import load_policy
+
+    target = Target(
+        relative_accuracy=args.target_relative_accuracy,
+        max_relative_cost=args.max_relative_cost,
+        max_escalation=args.max_escalation,
+        confidence=args.confidence,
+    )
+    loaded = _prepare(args)
+    X, y, label = labelled_split(
+        loaded, split="calibration", data=args.data, label_column=args.label_column
+    )
+    evaluator = Evaluator(loaded)
+    result = calibrate_policy(
+        loaded, X, y, target=target, method=args.calibration,
+        data_label=str(args.data) if args.data is not None else str(loaded.policy.dataset),
+        evaluator=evaluator, write=not args.dry_run,
+        progress=None if args.no_progress else (lambda m: print(m, file=sys.stderr)),
+    )  # fmt: skip
+    png = args.png or args.policy.with_name(f"{args.policy.stem}.frontier.png")
+    baselines = []
+    for row in evaluator.evaluate(X, y)[1:]:
+        baselines.append(Point(row.relative_cost, row.relative_accuracy, label=row.name))
+    plot_frontier(
+        png, points=result.points, front=result.frontier, chosen=result.chosen,
+        baselines=baselines, target=target.relative_accuracy,
+        title=f"{loaded.policy.name}: {loaded.policy.routing.kind} routing on {label}",
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({
+            "met": result.met,
+            "chosen": None if result.chosen is None else vars(result.chosen),
+            "loss_upper_bound": result.bound,
+            "loss_allowed": result.allowed_loss,
+            "notes": result.notes,
+            "png": str(png),
+        }))  # fmt: skip
+        return 0 if result.met else 1
+    print(f"Pareto frontier on {label} ({len(y)} rows; * = chosen)")
+    print(format_frontier(result.frontier, chosen=result.chosen))
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.chosen is None:
+        print("\ntarget not met: the policy file is unchanged")
+        print(f"frontier plot: {png}")
+        return 1
+    if result.bound is not None and result.allowed_loss is not None:
+        print(f"\naccuracy lost vs always-large: upper bound {result.bound:.5f} at confidence "
+              f"{target.confidence:g} (allowed {result.allowed_loss:.5f})")  # fmt: skip
+    written = "written to" if not args.dry_run else "not written (--dry-run):"
+    print(f"thresholds {written} {args.policy}")
+    print(f"frontier plot: {png}")
+    if not args.dry_run:
+        reloaded = load_policy(args.policy)
+        X_test, y_test, test_label = labelled_split(
+            reloaded, split="test", data=args.data, label_column=args.label_column
+        )
+        check = Evaluator(reloaded, tiers=evaluator.tiers)
+        on_calibration = replace(
+            check.evaluate(X, y)[0], name=f"{reloaded.policy.name} (calibration)"
+        )
+        print()
+        title = f"the calibrated policy on {label}, then on {test_label}"
+        print(format_rows([on_calibration, *check.evaluate(X_test, y_test)], title=title))
+    return 0

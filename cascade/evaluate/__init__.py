@@ -1,0 +1,35 @@
+"""Offline evaluation and calibration of policies, with the same engine that serves."""
+
+from cascade.evaluate._bounds import loss_upper_bound
+from cascade.evaluate._calibrate import CalibrationResult, Target, calibrate_policy
+from cascade.evaluate._data import labelled_split
+from cascade.evaluate._frontier import Point, format_frontier, pareto_front, plot_frontier
+from cascade.evaluate._replay import EvalRow, Evaluator
+from cascade.evaluate._report import format_rows
+from cascade.evaluate._tiers import (
+    ModelDriftWarning,
+    TierInfo,
+    check_provenance,
+    ensure_models,
+    resolve_tiers,
+)
+
+__all__ = [
+    "CalibrationResult",
+    "EvalRow",
+    "Evaluator",
+    "ModelDriftWarning",
+    "Point",
+    "Target",
+    "TierInfo",
+    "calibrate_policy",
+    "check_provenance",
+    "ensure_models",
+    "format_frontier",
+    "format_rows",
+    "labelled_split",
+    "loss_upper_bound",
+    "pareto_front",
+    "plot_frontier",
+    "resolve_tiers",
+]

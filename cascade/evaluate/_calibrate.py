@@ -1,0 +1,461 @@
+"""Calibration: fit a policy's thresholds (or bands) on the calibration split, with a margin.
+
+The search runs over cached tier probabilities — each tier runs once on the calibration rows
+— and simulates the policy's routing exactly as the engine does (vectorised); the chosen
+setting is then replayed through the real engine to report what it achieves.
+
+**The statistical margin.** Candidates are ordered from the safest (most escalation) to the
+cheapest and tested one after another (fixed-sequence testing, so no multiplicity
+correction is needed); a candidate passes when an upper confidence bound on the accuracy it
+loses against always-large stays within the target (see ``_bounds``); the search stops at
+the first failure and keeps the last pass. The order depends only on confidences, never on
+labels.
+
+**Complexity routing** needs a scorer that predicts "the cheapest tier will be wrong". It is
+trained on one half of the calibration split (a small gradient-boosting classifier, exported
+to ONNX beside the tiers) and its bands are fitted on the other half, so that the bound is
+computed on rows the scorer never saw.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from cascade.errors import PolicyError
+from cascade.evaluate._bounds import loss_upper_bound
+from cascade.evaluate._frontier import Point, pareto_front
+from cascade.evaluate._policy_edit import edit_policy_file
+from cascade.evaluate._replay import Evaluator
+from cascade.policy import (
+    Calibration,
+    ComplexityRouting,
+    ConfidenceRouting,
+    LoadedPolicy,
+    Policy,
+    SlaRouting,
+    SpeculativeRouting,
+    parse_policy,
+)
+from cascade.routing import calibrate as apply_calibration
+from cascade.routing import confidence as measure_confidence
+from cascade.routing import fit_isotonic, fit_temperature
+
+__all__ = ["CalibrationResult", "Target", "calibrate_policy"]
+
+ConfidenceCalibration = Literal["none", "temperature", "isotonic"]
+_GRID_2 = 60  # threshold candidates for one threshold
+_GRID_3 = 24  # per threshold when a chain has two
+
+
+@dataclass(frozen=True)
+class Target:
+    """What calibration aims for. At least one of the three must be set."""
+
+    relative_accuracy: float | None = None
+    max_relative_cost: float | None = None
+    max_escalation: float | None = None
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.relative_accuracy is None and self.max_relative_cost is None:
+            raise PolicyError("give --target-relative-accuracy and/or --max-relative-cost")
+        if self.relative_accuracy is not None and not 0 < self.relative_accuracy <= 1:
+            raise PolicyError(
+                f"target relative accuracy must be in (0, 1], got {self.relative_accuracy}"
+            )
+        if not 0.5 <= self.confidence < 1:
+            raise PolicyError(f"confidence must be in [0.5, 1), got {self.confidence}")
+
+    def as_dict(self) -> dict[str, float]:
+        out = {
+            "relative_accuracy": self.relative_accuracy,
+            "max_relative_cost": self.max_relative_cost,
+            "max_escalation": self.max_escalation,
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass
+class _Candidate:
+    params: dict[str, Any]
+    correct: np.ndarray
+    cost: float
+    escalation: float
+
+
+@dataclass
+class CalibrationResult:
+    """What calibration chose, and the frontier it chose from."""
+
+    policy: Policy
+    chosen: Point | None
+    points: list[Point]
+    frontier: list[Point]
+    bound: float | None
+    allowed_loss: float | None
+    met: bool
+    notes: list[str] = field(default_factory=list)
+    extra_files: list[Path] = field(default_factory=list)
+
+
+def _grid(values: np.ndarray, size: int) -> np.ndarray:
+    """Threshold candidates: midpoints just below ~``size`` quantiles of the confidences.
+
+    Midpoints between neighbouring distinct values, not the values themselves, so that
+    rounding a threshold when it is written cannot move a row across it (forest vote
+    shares put thousands of rows on the very same confidence). 0 accepts every row.
+    """
+    distinct = np.unique(values)
+    positions = np.unique(np.linspace(0, len(distinct) - 1, size).round().astype(int))
+    below = np.where(positions > 0, distinct[np.maximum(positions - 1, 0)], 0.0)
+    midpoints = (below + distinct[positions]) / 2
+    return np.unique(np.round(np.r_[0.0, midpoints[positions > 0]], 6))
+
+
+class _Chain:
+    """Vectorised twin of the engine's confidence chain over cached probabilities."""
+
+    def __init__(
+        self,
+        tiers: Sequence[str],
+        probabilities: dict[str, np.ndarray],
+        confidences: dict[str, np.ndarray],
+        costs: dict[str, float],
+        y: np.ndarray,
+        max_escalations: int | None,
+    ) -> None:
+        self.tiers = list(tiers)
+        self.correct = {t: probabilities[t].argmax(axis=1) == y for t in tiers}
+        self.conf = confidences
+        self.costs = costs
+        depth = len(self.tiers) if max_escalations is None else max_escalations + 1
+        self.depth = min(depth, len(self.tiers))
+
+    def simulate(self, thresholds: Sequence[float]) -> _Candidate:
+        n = len(next(iter(self.correct.values())))
+        open_rows = np.ones(n, dtype=bool)
+        correct = np.zeros(n, dtype=bool)
+        cost = np.zeros(n)
+        for k, tier in enumerate(self.tiers[: self.depth]):
+            cost[open_rows] += self.costs[tier]
+            last = k == self.depth - 1
+            accept = open_rows if last else open_rows & (self.conf[tier] >= thresholds[k])
+            correct[accept] = self.correct[tier][accept]
+            open_rows &= ~accept
+        escalated = 1.0 - float(
+            (self.conf[self.tiers[0]] >= thresholds[0]).mean() if self.depth > 1 else 1.0
+        )
+        params = {f"{t}": float(v) for t, v in zip(self.tiers, thresholds, strict=False)}
+        return _Candidate(params, correct, float(cost.mean()), escalated)
+
+
+def _fit_confidences(
+    routing: ConfidenceRouting | SlaRouting | SpeculativeRouting,
+    tiers: Sequence[str],
+    probabilities: dict[str, np.ndarray],
+    y: np.ndarray,
+    method: ConfidenceCalibration,
+) -> tuple[dict[str, np.ndarray], dict[str, Calibration | None]]:
+    confidences: dict[str, np.ndarray] = {}
+    calibrations: dict[str, Calibration | None] = {}
+    for tier in tiers:
+        p = probabilities[tier]
+        raw = measure_confidence(p, routing.measure)
+        calibration: Calibration | None = None
+        if method == "temperature":
+            calibration = Calibration(
+                method="temperature", temperature=round(fit_temperature(p, y), 6)
+            )
+        elif method == "isotonic":
+            x_knots, y_knots = fit_isotonic(raw, p.argmax(axis=1) == y)
+            calibration = Calibration(
+                method="isotonic",
+                x=[round(v, 6) for v in x_knots],
+                y=[round(v, 6) for v in y_knots],
+            )
+        confidences[tier] = apply_calibration(p, raw, calibration, routing.measure)
+        calibrations[tier] = calibration
+    return confidences, calibrations
+
+
+def _select(
+    candidates: list[_Candidate],
+    reference_correct: np.ndarray,
+    target: Target,
+) -> tuple[_Candidate | None, float | None, float | None, list[str]]:
+    """Fixed-sequence selection; returns (chosen, its bound, allowed loss, notes)."""
+    notes: list[str] = []
+    feasible = [
+        c
+        for c in candidates
+        if (target.max_relative_cost is None or c.cost <= target.max_relative_cost + 1e-12)
+        and (target.max_escalation is None or c.escalation <= target.max_escalation + 1e-12)
+    ]
+    if not feasible:
+        notes.append("no setting meets the cost / escalation limits")
+        return None, None, None, notes
+    if target.relative_accuracy is None:
+        best = max(feasible, key=lambda c: (c.correct.mean(), -c.cost))
+        return best, None, None, notes
+    allowed = (1.0 - target.relative_accuracy) * float(reference_correct.mean())
+    chosen: _Candidate | None = None
+    bound: float | None = None
+    # Safest first: most cost; ties broken by more escalation. Labels play no part.
+    for candidate in sorted(feasible, key=lambda c: (-c.cost, -c.escalation)):
+        d = reference_correct.astype(np.int8) - candidate.correct.astype(np.int8)
+        upper = loss_upper_bound(d, confidence=target.confidence)
+        if upper > allowed:
+            break
+        chosen, bound = candidate, upper
+    if chosen is None:
+        notes.append(
+            f"even the safest setting cannot certify the target at confidence "
+            f"{target.confidence:g} on {len(reference_correct)} calibration rows"
+        )
+    return chosen, bound, allowed, notes
+
+
+def _points(
+    candidates: list[_Candidate], reference_correct: np.ndarray, reference_cost: float
+) -> list[Point]:
+    ref = float(reference_correct.mean())
+    return [
+        Point(c.cost / reference_cost, float(c.correct.mean()) / ref, dict(c.params))
+        for c in candidates
+    ]
+
+
+def _chain_search(
+    evaluator: Evaluator,
+    routing: ConfidenceRouting | SlaRouting,
+    X: np.ndarray,
+    y: np.ndarray,
+    method: ConfidenceCalibration,
+) -> tuple[list[_Candidate], dict[str, Calibration | None]]:
+    tiers = [step.tier for step in routing.chain]
+    probabilities = {t: evaluator.probabilities(t, X) for t in tiers}
+    confidences, calibrations = _fit_confidences(routing, tiers[:-1], probabilities, y, method)
+    chain = _Chain(tiers, probabilities, confidences, evaluator.costs, y, routing.max_escalations)
+    open_tiers = tiers[: chain.depth - 1]
+    size = _GRID_2 if len(open_tiers) <= 1 else _GRID_3
+    grids = [_grid(confidences[t], size) for t in open_tiers]
+    candidates = [chain.simulate(list(combo)) for combo in itertools.product(*grids)]
+    if not open_tiers:
+        candidates = [chain.simulate([])]
+    return candidates, calibrations
+
+
+def calibrate_policy(
+    loaded: LoadedPolicy,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    target: Target,
+    method: ConfidenceCalibration = "temperature",
+    data_label: str,
+    evaluator: Evaluator | None = None,
+    write: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> CalibrationResult:
+    """Fit ``loaded``'s thresholds on (X, y) — the calibration split — and write them back.
+
+    Example::
+
+        result = calibrate_policy(load_policy("policies/covertype.yaml"), X_cal, y_cal,
+                                  target=Target(relative_accuracy=0.995), data_label="covertype")
+    """
+    evaluator = evaluator or Evaluator(loaded)
+    routing = loaded.policy.routing
+    reference_correct = evaluator.probabilities(evaluator.reference, X).argmax(axis=1) == y
+    reference_cost = evaluator.costs[evaluator.reference]
+    say = progress or (lambda _: None)
+    extra_files: list[Path] = []
+    calibrations: dict[str, Calibration | None] = {}
+
+    if isinstance(routing, ConfidenceRouting | SlaRouting):
+        say(f"searching thresholds of {[s.tier for s in routing.chain]}")
+        candidates, calibrations = _chain_search(evaluator, routing, X, y, method)
+        selection_rows = reference_correct
+    elif isinstance(routing, SpeculativeRouting):
+        say(f"searching the threshold of '{routing.cheap}'")
+        candidates, calibrations = _speculative_search(evaluator, routing, X, y, method)
+        selection_rows = reference_correct
+    else:
+        say("training the complexity scorer on half of the calibration split")
+        from cascade.evaluate._complexity import complexity_search
+
+        candidates, selection_rows, scorer_path = complexity_search(
+            evaluator, loaded, routing, X, y, reference_correct=reference_correct
+        )
+        extra_files.append(scorer_path)
+
+    chosen, bound, allowed, notes = _select(candidates, selection_rows, target)
+    points = _points(candidates, selection_rows, reference_cost)
+    frontier = pareto_front(points)
+    chosen_point = None
+    if chosen is not None:
+        chosen_point = Point(
+            chosen.cost / reference_cost,
+            float(chosen.correct.mean()) / float(selection_rows.mean()),
+            dict(chosen.params),
+            label="chosen",
+        )
+    policy = loaded.policy
+    if chosen is not None:
+        policy = _apply(loaded, chosen, calibrations, extra_files)
+    result = CalibrationResult(
+        policy=policy,
+        chosen=chosen_point,
+        points=points,
+        frontier=frontier,
+        bound=bound,
+        allowed_loss=allowed,
+        met=chosen is not None,
+        notes=notes,
+        extra_files=extra_files,
+    )
+    if write and chosen is not None and loaded.path is not None:
+        _write(loaded, result, target=target, data_label=data_label, evaluator=evaluator)
+    return result
+
+
+def _speculative_search(
+    evaluator: Evaluator,
+    routing: SpeculativeRouting,
+    X: np.ndarray,
+    y: np.ndarray,
+    method: ConfidenceCalibration,
+) -> tuple[list[_Candidate], dict[str, Calibration | None]]:
+    cheap, expensive = routing.cheap, routing.expensive
+    probabilities = {t: evaluator.probabilities(t, X) for t in (cheap, expensive)}
+    confidences, calibrations = _fit_confidences(routing, [cheap], probabilities, y, method)
+    share = min(1.0, evaluator.latencies[cheap] / evaluator.latencies[expensive])
+    costs = evaluator.costs
+    correct = {t: probabilities[t].argmax(axis=1) == y for t in (cheap, expensive)}
+    candidates = []
+    for threshold in _grid(confidences[cheap], _GRID_2):
+        won = confidences[cheap] >= threshold
+        cost = costs[cheap] + costs[expensive] * np.where(won, share, 1.0)
+        candidates.append(
+            _Candidate(
+                {cheap: float(threshold)},
+                np.where(won, correct[cheap], correct[expensive]),
+                float(cost.mean()),
+                float((~won).mean()),
+            )
+        )
+    return candidates, calibrations
+
+
+def _apply(
+    loaded: LoadedPolicy,
+    chosen: _Candidate,
+    calibrations: dict[str, Calibration | None],
+    extra_files: list[Path],
+) -> Policy:
+    routing = loaded.policy.routing
+    params = chosen.params
+    if isinstance(routing, ConfidenceRouting | SlaRouting):
+        chain = [
+            step.model_copy(
+                update={
+                    "threshold": round(params[step.tier], 6) if step.tier in params else None,
+                    "calibration": calibrations.get(step.tier),
+                }
+            )
+            for step in routing.chain
+        ]
+        new_routing: Any = routing.model_copy(update={"chain": chain})
+    elif isinstance(routing, SpeculativeRouting):
+        new_routing = routing.model_copy(
+            update={
+                "threshold": round(params[routing.cheap], 6),
+                "calibration": calibrations.get(routing.cheap),
+            }
+        )
+    else:
+        bands = [
+            band.model_copy(update={"below": params.get(f"band{i}")})
+            for i, band in enumerate(routing.bands)
+        ]
+        scorer = routing.scorer.model_copy(
+            update={"model": extra_files[0].relative_to(loaded.base_dir).as_posix()}
+        )
+        new_routing = routing.model_copy(update={"bands": bands, "scorer": scorer})
+    return loaded.policy.model_copy(update={"routing": new_routing})
+
+
+def _write(
+    loaded: LoadedPolicy,
+    result: CalibrationResult,
+    *,
+    target: Target,
+    data_label: str,
+    evaluator: Evaluator,
+) -> None:
+    from cascade.evaluate._policy_edit import plain
+
+    assert loaded.path is not None and result.chosen is not None
+    policy = result.policy
+    routing = policy.routing
+    tiers = evaluator.tiers
+    cards = {name: info.card.sha256 for name, info in tiers.items() if info.card is not None}
+    achieved = {
+        "calibration_relative_accuracy": round(result.chosen.relative_accuracy, 5),
+        "calibration_relative_cost": round(result.chosen.relative_cost, 5),
+    }
+    if result.bound is not None and result.allowed_loss is not None:
+        achieved["loss_upper_bound"] = round(result.bound, 6)
+        achieved["loss_allowed"] = round(result.allowed_loss, 6)
+    provenance = {
+        "dataset": data_label,
+        "split": "calibration",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "target": target.as_dict(),
+        "achieved": achieved,
+        "confidence": target.confidence,
+        "cards": cards,
+    }
+
+    def _calibration(value: Calibration | None) -> dict[str, Any] | None:
+        return None if value is None else value.model_dump(exclude_none=True)
+
+    def edit(doc: Any) -> None:
+        section = doc["routing"]
+        if isinstance(routing, ConfidenceRouting | SlaRouting):
+            for step_doc, step in zip(section["chain"], routing.chain, strict=True):
+                _set(step_doc, "threshold", step.threshold)
+                _set(step_doc, "calibration", _calibration(step.calibration))
+        elif isinstance(routing, SpeculativeRouting):
+            _set(section, "threshold", routing.threshold)
+            _set(section, "calibration", _calibration(routing.calibration))
+        else:
+            assert isinstance(routing, ComplexityRouting)
+            for band_doc, band in zip(section["bands"], routing.bands, strict=True):
+                _set(band_doc, "below", band.below)
+            section["scorer"]["model"] = routing.scorer.model
+        doc["provenance"] = plain(provenance)
+
+    def validate(text: str) -> object:
+        return parse_policy(
+            text, source=str(loaded.path), base_dir=loaded.base_dir, check_files=True
+        )
+
+    edit_policy_file(loaded.path, edit, validate=validate)
+
+
+def _set(mapping: Any, key: str, value: Any) -> None:
+    from cascade.evaluate._policy_edit import plain
+
+    if value is None:
+        if key in mapping:
+            del mapping[key]
+    else:
+        mapping[key] = plain(value)

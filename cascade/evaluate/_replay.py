@@ -1,0 +1,216 @@
+"""Offline evaluation: replay labelled rows through the routing engine, side by side.
+
+The engine is the one that serves: a whole split goes through ``Engine.run`` as one batch,
+with in-process ONNX backends. Costs are the engine's (cost units per tier a row was sent
+to, from the policy or the model cards; the large tier is 1). Latency is simulated per
+request from each tier's estimate (the card's single-row p50, plus one Serve hop for
+deployment tiers), summed over the tiers the request went through — the batch's wall time
+says nothing about a request's latency.
+
+Speculative routing is accounted as per-request traffic, its use case: a confident cheap
+answer cancels the expensive call after the cheap tier's latency, so that row pays
+``cheap + expensive · min(1, latency_cheap / latency_expensive)`` and waits ``latency_cheap``;
+the other rows pay both tiers and wait for the slower one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cascade.backends import OnnxModel
+from cascade.evaluate._tiers import TierInfo, check_provenance, resolve_tiers
+from cascade.policy import (
+    ChainStep,
+    ComplexityRouting,
+    ConfidenceRouting,
+    LoadedPolicy,
+    Policy,
+    SpeculativeRouting,
+)
+from cascade.routing import BatchResult, Decision, Engine
+
+__all__ = ["EvalRow", "Evaluator"]
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One configuration's results on one split."""
+
+    name: str
+    n: int
+    accuracy: float
+    relative_accuracy: float
+    cost: float
+    relative_cost: float
+    escalation_rate: float  # answered by another tier than the one a request enters at
+    tier_rates: dict[str, float] = field(default_factory=dict)
+    latency_p50_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _always(policy: Policy, tier: str) -> Policy:
+    """The same policy answering every request with ``tier``."""
+    routing = ConfidenceRouting(kind="confidence", chain=[ChainStep(tier=tier)])
+    return policy.model_copy(update={"routing": routing, "provenance": None})
+
+
+def _entry_tier(policy: Policy) -> str:
+    """The tier a request is answered by when nothing escalates it."""
+    routing = policy.routing
+    if isinstance(routing, SpeculativeRouting):
+        return routing.cheap
+    if isinstance(routing, ComplexityRouting):
+        return routing.bands[0].tier
+    return routing.chain[0].tier
+
+
+class Evaluator:
+    """Holds one policy's tier backends and replays labelled data through engines.
+
+    Example::
+
+        evaluator = Evaluator(load_policy("policies/digits.yaml"))
+        for row in evaluator.evaluate(X, y):
+            print(row.name, row.accuracy, row.relative_cost)
+    """
+
+    def __init__(self, loaded: LoadedPolicy, *, tiers: dict[str, TierInfo] | None = None) -> None:
+        self.loaded = loaded
+        self.tiers = tiers if tiers is not None else resolve_tiers(loaded)
+        check_provenance(loaded, self.tiers)
+        self.backends = {name: OnnxModel(info.path) for name, info in self.tiers.items()}
+        self.reference = max(self.tiers, key=lambda name: self.tiers[name].cost)
+        self._scorer_cost: float | None = None
+
+    @property
+    def costs(self) -> dict[str, float]:
+        return {name: info.cost for name, info in self.tiers.items()}
+
+    @property
+    def latencies(self) -> dict[str, float]:
+        return {name: info.latency_ms for name, info in self.tiers.items()}
+
+    def run(self, policy: Policy, X: np.ndarray) -> BatchResult:
+        """Route ``X`` through ``policy`` with this evaluator's backends, as one batch."""
+        engine = Engine(
+            policy,
+            self.backends,
+            costs=self.costs,
+            latency_ms=self.latencies,
+            base_dir=self.loaded.base_dir,
+            ewma=0.0,  # offline: keep the card estimates, the batch's wall time is not a latency
+        )
+        return asyncio.run(engine.run(X))
+
+    def probabilities(self, tier: str, X: np.ndarray) -> np.ndarray:
+        return self.backends[tier].predict_sync(X)
+
+    def model_cost(self, path: Path) -> float:
+        """Cost units per row of any ONNX model, measured like the tiers' cards."""
+        from cascade.zoo.cards import measure_latency
+
+        model = OnnxModel(path)
+        rows = np.zeros((256, model.input_spec.width or 1), dtype=np.float32)
+        per_row = measure_latency(model, rows, single_row_runs=50).per_row_us[256]
+        card = self.tiers[self.reference].card
+        reference_us = card.latency.per_row_us[256] if card is not None else per_row
+        return float(per_row / reference_us * self.tiers[self.reference].cost)
+
+    def scorer_cost(self, policy: Policy) -> float:
+        """Cost units per row of a complexity policy's ONNX scorer (0 for rule scorers)."""
+        if not isinstance(policy.routing, ComplexityRouting):
+            return 0.0
+        spec = policy.routing.scorer
+        if spec.name != "onnx" or spec.model is None:
+            return 0.0
+        return self.model_cost(self.loaded.base_dir / spec.model)
+
+    def summarise(
+        self,
+        name: str,
+        policy: Policy,
+        result: BatchResult,
+        y: np.ndarray,
+        *,
+        reference_accuracy: float,
+        reference_cost: float,
+    ) -> EvalRow:
+        """Accuracy, cost, escalation and simulated latency of one replay."""
+        decisions = result.decisions
+        costs, latencies = self._accounting(policy, decisions)
+        n = len(decisions)
+        reached = {tier: 0 for tier in self.tiers}
+        entry = _entry_tier(policy)
+        escalated = 0
+        for decision in decisions:
+            for step in decision.steps:
+                reached[step.tier] += 1
+            escalated += decision.answered_by != entry
+        accuracy = float((result.labels == y).mean())
+        cost = float(costs.mean())
+        return EvalRow(
+            name=name,
+            n=n,
+            accuracy=accuracy,
+            relative_accuracy=accuracy / reference_accuracy if reference_accuracy else 0.0,
+            cost=cost,
+            relative_cost=cost / reference_cost if reference_cost else 0.0,
+            escalation_rate=escalated / n,
+            tier_rates={tier: count / n for tier, count in reached.items() if count},
+            latency_p50_ms=float(np.percentile(latencies, 50)),
+            latency_p99_ms=float(np.percentile(latencies, 99)),
+        )
+
+    def _accounting(
+        self, policy: Policy, decisions: Sequence[Decision]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        latency = self.latencies
+        costs = np.array([d.cost for d in decisions], dtype=np.float64)
+        if isinstance(policy.routing, SpeculativeRouting):
+            cheap, expensive = policy.routing.cheap, policy.routing.expensive
+            share = min(1.0, latency[cheap] / latency[expensive])
+            won = np.array([d.reason == "speculative_cheap" for d in decisions])
+            costs = self.costs[cheap] + self.costs[expensive] * np.where(won, share, 1.0)
+            lat = np.where(won, latency[cheap], max(latency[cheap], latency[expensive]))
+            return costs, lat
+        scorer = 0.0
+        if isinstance(policy.routing, ComplexityRouting):
+            if self._scorer_cost is None:
+                self._scorer_cost = self.scorer_cost(policy)
+            scorer = self._scorer_cost
+            costs = costs + scorer
+        lat = np.array([sum(latency[s.tier] for s in d.steps) for d in decisions])
+        return costs, lat
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray) -> list[EvalRow]:
+        """The policy beside always-<tier> for every tier, cheapest first after the policy."""
+        policy = self.loaded.policy
+        reference_policy = _always(policy, self.reference)
+        reference = self.run(reference_policy, X)
+        reference_accuracy = float((reference.labels == y).mean())
+        reference_cost = self.costs[self.reference]
+        rows = [
+            self.summarise(
+                policy.name, policy, self.run(policy, X), y,
+                reference_accuracy=reference_accuracy, reference_cost=reference_cost,
+            )
+        ]  # fmt: skip
+        for tier in sorted(self.tiers, key=lambda t: self.tiers[t].cost):
+            always = _always(policy, tier)
+            result = reference if tier == self.reference else self.run(always, X)
+            rows.append(
+                self.summarise(
+                    f"always-{tier}", always, result, y,
+                    reference_accuracy=reference_accuracy, reference_cost=reference_cost,
+                )
+            )  # fmt: skip
+        return rows

@@ -1,0 +1,36 @@
+"""Tables of evaluation rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cascade.evaluate._replay import EvalRow
+from cascade.zoo.cards import table
+
+__all__ = ["format_rows"]
+
+
+def format_rows(rows: Sequence[EvalRow], *, title: str = "") -> str:
+    """The policy and its baselines side by side.
+
+    Example::
+
+        print(format_rows(Evaluator(loaded).evaluate(X, y), title="digits / test"))
+    """
+    header = ["configuration", "accuracy", "rel acc", "rel cost", "escalated",
+              "rows reaching each tier", "p50 ms", "p99 ms"]  # fmt: skip
+    body = [
+        [
+            row.name,
+            f"{row.accuracy:.4f}",
+            f"{row.relative_accuracy:.4f}",
+            f"{row.relative_cost:.3f}",
+            f"{row.escalation_rate:.1%}",
+            " ".join(f"{tier} {rate:.0%}" for tier, rate in row.tier_rates.items()),
+            f"{row.latency_p50_ms:.3f}",
+            f"{row.latency_p99_ms:.3f}",
+        ]
+        for row in rows
+    ]
+    text = table(header, body)
+    return f"{title}\n{text}" if title else text

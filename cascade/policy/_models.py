@@ -1,0 +1,431 @@
+"""The policy file schema: pydantic models, strict, with a description on every field.
+
+A policy names its tiers, how requests are routed through them, and (filled by later
+releases) degradation gears, caches and ranking stages. The JSON Schema that editors use is
+generated from these models (`cascade policy schema`).
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import pairwise
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "Autoscaling",
+    "Band",
+    "Batching",
+    "CacheSection",
+    "Calibration",
+    "ChainStep",
+    "ComplexityRouting",
+    "ConfidenceMeasure",
+    "ConfidenceRouting",
+    "Gear",
+    "Policy",
+    "Provenance",
+    "Routing",
+    "Scorer",
+    "SlaRouting",
+    "SpeculativeRouting",
+    "Stage",
+    "Tier",
+]
+
+ConfidenceMeasure = Literal["max_prob", "margin", "entropy"]
+TierName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
+        description="a tier name defined under `tiers`",
+    ),
+]
+
+
+class _Strict(BaseModel):
+    # NaN and infinity pass no bound check (every comparison with NaN is false) and a NaN
+    # threshold silently never accepts; refuse them everywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Batching(_Strict):
+    """How requests to one tier are grouped into batches."""
+
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="most rows sent to the tier in one call"
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="longest a row waits for its batch to fill, in ms"
+    )
+
+
+class Autoscaling(_Strict):
+    """Ray Serve autoscaling for a deployment tier."""
+
+    min_replicas: int = Field(1, ge=0, le=1000, description="replicas kept when idle")
+    max_replicas: int = Field(1, ge=1, le=1000, description="replicas allowed under load")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, le=10_000, description="ongoing requests per replica the autoscaler aims for"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class Tier(_Strict):
+    """One model of the cascade."""
+
+    model: str = Field(
+        min_length=1,
+        description="ONNX file, relative to the policy file; or an Open Inference Protocol "
+        "endpoint URL (http:// or https://, .../v2/models/NAME)",
+    )
+    cost: float | None = Field(
+        None,
+        gt=0,
+        description="relative cost of one row (large tier = 1); default: from the model card",
+    )
+    placement: Literal["inline", "deployment"] = Field(
+        "inline",
+        description="inline: runs inside the router process (no hop, for µs-cheap models); "
+        "deployment: its own Ray Serve deployment, reached by batched calls",
+    )
+    batching: Batching = Field(
+        default_factory=lambda: Batching.model_validate({}),
+        description="batching of calls to this tier",
+    )
+    replicas: int = Field(1, ge=1, le=1000, description="fixed replica count (deployment tiers)")
+    autoscaling: Autoscaling | None = Field(
+        None, description="autoscaling instead of a fixed replica count (deployment tiers)"
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="onnxruntime execution providers in order of preference; unavailable "
+        "ones fall back to CPU with a warning",
+    )
+    timeout_ms: float = Field(
+        1000.0, gt=0, le=600_000, description="longest one call to this tier may take, in ms"
+    )
+    latency_ms: float | None = Field(
+        None,
+        gt=0,
+        description="latency estimate of one call, in ms, for SLA routing and simulation; "
+        "default: the model card's single-row p50",
+    )
+
+    @property
+    def is_remote(self) -> bool:
+        return self.model.startswith(("http://", "https://"))
+
+
+class Calibration(_Strict):
+    """Maps a tier's raw confidence to a calibrated one (the chance its answer is right)."""
+
+    method: Literal["temperature", "isotonic"] = Field(
+        description="temperature: softmax(log p / T); isotonic: a monotone map of confidence"
+    )
+    temperature: float | None = Field(None, gt=0, le=100, description="T for method temperature")
+    x: list[float] | None = Field(
+        None, description="isotonic knots: raw confidences, ascending, in [0, 1]"
+    )
+    y: list[float] | None = Field(
+        None, description="isotonic knots: calibrated confidences, non-decreasing, in [0, 1]"
+    )
+
+    @model_validator(mode="after")
+    def _parameters(self) -> Calibration:
+        if self.method == "temperature":
+            if self.temperature is None:
+                raise ValueError("method temperature needs `temperature`")
+            if self.x is not None or self.y is not None:
+                raise ValueError("method temperature takes no `x`/`y` knots")
+        else:
+            if self.temperature is not None:
+                raise ValueError("method isotonic takes no `temperature`")
+            if self.x is None or self.y is None:
+                raise ValueError("method isotonic needs knots `x` and `y`")
+            if len(self.x) != len(self.y) or len(self.x) < 2:
+                raise ValueError(
+                    f"isotonic knots need equal lengths >= 2, got x {len(self.x)}, y {len(self.y)}"
+                )
+            if any(b < a for a, b in pairwise(self.x)) or any(b < a for a, b in pairwise(self.y)):
+                raise ValueError("isotonic knots `x` and `y` must be non-decreasing")
+            if not all(0 <= v <= 1 for v in [*self.x, *self.y]):
+                raise ValueError("isotonic knots must lie in [0, 1]")
+        return self
+
+
+class ChainStep(_Strict):
+    """One step of a confidence chain: a tier, and when its answer is accepted."""
+
+    tier: TierName
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="accept the tier's answer when its (calibrated) confidence is >= this; "
+        "omit on the last step, whose answer is always accepted",
+    )
+    calibration: Calibration | None = Field(
+        None, description="calibration applied to this tier's confidence before the threshold"
+    )
+
+
+def _check_chain(chain: list[ChainStep]) -> None:
+    names = [step.tier for step in chain]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"a tier may appear once in the chain, repeated: {repeated}")
+    for step in chain[:-1]:
+        if step.threshold is None:
+            raise ValueError(
+                f"chain step '{step.tier}' needs a threshold (only the last may omit it)"
+            )
+
+
+class ConfidenceRouting(_Strict):
+    """Try tiers cheapest first; escalate the rows whose confidence is below the threshold."""
+
+    kind: Literal["confidence"]
+    measure: ConfidenceMeasure = Field(
+        "max_prob",
+        description="max_prob: top probability; margin: top minus second; entropy: "
+        "1 - H(p)/log(n_classes). All lie in [0, 1]",
+    )
+    chain: list[ChainStep] = Field(min_length=1, description="tiers in the order they are tried")
+    max_escalations: int | None = Field(
+        None, ge=0, description="most escalations per request; None: the whole chain"
+    )
+
+    @model_validator(mode="after")
+    def _chain(self) -> ConfidenceRouting:
+        _check_chain(self.chain)
+        return self
+
+
+_BUILTIN_SCORERS = ("onnx", "feature")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+
+
+class Scorer(_Strict):
+    """Scores how hard a request is, in [0, 1]; higher is harder."""
+
+    name: str = Field(
+        description="a built-in scorer (onnx, feature) or 'package.module:Class' for your own"
+    )
+    model: str | None = Field(
+        None,
+        description="for onnx: a classifier, relative to the policy file, whose probability of "
+        "class 1 is the chance that the cheapest tier is wrong",
+    )
+    feature: int | None = Field(None, ge=0, description="for feature: the input column scored")
+    low: float | None = Field(None, description="for feature: value mapped to score 0")
+    high: float | None = Field(None, description="for feature: value mapped to score 1")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for an out-of-tree scorer"
+    )
+
+    @model_validator(mode="after")
+    def _parameters(self) -> Scorer:
+        if self.name == "onnx" and self.model is None:
+            raise ValueError("scorer onnx needs `model`")
+        if self.name == "feature":
+            if self.feature is None or self.low is None or self.high is None:
+                raise ValueError("scorer feature needs `feature`, `low` and `high`")
+            if self.low == self.high:
+                raise ValueError(f"scorer feature needs low != high, both are {self.low}")
+        if self.name not in _BUILTIN_SCORERS and not _IMPORT_PATH.match(self.name):
+            raise ValueError(
+                f"unknown scorer '{self.name}' (allowed: {', '.join(_BUILTIN_SCORERS)}, "
+                "or 'package.module:Class')"
+            )
+        return self
+
+
+class Band(_Strict):
+    """Requests whose score is below `below` go to `tier` (the last band takes the rest)."""
+
+    tier: TierName
+    below: float | None = Field(
+        None, ge=0, le=1, description="upper score bound, exclusive; omit on the last band"
+    )
+
+
+class ComplexityRouting(_Strict):
+    """A cheap scorer picks each request's tier up front: no escalation."""
+
+    kind: Literal["complexity"]
+    scorer: Scorer = Field(description="what scores a request's difficulty")
+    bands: list[Band] = Field(min_length=1, description="score bands, ascending, to tiers")
+
+    @model_validator(mode="after")
+    def _bands(self) -> ComplexityRouting:
+        bounds = [b.below for b in self.bands]
+        if bounds[-1] is not None:
+            raise ValueError("the last band takes the remaining scores: omit its `below`")
+        if any(b is None for b in bounds[:-1]):
+            raise ValueError("every band but the last needs `below`")
+        numbers = [b for b in bounds[:-1] if b is not None]
+        if any(b <= a for a, b in pairwise(numbers)):
+            raise ValueError(f"band bounds must increase, got {numbers}")
+        return self
+
+
+class SlaRouting(_Strict):
+    """A confidence chain that never starts an escalation the request's deadline cannot finish."""
+
+    kind: Literal["sla"]
+    measure: ConfidenceMeasure = Field("max_prob", description="as for confidence routing")
+    chain: list[ChainStep] = Field(min_length=1, description="tiers in the order they are tried")
+    default_deadline_ms: float = Field(
+        100.0, gt=0, le=600_000, description="deadline of requests that bring none, in ms"
+    )
+    max_escalations: int | None = Field(None, ge=0, description="most escalations per request")
+
+    @model_validator(mode="after")
+    def _chain(self) -> SlaRouting:
+        _check_chain(self.chain)
+        return self
+
+
+class SpeculativeRouting(_Strict):
+    """Start the cheap and the expensive tier together; a confident cheap answer wins."""
+
+    kind: Literal["speculative"]
+    measure: ConfidenceMeasure = Field("max_prob", description="as for confidence routing")
+    cheap: TierName = Field(description="the tier whose confident answers win")
+    expensive: TierName = Field(description="the tier answering the rest")
+    threshold: float = Field(ge=0, le=1, description="confidence the cheap answer needs to win")
+    calibration: Calibration | None = Field(None, description="calibration of the cheap tier")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SpeculativeRouting:
+        if self.cheap == self.expensive:
+            raise ValueError(f"cheap and expensive must differ, both are '{self.cheap}'")
+        return self
+
+
+Routing = Annotated[
+    ConfidenceRouting | ComplexityRouting | SlaRouting | SpeculativeRouting,
+    Field(discriminator="kind"),
+]
+
+
+class Gear(_Strict):
+    """A degradation gear: under this much load, cap the tiers and loosen thresholds."""
+
+    name: str = Field(min_length=1, description="shown in decision traces")
+    queue_depth_at_least: int | None = Field(None, ge=0, description="engage at this queue depth")
+    p95_ms_at_least: float | None = Field(None, gt=0, description="engage at this p95 latency")
+    max_tier: TierName | None = Field(None, description="highest tier allowed in this gear")
+    threshold_shift: float = Field(
+        0.0, ge=-1, le=1, description="added to every threshold (negative: escalate less)"
+    )
+
+
+class CacheSection(_Strict):
+    """Answer caches (exact and similarity)."""
+
+    exact_max_entries: int = Field(0, ge=0, description="exact-input cache size; 0: off")
+    ttl_s: float = Field(300.0, gt=0, description="how long a cached answer stays valid")
+
+
+class Stage(_Strict):
+    """A ranking stage: filter, coarse or fine."""
+
+    name: Literal["filter", "coarse", "fine"] = Field(description="which stage")
+    tier: TierName = Field(description="the tier scoring candidates in this stage")
+    keep: int | None = Field(None, ge=1, description="candidates kept after this stage")
+
+
+class Provenance(_Strict):
+    """Where the thresholds came from; written by `cascade calibrate`."""
+
+    dataset: str = Field(description="dataset or file the thresholds were fitted on")
+    split: str = Field(description="the split used for fitting")
+    date: str = Field(description="when, ISO 8601")
+    target: dict[str, float] = Field(description="what was asked for")
+    achieved: dict[str, float] = Field(description="what the fitted policy reached, per split")
+    confidence: float = Field(gt=0, lt=1, description="confidence level of the statistical margin")
+    cards: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of each tier's model file when fitted"
+    )
+
+
+class Policy(_Strict):
+    """A cascade: its tiers and how requests are routed through them.
+
+    Example (YAML)::
+
+        name: digits
+        tiers:
+          tiny: {model: models/digits/tiny.onnx}
+          large: {model: models/digits/large.onnx, placement: deployment}
+        routing:
+          kind: confidence
+          chain:
+            - {tier: tiny, threshold: 0.9}
+            - {tier: large}
+    """
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="served as /v2/models/{name}",
+    )
+    description: str = Field("", description="free text for people")
+    dataset: str | None = Field(
+        None,
+        description="bundled dataset the tiers are built from (`cascade models build`); "
+        "missing model files are then built on first use",
+    )
+    allow_outside_paths: bool = Field(
+        False,
+        description="let model paths leave the policy's folder. Off by default so that a "
+        "policy folder is self-contained and a served policy cannot make the server read "
+        "files elsewhere on its host",
+    )
+    tiers: dict[TierName, Tier] = Field(min_length=1, description="the models, by name")
+    routing: Routing = Field(description="how requests move through the tiers")
+    gears: list[Gear] = Field(
+        default_factory=list, description="degradation gears (not active in this release)"
+    )
+    cache: CacheSection | None = Field(None, description="caches (not active in this release)")
+    stages: list[Stage] = Field(
+        default_factory=list, description="ranking stages (not active in this release)"
+    )
+    provenance: Provenance | None = Field(
+        None, description="written by `cascade calibrate`: how the thresholds were fitted"
+    )
+
+    @model_validator(mode="after")
+    def _tier_references(self) -> Policy:
+        routing = self.routing
+        referenced: list[tuple[str, str]] = []
+        if isinstance(routing, ConfidenceRouting | SlaRouting):
+            referenced = [(f"routing.chain[{i}].tier", s.tier) for i, s in enumerate(routing.chain)]
+        elif isinstance(routing, ComplexityRouting):
+            referenced = [(f"routing.bands[{i}].tier", b.tier) for i, b in enumerate(routing.bands)]
+        else:
+            referenced = [
+                ("routing.cheap", routing.cheap),
+                ("routing.expensive", routing.expensive),
+            ]
+        referenced += [
+            (f"gears[{i}].max_tier", g.max_tier)
+            for i, g in enumerate(self.gears)
+            if g.max_tier is not None
+        ]
+        referenced += [(f"stages[{i}].tier", s.tier) for i, s in enumerate(self.stages)]
+        known = ", ".join(self.tiers)
+        for where, name in referenced:
+            if name not in self.tiers:
+                raise ValueError(f"{where}: unknown tier '{name}' (tiers: {known})")
+        return self

@@ -1,0 +1,195 @@
+"""The engine: runs a policy's routing over tier backends for one batch of requests.
+
+The same engine runs offline (a whole split as one batch), in tests (``FakeModel``s and a
+fake clock) and in Ray Serve (backends are deployment handles). It owns the one place where
+tiers are called: every call is timed with the injected clock, charged, folded into the
+tier's latency estimate and has its failures translated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cascade.backends import Model, validate_batch
+from cascade.errors import BackendError, CascadeError, InputError, ModelTimeout, PolicyError
+from cascade.policy import ComplexityRouting, Policy, SlaRouting
+from cascade.routing._decision import BatchResult
+from cascade.routing._scorers import Scorer, make_scorer
+from cascade.routing._strategies import RouteContext, Router, make_router, routed_tiers
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Routes batches of requests through a policy's tiers.
+
+    ``costs`` are cost units charged per row for each tier it is sent to; ``latency_ms`` the
+    initial estimate of one call per tier (from the policy or the model cards), updated
+    after every call by an exponentially weighted moving average with weight ``ewma`` on
+    the newest observation (0 keeps the estimates fixed). ``clock`` returns seconds.
+    Complexity routing needs a ``scorer``, or ``base_dir`` to build the policy's one from.
+
+    Example::
+
+        engine = Engine(
+            policy,
+            {"tiny": OnnxModel("tiny.onnx"), "large": OnnxModel("large.onnx")},
+            costs={"tiny": 0.01, "large": 1.0},
+            latency_ms={"tiny": 0.05, "large": 2.0},
+        )
+        result = await engine.run(rows)
+        result.labels, result.decisions[0].to_dict()
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        backends: Mapping[str, Model],
+        *,
+        costs: Mapping[str, float],
+        latency_ms: Mapping[str, float],
+        clock: Callable[[], float] = time.monotonic,
+        scorer: Scorer | None = None,
+        base_dir: Path | None = None,
+        ewma: float = 0.2,
+    ) -> None:
+        if not 0.0 <= ewma <= 1.0:
+            raise ValueError(f"ewma must lie in [0, 1], got {ewma}")
+        self._backends = dict(backends)
+        self._costs = {tier: float(cost) for tier, cost in costs.items()}
+        self._estimates = {tier: float(ms) for tier, ms in latency_ms.items()}
+        self._clock = clock
+        self._base_dir = base_dir
+        self._ewma = ewma
+        self._policy, self._router, self._tiers = self._prepare(policy, scorer)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy the engine routes by now."""
+        return self._policy
+
+    def _prepare(self, policy: Policy, scorer: Scorer | None) -> tuple[Policy, Router, list[str]]:
+        tiers = routed_tiers(policy.routing)
+        for what, table in (
+            ("backends", self._backends),
+            ("costs", self._costs),
+            ("latency_ms", self._estimates),
+        ):
+            missing = [tier for tier in tiers if tier not in table]
+            if missing:
+                raise PolicyError(
+                    f"policy '{policy.name}': {what} has no entry for tiers {missing} "
+                    f"(given: {sorted(table)})"
+                )
+        bad = {t: v for t, v in [*self._costs.items(), *self._estimates.items()] if not v >= 0}
+        if bad:
+            raise ValueError(f"costs and latency estimates must be >= 0, got {bad}")
+        routing = policy.routing
+        if isinstance(routing, ComplexityRouting) and scorer is None:
+            if self._base_dir is None:
+                raise PolicyError(
+                    f"policy '{policy.name}': complexity routing needs a scorer, or base_dir "
+                    "to build its scorer from"
+                )
+            scorer = make_scorer(routing.scorer, base_dir=self._base_dir)
+        return policy, make_router(routing, scorer=scorer), tiers
+
+    def replace_policy(self, policy: Policy, *, scorer: Scorer | None = None) -> None:
+        """Route by ``policy`` from the next ``run`` on; runs in flight finish on the old one.
+
+        The backends, costs and estimates are kept, by tier name. An unusable policy raises
+        ``PolicyError`` and leaves the old one in place.
+        """
+        self._policy, self._router, self._tiers = self._prepare(policy, scorer)
+
+    def latency_estimate(self, tier: str) -> float:
+        """The current estimate of one call to ``tier``, in ms."""
+        try:
+            return self._estimates[tier]
+        except KeyError:
+            raise PolicyError(
+                f"no latency estimate for tier '{tier}' (tiers: {sorted(self._estimates)})"
+            ) from None
+
+    async def _call(
+        self, tier: str, rows: np.ndarray, started_s: float, *, policy: Policy
+    ) -> tuple[np.ndarray, float]:
+        """Run one batched call to ``tier``; the only way the engine reaches a backend."""
+        timeout_ms = policy.tiers[tier].timeout_ms if tier in policy.tiers else None
+        try:
+            async with asyncio.timeout(None if timeout_ms is None else timeout_ms / 1000.0):
+                output = await self._backends[tier].predict(rows)
+        except TimeoutError as exc:
+            raise ModelTimeout(f"tier '{tier}': no answer within {timeout_ms:g} ms") from exc
+        except CascadeError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"tier '{tier}': {type(exc).__name__}: {exc}") from exc
+        ended_s = self._clock()
+        probabilities = np.asarray(output, dtype=np.float32)
+        if (
+            probabilities.ndim != 2
+            or probabilities.shape[0] != len(rows)
+            or probabilities.shape[1] < 1
+        ):
+            raise BackendError(
+                f"tier '{tier}': expected probabilities of shape [{len(rows)}, n_classes], "
+                f"got {list(probabilities.shape)}"
+            )
+        if not np.isfinite(probabilities).all():
+            raise BackendError(f"tier '{tier}': returned non-finite probabilities")
+        observed_ms = (ended_s - started_s) * 1000.0
+        old = self._estimates[tier]
+        self._estimates[tier] = (1.0 - self._ewma) * old + self._ewma * observed_ms
+        return probabilities, ended_s
+
+    def _budgets(
+        self, policy: Policy, n: int, deadlines_ms: Sequence[float | None] | None
+    ) -> np.ndarray | None:
+        if deadlines_ms is not None and len(deadlines_ms) != n:
+            raise InputError(f"deadlines_ms: expected one per row ({n}), got {len(deadlines_ms)}")
+        routing = policy.routing
+        if not isinstance(routing, SlaRouting):
+            return None
+        if deadlines_ms is None:
+            return np.full(n, routing.default_deadline_ms)
+        budgets = np.array(
+            [routing.default_deadline_ms if d is None else float(d) for d in deadlines_ms]
+        )
+        if not all(math.isfinite(b) for b in budgets):
+            raise InputError("deadlines_ms: every deadline must be a finite number of ms")
+        return budgets
+
+    async def run(
+        self, rows: np.ndarray, *, deadlines_ms: Sequence[float | None] | None = None
+    ) -> BatchResult:
+        """Answer every row of the batch; ``deadlines_ms[i]`` is row i's budget from now.
+
+        A ``None`` deadline (or none given) takes the policy's default under SLA routing;
+        other routing kinds ignore deadlines. A batch that does not fit the first tier's
+        input raises ``InputError`` as a whole.
+        """
+        start_s = self._clock()
+        policy, router, tiers = self._policy, self._router, self._tiers
+        batch = validate_batch(rows, self._backends[tiers[0]].input_spec)
+        ctx = RouteContext(
+            rows=batch,
+            budgets_ms=self._budgets(policy, len(batch), deadlines_ms),
+            call=functools.partial(self._call, policy=policy),
+            clock=self._clock,
+            start_s=start_s,
+            estimate=self.latency_estimate,
+            costs=self._costs,
+        )
+        try:
+            await router.route(ctx, batch)
+        finally:
+            ctx.cancel_pending()
+        return ctx.result()

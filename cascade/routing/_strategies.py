@@ -1,0 +1,533 @@
+"""Routing strategies: small routers that decide, over a ``RouteContext`` that does.
+
+A router sees the whole batch. It asks the context to run tiers on subsets of rows
+(``await ctx.call(tier, idx)``), records what each tier said (``ctx.record``) and answers
+rows (``ctx.answer``). The context owns timing, costs, deadlines and the trace, so a router
+is a few lines of numpy over confidences::
+
+    class FirstTierOnly:
+        async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
+            call = await ctx.call("tiny", ctx.everyone())
+            ctx.record(call, accepted=True)
+            ctx.answer(call, None, "last_tier")
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from cascade.errors import BackendError, CascadeError, PolicyError
+from cascade.policy import (
+    ChainStep,
+    ComplexityRouting,
+    ConfidenceMeasure,
+    ConfidenceRouting,
+    Routing,
+    SlaRouting,
+    SpeculativeRouting,
+)
+from cascade.routing._confidence import calibrate, confidence
+from cascade.routing._decision import BatchResult, Decision, Reason, Step
+from cascade.routing._scorers import Scorer
+
+__all__ = [
+    "ROUTERS",
+    "ComplexityRouter",
+    "ConfidenceRouter",
+    "Pending",
+    "RouteContext",
+    "Router",
+    "SlaRouter",
+    "SpeculativeRouter",
+    "TierCall",
+    "make_router",
+    "routed_tiers",
+]
+
+TierCaller = Callable[[str, np.ndarray, float], Awaitable[tuple[np.ndarray, float]]]
+"""``(tier, rows, started_s) -> (probabilities, ended_s)``: the engine's one way to call a tier."""
+
+
+@dataclass(frozen=True)
+class TierCall:
+    """One batched call to a tier: which requests went, what came back, when, at what cost.
+
+    Times are engine milliseconds since the batch started. ``probabilities`` is ``None``
+    when the call was cancelled; ``cost`` is charged to each request sent.
+    """
+
+    tier: str
+    idx: np.ndarray
+    probabilities: np.ndarray | None
+    started_ms: float
+    ended_ms: float
+    cost: float
+
+    @property
+    def latency_ms(self) -> float:
+        return self.ended_ms - self.started_ms
+
+    @property
+    def completed(self) -> bool:
+        return self.probabilities is not None
+
+
+def _retrieve(task: asyncio.Task[TierCall]) -> None:
+    # a call nobody awaits any more (cancelled speculation) must not log "never retrieved"
+    if not task.cancelled():
+        task.exception()
+
+
+class Pending:
+    """A tier call started in the background (``ctx.start``); await it or cancel it."""
+
+    def __init__(self, ctx: RouteContext, tier: str, idx: np.ndarray, started_s: float) -> None:
+        self._ctx = ctx
+        self.tier = tier
+        self.idx = idx
+        self._started_s = started_s
+        self._task = asyncio.create_task(ctx._run(tier, idx, started_s))
+        self._task.add_done_callback(_retrieve)
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def result(self) -> TierCall:
+        """Wait for the call to finish and return it."""
+        return await self._task
+
+    def cancel(self) -> TierCall:
+        """Stop the call unless it already finished; return what it cost so far.
+
+        A cancelled call charges each request ``cost * elapsed / estimate`` (at most
+        ``cost``): the share of the work it was expected to take that was spent.
+        """
+        task = self._task
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return task.result()
+        task.cancel()
+        ctx = self._ctx
+        now_s = ctx._clock()
+        elapsed_ms = (now_s - self._started_s) * 1000.0
+        estimate = ctx.estimate(self.tier)
+        share = 1.0 if estimate <= 0 else min(1.0, max(0.0, elapsed_ms / estimate))
+        return TierCall(
+            tier=self.tier,
+            idx=self.idx,
+            probabilities=None,
+            started_ms=ctx._ms(self._started_s),
+            ended_ms=ctx._ms(now_s),
+            cost=ctx._costs[self.tier] * share,
+        )
+
+
+class RouteContext:
+    """What a router may do with one batch: run tiers, read time and deadlines, answer.
+
+    Built by the engine for each ``run``. Indices (``idx``) are positions in the batch.
+
+    Example (inside a router)::
+
+        call = await ctx.call("tiny", ctx.everyone())
+        sure = confidence(call.probabilities, "max_prob") >= 0.9
+        ctx.record(call, accepted=sure)
+        ctx.answer(call, sure, "confident")
+        if ctx.now_ms() + ctx.estimate("large") <= ctx.deadline_ms(call.idx[~sure]).min(): ...
+    """
+
+    def __init__(
+        self,
+        *,
+        rows: np.ndarray,
+        budgets_ms: np.ndarray | None,
+        call: TierCaller,
+        clock: Callable[[], float],
+        start_s: float,
+        estimate: Callable[[str], float],
+        costs: Mapping[str, float],
+    ) -> None:
+        self.rows = rows
+        self.n = len(rows)
+        self._budgets_ms = budgets_ms
+        self._caller = call
+        self._clock = clock
+        self._start_s = start_s
+        self._estimate = estimate
+        self._costs = dict(costs)
+        self._pending: list[Pending] = []
+        self._steps: list[list[Step]] = [[] for _ in range(self.n)]
+        self._answered_by: list[str | None] = [None] * self.n
+        self._reason: list[Reason | None] = [None] * self.n
+        self._latency_ms = np.zeros(self.n)
+        self._degraded = np.zeros(self.n, dtype=bool)
+        self._scores: np.ndarray | None = None
+        self._probabilities: np.ndarray | None = None
+        self._classes_from: str | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def everyone(self) -> np.ndarray:
+        """The indices of all rows of the batch."""
+        return np.arange(self.n)
+
+    def _ms(self, seconds: float) -> float:
+        return (seconds - self._start_s) * 1000.0
+
+    def now_ms(self) -> float:
+        """Engine time, in ms since the batch started."""
+        return self._ms(self._clock())
+
+    def deadline_ms(self, idx: np.ndarray) -> np.ndarray:
+        """Deadlines of rows ``idx`` in engine ms (``inf`` where the routing has none)."""
+        if self._budgets_ms is None:
+            return np.full(len(idx), np.inf)
+        deadlines: np.ndarray = self._budgets_ms[idx]
+        return deadlines
+
+    def estimate(self, tier: str) -> float:
+        """The engine's current latency estimate of one call to ``tier``, in ms."""
+        return self._estimate(tier)
+
+    # -- calling tiers ---------------------------------------------------------------------
+
+    async def _run(self, tier: str, idx: np.ndarray, started_s: float) -> TierCall:
+        probabilities, ended_s = await self._caller(tier, self.rows[idx], started_s)
+        return TierCall(
+            tier=tier,
+            idx=idx,
+            probabilities=probabilities,
+            started_ms=self._ms(started_s),
+            ended_ms=self._ms(ended_s),
+            cost=self._costs[tier],
+        )
+
+    async def call(self, tier: str, idx: np.ndarray) -> TierCall:
+        """Run ``tier`` on rows ``idx`` as one batched call and return it."""
+        return await self._run(tier, idx, self._clock())
+
+    def start(self, tier: str, idx: np.ndarray) -> Pending:
+        """Start ``tier`` on rows ``idx`` in the background; the clock starts now.
+
+        Calls still running when the router returns (or fails) are cancelled.
+        """
+        pending = Pending(self, tier, idx, self._clock())
+        self._pending.append(pending)
+        return pending
+
+    async def call_many(self, plan: Sequence[tuple[str, np.ndarray]]) -> list[TierCall]:
+        """Run several ``(tier, idx)`` calls concurrently; the first failure is raised."""
+        pendings = [self.start(tier, idx) for tier, idx in plan]
+        if not pendings:
+            return []
+        await asyncio.wait([p._task for p in pendings], return_when=asyncio.FIRST_EXCEPTION)
+        for pending in pendings:
+            task = pending._task
+            error = task.exception() if task.done() and not task.cancelled() else None
+            if error is not None:
+                raise error
+        return [await p.result() for p in pendings]
+
+    def cancel_pending(self) -> None:
+        """Cancel the background calls that are still running (the engine's cleanup)."""
+        for pending in self._pending:
+            if not pending.done():
+                pending._task.cancel()
+
+    # -- the trace -------------------------------------------------------------------------
+
+    def record(
+        self,
+        call: TierCall,
+        *,
+        accepted: np.ndarray | bool,
+        confidences: np.ndarray | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        """Add one step per row of ``call`` to its trace (``accepted``: its answer was taken)."""
+        n = len(call.idx)
+        taken = np.broadcast_to(np.asarray(accepted, dtype=bool), (n,)).tolist()
+        scores = [None] * n if confidences is None else np.asarray(confidences, float).tolist()
+        latency = float(call.latency_ms)
+        cost = float(call.cost)
+        for row, conf, ok in zip(call.idx.tolist(), scores, taken, strict=True):
+            self._steps[row].append(
+                Step(
+                    tier=call.tier,
+                    confidence=conf,
+                    threshold=threshold,
+                    accepted=ok,
+                    latency_ms=latency,
+                    cost=cost,
+                )
+            )
+
+    def answer(
+        self,
+        call: TierCall,
+        which: np.ndarray | None,
+        reason: Reason,
+        *,
+        degraded: bool = False,
+        scores: np.ndarray | None = None,
+    ) -> None:
+        """Answer the rows of ``call`` selected by the mask ``which`` (``None``: all of them).
+
+        Their answer is the call's probabilities, known when the call ended.
+        """
+        mask = np.ones(len(call.idx), dtype=bool) if which is None else which
+        if not mask.any():
+            return
+        rows = call.idx[mask]
+        if call.probabilities is None:
+            raise RuntimeError(f"cannot answer with the cancelled call to tier '{call.tier}'")
+        answers = call.probabilities[mask]
+        if self._probabilities is None:
+            self._probabilities = np.zeros((self.n, answers.shape[1]), dtype=np.float32)
+            self._classes_from = call.tier
+        elif answers.shape[1] != self._probabilities.shape[1]:
+            raise BackendError(
+                f"tier '{call.tier}' returns {answers.shape[1]} classes, tier "
+                f"'{self._classes_from}' {self._probabilities.shape[1]}: the tiers of one "
+                "cascade must share their classes"
+            )
+        for row in rows.tolist():
+            if self._answered_by[row] is not None:
+                raise RuntimeError(
+                    f"row {row} answered twice (by '{self._answered_by[row]}' and '{call.tier}')"
+                )
+            self._answered_by[row] = call.tier
+            self._reason[row] = reason
+        self._probabilities[rows] = answers
+        self._latency_ms[rows] = call.ended_ms
+        self._degraded[rows] = degraded
+        if scores is not None:
+            if self._scores is None:
+                self._scores = np.full(self.n, np.nan)
+            self._scores[rows] = scores[mask]
+
+    def result(self) -> BatchResult:
+        """The batch's answers; every row must have been answered exactly once."""
+        missing = [i for i, tier in enumerate(self._answered_by) if tier is None]
+        if missing or self._probabilities is None:
+            raise RuntimeError(f"the router left rows {missing[:10]} unanswered")
+        decisions = []
+        for i in range(self.n):
+            steps = tuple(self._steps[i])
+            tier, reason = self._answered_by[i], self._reason[i]
+            assert tier is not None and reason is not None
+            score = None if self._scores is None else float(self._scores[i])
+            decisions.append(
+                Decision(
+                    steps=steps,
+                    answered_by=tier,
+                    reason=reason,
+                    cost=float(sum(step.cost for step in steps)),
+                    latency_ms=float(self._latency_ms[i]),
+                    deadline_ms=None if self._budgets_ms is None else float(self._budgets_ms[i]),
+                    degraded=bool(self._degraded[i]),
+                    score=None if score is None or np.isnan(score) else score,
+                )
+            )
+        return BatchResult(probabilities=self._probabilities, decisions=tuple(decisions))
+
+
+class Router(Protocol):
+    """A routing strategy: answers every row of the batch through ``ctx``."""
+
+    async def route(self, ctx: RouteContext, rows: np.ndarray) -> None: ...
+
+
+def _confidences(call: TierCall, measure: ConfidenceMeasure, step: ChainStep | None) -> np.ndarray:
+    assert call.probabilities is not None
+    raw = confidence(call.probabilities, measure)
+    return calibrate(call.probabilities, raw, None if step is None else step.calibration, measure)
+
+
+async def _chain(
+    ctx: RouteContext,
+    chain: Sequence[ChainStep],
+    measure: ConfidenceMeasure,
+    max_escalations: int | None,
+    *,
+    deadlines: bool,
+) -> None:
+    final = len(chain) - 1 if max_escalations is None else min(len(chain) - 1, max_escalations)
+    open_rows = ctx.everyone()
+    # The first tier is the floor: rows whose budget cannot even fit it still get its
+    # answer, flagged degraded (shedding them is admission control's job, not routing's).
+    late = np.zeros(ctx.n, dtype=bool)
+    if deadlines:
+        late = ctx.now_ms() + ctx.estimate(chain[0].tier) > ctx.deadline_ms(open_rows)
+    for k, step in enumerate(chain[: final + 1]):
+        call = await ctx.call(step.tier, open_rows)
+        conf = _confidences(call, measure, step)
+        sure = conf >= step.threshold if step.threshold is not None else np.zeros(conf.size, bool)
+        degraded = late[call.idx]
+        if k == final:
+            stop = np.ones(conf.size, dtype=bool)
+        elif deadlines:
+            fits = ctx.now_ms() + ctx.estimate(chain[k + 1].tier) <= ctx.deadline_ms(call.idx)
+            stop = sure | degraded | ~fits
+        else:
+            stop = sure.copy()
+        ctx.record(call, confidences=conf, threshold=step.threshold, accepted=stop)
+        ctx.answer(call, degraded, "deadline", degraded=True)
+        ctx.answer(call, stop & sure & ~degraded, "confident")
+        rest = stop & ~sure & ~degraded
+        if k < final:
+            ctx.answer(call, rest, "deadline")
+        else:
+            ctx.answer(call, rest, "last_tier" if k == len(chain) - 1 else "max_escalations")
+        open_rows = call.idx[~stop]
+        if open_rows.size == 0:
+            return
+
+
+class ConfidenceRouter:
+    """Tiers in chain order; a row stops at the first tier whose confidence clears its threshold.
+
+    Each tier runs once, on the rows still open. ``max_escalations`` = m answers the rows
+    still open after m + 1 tiers with the tier they reached.
+    """
+
+    def __init__(self, routing: ConfidenceRouting, *, scorer: Scorer | None = None) -> None:
+        self.routing = routing
+
+    async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
+        r = self.routing
+        await _chain(ctx, r.chain, r.measure, r.max_escalations, deadlines=False)
+
+
+class SlaRouter:
+    """A confidence chain that never starts a tier its estimate says would end past a deadline.
+
+    Rows that cannot fit the next tier are answered by the current one (reason
+    ``deadline``). The first tier always runs: rows whose budget is below even its estimate
+    are answered by it, ``degraded`` and with reason ``deadline``.
+    """
+
+    def __init__(self, routing: SlaRouting, *, scorer: Scorer | None = None) -> None:
+        self.routing = routing
+
+    async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
+        r = self.routing
+        await _chain(ctx, r.chain, r.measure, r.max_escalations, deadlines=True)
+
+
+class ComplexityRouter:
+    """A scorer places every row in a score band up front; each band's tier runs once.
+
+    A score equal to a band's ``below`` belongs to the next band. The tiers run
+    concurrently; the score is kept in ``Decision.score``.
+    """
+
+    def __init__(self, routing: ComplexityRouting, *, scorer: Scorer | None = None) -> None:
+        if scorer is None:
+            raise PolicyError(
+                f"complexity routing needs a scorer (build one for '{routing.scorer.name}' "
+                "with make_scorer)"
+            )
+        self.routing = routing
+        self.scorer = scorer
+
+    def _scores(self, rows: np.ndarray) -> np.ndarray:
+        name = self.routing.scorer.name
+        try:
+            scores = np.asarray(self.scorer.score(rows), dtype=np.float64)
+        except CascadeError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"scorer '{name}': {type(exc).__name__}: {exc}") from exc
+        if scores.shape != (len(rows),) or not np.isfinite(scores).all():
+            raise BackendError(
+                f"scorer '{name}': expected {len(rows)} finite scores, got shape "
+                f"{list(scores.shape)}"
+            )
+        return np.clip(scores, 0.0, 1.0)
+
+    async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
+        bands = self.routing.bands
+        scores = self._scores(rows)
+        bounds = [band.below for band in bands[:-1]]
+        tier_of_row = np.array([band.tier for band in bands])[
+            np.searchsorted(np.asarray(bounds, dtype=np.float64), scores, side="right")
+        ]
+        plan = []
+        for tier in dict.fromkeys(band.tier for band in bands):  # one call per tier
+            idx = np.flatnonzero(tier_of_row == tier)
+            if idx.size:
+                plan.append((tier, idx))
+        for call in await ctx.call_many(plan):
+            ctx.record(call, accepted=True)
+            ctx.answer(call, None, "band", scores=scores[call.idx])
+
+
+class SpeculativeRouter:
+    """Start the cheap and the expensive tier together on every row.
+
+    Rows whose cheap confidence clears the threshold take the cheap answer; the rest wait
+    for the expensive one. When every row is confident the expensive call is cancelled and
+    charged for the share of its estimated time that had passed.
+    """
+
+    def __init__(self, routing: SpeculativeRouting, *, scorer: Scorer | None = None) -> None:
+        self.routing = routing
+
+    async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
+        r = self.routing
+        cheap_pending = ctx.start(r.cheap, ctx.everyone())
+        expensive_pending = ctx.start(r.expensive, ctx.everyone())
+        cheap = await cheap_pending.result()
+        assert cheap.probabilities is not None
+        raw = confidence(cheap.probabilities, r.measure)
+        conf = calibrate(cheap.probabilities, raw, r.calibration, r.measure)
+        sure = conf >= r.threshold
+        ctx.record(cheap, confidences=conf, threshold=r.threshold, accepted=sure)
+        ctx.answer(cheap, sure, "speculative_cheap")
+        if sure.all():
+            expensive = expensive_pending.cancel()
+        else:
+            expensive = await expensive_pending.result()
+        ctx.record(expensive, accepted=~sure)
+        ctx.answer(expensive, ~sure, "speculative_expensive")
+
+
+RouterFactory = Callable[..., Router]
+
+ROUTERS: Mapping[str, RouterFactory] = {
+    "confidence": ConfidenceRouter,
+    "sla": SlaRouter,
+    "complexity": ComplexityRouter,
+    "speculative": SpeculativeRouter,
+}
+"""Routers by the policy's ``routing.kind``; each is built as ``Router(routing, scorer=...)``."""
+
+
+def make_router(routing: Routing | Any, *, scorer: Scorer | None = None) -> Router:
+    """Build the router for a policy's ``routing`` section.
+
+    Example::
+
+        router = make_router(policy.routing)
+    """
+    kind = getattr(routing, "kind", None)
+    factory = ROUTERS.get(kind) if isinstance(kind, str) else None
+    if factory is None:
+        raise PolicyError(f"unknown routing kind {kind!r} (allowed: {', '.join(sorted(ROUTERS))})")
+    return factory(routing, scorer=scorer)
+
+
+def routed_tiers(routing: Routing) -> list[str]:
+    """The tiers a routing section sends requests to, first tier first, each once."""
+    if isinstance(routing, ConfidenceRouting | SlaRouting):
+        names = [step.tier for step in routing.chain]
+    elif isinstance(routing, ComplexityRouting):
+        names = [band.tier for band in routing.bands]
+    else:
+        names = [routing.cheap, routing.expensive]
+    return list(dict.fromkeys(names))

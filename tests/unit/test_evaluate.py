@@ -1,0 +1,283 @@
+"""Offline evaluation and calibration on the real digits tiers, against direct numpy math."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade.cli import main
+from cascade.evaluate import (
+    Evaluator,
+    ModelDriftWarning,
+    Point,
+    Target,
+    calibrate_policy,
+    loss_upper_bound,
+    pareto_front,
+)
+from cascade.policy import load_policy
+from cascade.routing import calibrate, confidence
+from cascade.zoo import ModelCard, load_dataset
+
+Zoo = tuple[Path, list[ModelCard]]
+
+CHAIN = """\
+# yaml-language-server: $schema=policy.schema.json
+# a comment that calibration must keep
+name: {name}
+tiers:
+  tiny: {{model: tiny.onnx}}       # the cheap one
+  small: {{model: small.onnx}}
+  large: {{model: large.onnx, placement: deployment}}
+routing:
+  kind: {kind}
+  chain:
+    - tier: tiny
+      threshold: {threshold}
+    - tier: large
+"""
+
+
+@pytest.fixture
+def policy_dir(digits_zoo: Zoo, tmp_path: Path) -> Path:
+    """A private copy of the digits tiers (and cards), so calibration may write beside them."""
+    for path in digits_zoo[0].iterdir():
+        if path.name.startswith(("tiny", "small", "large")):
+            shutil.copy(path, tmp_path / path.name)
+    return tmp_path
+
+
+def _write(directory: Path, text: str, name: str = "p.yaml") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def test_evaluate_agrees_with_a_direct_numpy_cascade(policy_dir: Path) -> None:
+    policy = _write(policy_dir, CHAIN.format(name="d", kind="confidence", threshold=0.93))
+    loaded = load_policy(policy)
+    test = load_dataset("digits").test
+    evaluator = Evaluator(loaded)
+    rows = {row.name: row for row in evaluator.evaluate(test.X, test.y)}
+
+    tiny = evaluator.probabilities("tiny", test.X)
+    large = evaluator.probabilities("large", test.X)
+    sure = tiny.max(axis=1) >= 0.93
+    predicted = np.where(sure, tiny.argmax(axis=1), large.argmax(axis=1))
+    costs = {c.name: c.relative_cost for c in map(_card, ("tiny", "large"), [policy_dir] * 2)}
+    expected_cost = costs["tiny"] + (~sure).mean() * costs["large"]
+
+    row = rows["d"]
+    assert row.accuracy == pytest.approx(float((predicted == test.y).mean()))
+    assert row.escalation_rate == pytest.approx(float((~sure).mean()))
+    assert row.relative_cost == pytest.approx(expected_cost)
+    assert row.tier_rates == pytest.approx({"tiny": 1.0, "large": float((~sure).mean())})
+    assert rows["always-large"].relative_accuracy == 1.0
+    assert rows["always-large"].relative_cost == pytest.approx(1.0)
+    assert [r for r in rows] == ["d", "always-tiny", "always-small", "always-large"]
+
+
+def _card(name: str, directory: Path) -> ModelCard:
+    return ModelCard.model_validate_json((directory / f"{name}.card.json").read_text())
+
+
+def test_calibration_writes_thresholds_with_provenance_and_keeps_comments(
+    policy_dir: Path,
+) -> None:
+    path = _write(policy_dir, CHAIN.format(name="d", kind="confidence", threshold=0.5))
+    loaded = load_policy(path)
+    cal = load_dataset("digits").calibration
+    evaluator = Evaluator(loaded)
+    result = calibrate_policy(
+        loaded, cal.X, cal.y, target=Target(relative_accuracy=0.99), data_label="digits",
+        evaluator=evaluator,
+    )  # fmt: skip
+    assert result.met and result.chosen is not None
+    assert result.bound is not None and result.allowed_loss is not None
+    assert result.bound <= result.allowed_loss
+    text = path.read_text()
+    assert "# a comment that calibration must keep" in text and "# the cheap one" in text
+    assert text.index("name:") < text.index("tiers:") < text.index("routing:")
+    reloaded = load_policy(path)
+    step = reloaded.policy.routing.chain[0]  # type: ignore[union-attr]
+    assert step.threshold == pytest.approx(result.chosen.params["tiny"], abs=1e-6)
+    assert step.calibration is not None and step.calibration.method == "temperature"
+    provenance = reloaded.policy.provenance
+    assert provenance is not None
+    assert provenance.target == {"relative_accuracy": 0.99}
+    assert provenance.cards["large"] == _card("large", policy_dir).sha256
+    # The engine, replaying the written policy, reproduces what the search simulated.
+    replay = Evaluator(reloaded).evaluate(cal.X, cal.y)[0]
+    assert replay.relative_accuracy == pytest.approx(result.chosen.relative_accuracy)
+    assert replay.relative_cost == pytest.approx(result.chosen.relative_cost)
+
+
+def test_the_margin_refuses_what_few_rows_cannot_certify(policy_dir: Path) -> None:
+    path = _write(policy_dir, CHAIN.format(name="d", kind="confidence", threshold=0.5))
+    before = path.read_text()
+    cal = load_dataset("digits").calibration
+    result = calibrate_policy(
+        load_policy(path), cal.X, cal.y, data_label="digits",
+        target=Target(relative_accuracy=0.999, confidence=0.95),
+    )  # fmt: skip
+    assert not result.met
+    assert "cannot certify the target at confidence 0.95 on 359 calibration rows" in result.notes[0]
+    assert path.read_text() == before
+    assert result.frontier  # the frontier is still there to look at
+
+
+def test_cost_limit_without_accuracy_target_picks_the_most_accurate(policy_dir: Path) -> None:
+    path = _write(policy_dir, CHAIN.format(name="d", kind="sla", threshold=0.5))
+    cal = load_dataset("digits").calibration
+    result = calibrate_policy(
+        load_policy(path), cal.X, cal.y, data_label="digits", write=False,
+        target=Target(max_relative_cost=0.1), method="isotonic",
+    )  # fmt: skip
+    assert result.chosen is not None and result.chosen.relative_cost <= 0.1
+    feasible = [p for p in result.points if p.relative_cost <= 0.1]
+    assert result.chosen.relative_accuracy == max(p.relative_accuracy for p in feasible)
+
+
+def test_complexity_calibration_trains_a_scorer_and_fits_bands(policy_dir: Path) -> None:
+    path = _write(
+        policy_dir,
+        """\
+name: cx
+tiers:
+  tiny: {model: tiny.onnx}
+  small: {model: small.onnx}
+  large: {model: large.onnx}
+routing:
+  kind: complexity
+  scorer: {name: onnx, model: tiny.onnx}   # replaced by calibration
+  bands:
+    - {tier: tiny, below: 0.3}
+    - {tier: small, below: 0.6}
+    - {tier: large}
+""",
+    )
+    cal = load_dataset("digits").calibration
+    result = calibrate_policy(
+        load_policy(path), cal.X, cal.y, data_label="digits",
+        target=Target(relative_accuracy=0.95, confidence=0.8),
+    )  # fmt: skip
+    assert result.met
+    assert (policy_dir / "cx.complexity.onnx").is_file()
+    reloaded = load_policy(path)
+    routing = reloaded.policy.routing
+    assert routing.kind == "complexity"
+    assert routing.scorer.model == "cx.complexity.onnx"
+    bounds = [b.below for b in routing.bands[:-1]]
+    assert all(b is not None for b in bounds) and bounds == sorted(bounds)
+    row = Evaluator(reloaded).evaluate(cal.X, cal.y)[0]
+    assert row.relative_cost > 0 and 0 < row.accuracy <= 1
+
+
+def test_speculative_policy_evaluates_and_calibrates(policy_dir: Path) -> None:
+    path = _write(
+        policy_dir,
+        """\
+name: sp
+tiers:
+  tiny: {model: tiny.onnx}
+  large: {model: large.onnx}
+routing: {kind: speculative, cheap: tiny, expensive: large, threshold: 0.9}
+""",
+    )
+    test = load_dataset("digits").test
+    evaluator = Evaluator(load_policy(path))
+    row = evaluator.evaluate(test.X, test.y)[0]
+    # Every request starts both tiers: cost is at least the cheap tier plus a share of large.
+    assert row.relative_cost >= evaluator.costs["tiny"]
+    tiny = evaluator.probabilities("tiny", test.X)
+    assert row.escalation_rate == pytest.approx(float((tiny.max(axis=1) < 0.9).mean()))
+
+
+def test_model_drift_is_warned(policy_dir: Path) -> None:
+    path = _write(policy_dir, CHAIN.format(name="d", kind="confidence", threshold=0.9))
+    text = path.read_text() + (
+        "provenance:\n  dataset: digits\n  split: calibration\n  date: '2026-01-01'\n"
+        "  target: {relative_accuracy: 0.99}\n  achieved: {}\n  confidence: 0.95\n"
+        "  cards: {large: '" + "0" * 64 + "'}\n"
+    )
+    path.write_text(text)
+    with pytest.warns(ModelDriftWarning, match=r"tiers\.large: large\.onnx differs from the build"):
+        Evaluator(load_policy(path))
+
+
+def test_confidence_measures_used_by_calibration_match_the_engine() -> None:
+    p = np.array([[0.7, 0.2, 0.1]], dtype=np.float32)
+    raw = confidence(p, "max_prob")
+    assert raw == pytest.approx([0.7])
+    assert calibrate(p, raw, None, "max_prob") == pytest.approx(raw)
+
+
+def test_loss_bound_behaviour() -> None:
+    zeros = np.zeros(1000, dtype=np.int8)
+    assert loss_upper_bound(zeros, confidence=0.95) == pytest.approx(1 - 0.05 ** (1 / 1000))
+    few = zeros.copy()
+    few[:3] = 1  # too few events for the CLT: exact binomial bound on 3 losses
+    assert loss_upper_bound(few, confidence=0.95) == pytest.approx(0.00774, abs=2e-4)
+    many = np.r_[np.ones(30), -np.ones(20), np.zeros(950)].astype(np.int8)
+    assert loss_upper_bound(many, confidence=0.95) > many.mean()
+    assert loss_upper_bound(many, confidence=0.99) > loss_upper_bound(many, confidence=0.9)
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    points = [
+        Point(1.0, 1.0),
+        Point(0.5, 0.99),
+        Point(0.6, 0.98),
+        Point(0.2, 0.95),
+        Point(0.3, 0.9),
+    ]
+    assert [(p.relative_cost, p.relative_accuracy) for p in pareto_front(points)] == [
+        (0.2, 0.95), (0.5, 0.99), (1.0, 1.0)
+    ]  # fmt: skip
+
+
+def test_cli_evaluate_json_and_users_own_table(
+    digits_zoo: Zoo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+    from sklearn.datasets import load_wine
+
+    wine = load_wine(as_frame=True).frame
+    table = tmp_path / "wine.csv"
+    wine.to_csv(table, index=False)
+    assert main(["models", "build", "--data", str(table), "--label-column", "target",
+                 "--out", str(tmp_path), "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    policy = _write(tmp_path, CHAIN.format(name="wine", kind="confidence", threshold=0.8))
+    argv = ["evaluate", str(policy), "--data", str(table), "--label-column", "target", "--json"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in rows] == ["wine", "always-tiny", "always-small", "always-large"]
+    for row in rows:
+        assert {"name", "accuracy", "relative_accuracy", "relative_cost", "escalation_rate"} <= set(
+            row
+        )
+    assert main(["evaluate", str(policy)]) == 1
+    assert "the policy names no `dataset`" in capsys.readouterr().err
+    assert pd is not None
+
+
+def test_cli_calibrate_dry_run_leaves_the_file(
+    policy_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(policy_dir, CHAIN.format(name="d", kind="confidence", threshold=0.5))
+    path.write_text(path.read_text().replace("name: d\n", "name: d\ndataset: digits\n"))
+    before = path.read_text()
+    png = policy_dir / "front.png"
+    argv = ["calibrate", str(path), "--target-relative-accuracy", "0.99", "--dry-run",
+            "--png", str(png), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Pareto frontier on digits/calibration (359 rows; * = chosen)" in out
+    assert "thresholds not written (--dry-run)" in out
+    assert path.read_text() == before
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
