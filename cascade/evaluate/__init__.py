@@ -1,7 +1,12 @@
 """Offline evaluation and calibration of policies, with the same engine that serves."""
 
 from cascade.evaluate._bounds import loss_upper_bound
-from cascade.evaluate._calibrate import CalibrationResult, Target, calibrate_policy
+from cascade.evaluate._calibrate import (
+    CalibrationResult,
+    Target,
+    calibrate_policy,
+    calibration_provenance,
+)
 from cascade.evaluate._data import labelled_split
 from cascade.evaluate._frontier import Point, format_frontier, pareto_front, plot_frontier
 from cascade.evaluate._replay import EvalRow, Evaluator
@@ -23,6 +28,7 @@ __all__ = [
     "Target",
     "TierInfo",
     "calibrate_policy",
+    "calibration_provenance",
     "check_provenance",
     "ensure_models",
     "format_frontier",

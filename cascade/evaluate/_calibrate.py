@@ -47,7 +47,7 @@ from cascade.routing import calibrate as apply_calibration
 from cascade.routing import confidence as measure_confidence
 from cascade.routing import fit_isotonic, fit_temperature
 
-__all__ = ["CalibrationResult", "Target", "calibrate_policy"]
+__all__ = ["CalibrationResult", "Target", "calibrate_policy", "calibration_provenance"]
 
 ConfidenceCalibration = Literal["none", "temperature", "isotonic"]
 _GRID_2 = 60  # threshold candidates for one threshold
@@ -385,9 +385,15 @@ def _apply(
             band.model_copy(update={"below": params.get(f"band{i}")})
             for i, band in enumerate(routing.bands)
         ]
-        scorer = routing.scorer.model_copy(
-            update={"model": extra_files[0].relative_to(loaded.base_dir).as_posix()}
+        scorer_file = extra_files[0]
+        # Relative when the scorer lies in the policy's folder (the usual case); a policy
+        # whose tiers live elsewhere (allow_outside_paths) gets the absolute path.
+        model = (
+            scorer_file.relative_to(loaded.base_dir).as_posix()
+            if scorer_file.is_relative_to(loaded.base_dir)
+            else str(scorer_file)
         )
+        scorer = routing.scorer.model_copy(update={"model": model})
         new_routing = routing.model_copy(update={"bands": bands, "scorer": scorer})
     return loaded.policy.model_copy(update={"routing": new_routing})
 
@@ -405,24 +411,9 @@ def _write(
     assert loaded.path is not None and result.chosen is not None
     policy = result.policy
     routing = policy.routing
-    tiers = evaluator.tiers
-    cards = {name: info.card.sha256 for name, info in tiers.items() if info.card is not None}
-    achieved = {
-        "calibration_relative_accuracy": round(result.chosen.relative_accuracy, 5),
-        "calibration_relative_cost": round(result.chosen.relative_cost, 5),
-    }
-    if result.bound is not None and result.allowed_loss is not None:
-        achieved["loss_upper_bound"] = round(result.bound, 6)
-        achieved["loss_allowed"] = round(result.allowed_loss, 6)
-    provenance = {
-        "dataset": data_label,
-        "split": "calibration",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "target": target.as_dict(),
-        "achieved": achieved,
-        "confidence": target.confidence,
-        "cards": cards,
-    }
+    provenance = calibration_provenance(
+        result, target=target, data_label=data_label, evaluator=evaluator
+    )
 
     def _calibration(value: Calibration | None) -> dict[str, Any] | None:
         return None if value is None else value.model_dump(exclude_none=True)
@@ -449,6 +440,30 @@ def _write(
         )
 
     edit_policy_file(loaded.path, edit, validate=validate)
+
+
+def calibration_provenance(
+    result: CalibrationResult, *, target: Target, data_label: str, evaluator: Evaluator
+) -> dict[str, Any]:
+    """The policy's ``provenance`` section for a calibration result (see ``Provenance``)."""
+    if result.chosen is None:
+        raise PolicyError("calibration chose no setting: there is no provenance to record")
+    achieved = {
+        "calibration_relative_accuracy": round(result.chosen.relative_accuracy, 5),
+        "calibration_relative_cost": round(result.chosen.relative_cost, 5),
+    }
+    if result.bound is not None and result.allowed_loss is not None:
+        achieved["loss_upper_bound"] = round(result.bound, 6)
+        achieved["loss_allowed"] = round(result.allowed_loss, 6)
+    return {
+        "dataset": data_label,
+        "split": "calibration",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "target": target.as_dict(),
+        "achieved": achieved,
+        "confidence": target.confidence,
+        "cards": {n: i.card.sha256 for n, i in evaluator.tiers.items() if i.card is not None},
+    }
 
 
 def _set(mapping: Any, key: str, value: Any) -> None:

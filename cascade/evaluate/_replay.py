@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,14 @@ class Evaluator:
             base_dir=self.loaded.base_dir,
             ewma=0.0,  # offline: keep the card estimates, the batch's wall time is not a latency
         )
-        return asyncio.run(engine.run(X))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(engine.run(X))
+        # Called from inside an event loop (a notebook, a server): asyncio.run would refuse,
+        # so the replay gets an event loop of its own in a worker thread.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, engine.run(X)).result()
 
     def probabilities(self, tier: str, X: np.ndarray) -> np.ndarray:
         return self.backends[tier].predict_sync(X)

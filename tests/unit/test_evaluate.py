@@ -281,3 +281,38 @@ def test_cli_calibrate_dry_run_leaves_the_file(
     assert "thresholds not written (--dry-run)" in out
     assert path.read_text() == before
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_replay_works_inside_a_running_event_loop(policy_dir: Path) -> None:
+    import asyncio
+
+    path = _write(policy_dir, CHAIN.format(name="d", kind="confidence", threshold=0.9))
+    evaluator = Evaluator(load_policy(path))
+    test = load_dataset("digits").test
+
+    async def inside() -> float:  # as in a notebook cell, where a loop is already running
+        return float((evaluator.run(evaluator.loaded.policy, test.X).labels == test.y).mean())
+
+    assert asyncio.run(inside()) == evaluator.evaluate(test.X, test.y)[0].accuracy
+
+
+def test_complexity_scorer_outside_the_policy_folder_gets_an_absolute_path(
+    policy_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    elsewhere = tmp_path_factory.mktemp("policy-elsewhere")
+    text = (
+        "name: far\nallow_outside_paths: true\ntiers:\n"
+        + "".join(f"  {t}: {{model: {policy_dir / f'{t}.onnx'}}}\n" for t in ("tiny", "large"))
+        + "routing:\n  kind: complexity\n  scorer: {name: onnx, model: "
+        + str(policy_dir / "tiny.onnx")
+        + "}\n  bands:\n    - {tier: tiny, below: 0.5}\n    - {tier: large}\n"
+    )
+    path = _write(elsewhere, text)
+    cal = load_dataset("digits").calibration
+    calibrate_policy(
+        load_policy(path), cal.X, cal.y, data_label="digits",
+        target=Target(relative_accuracy=0.9, confidence=0.8),
+    )  # fmt: skip
+    routing = load_policy(path).policy.routing
+    assert routing.kind == "complexity"
+    assert routing.scorer.model == str(policy_dir / "far.complexity.onnx")
