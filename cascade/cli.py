@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cascade._cli_evaluate import add_evaluate_commands, run_calibrate, run_evaluate
+from cascade._cli_serve import add_serve_command, run_serve
 from cascade.errors import CascadeError
 
 __all__ = ["main"]
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("datasets", help="list the built-in datasets")
     add_evaluate_commands(commands)
+    add_serve_command(commands)
     _add_policy_commands(commands)
     return parser
 
@@ -210,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "policy":
             return _policy(args)
+        if args.command == "serve":
+            return run_serve(args)
         if args.command == "evaluate":
             return run_evaluate(args)
         if args.command == "calibrate":

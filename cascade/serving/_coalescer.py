@@ -1,0 +1,154 @@
+"""Coalesce concurrent requests into engine batches.
+
+Many small HTTP requests arriving together are answered by one ``Engine.run`` over their
+concatenated rows, so every tier sees one batched call instead of one per request. Each
+caller gets back exactly its own rows' answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cascade.backends import InputSpec, validate_batch
+from cascade.errors import BackendError
+from cascade.routing import BatchResult, Decision
+
+__all__ = ["Coalescer"]
+
+RunBatch = Callable[[np.ndarray, list[float | None]], Awaitable[BatchResult]]
+Answer = tuple[np.ndarray, tuple[Decision, ...]]
+
+
+@dataclass(eq=False)
+class _Waiting:
+    rows: np.ndarray
+    deadline_ms: float | None
+    arrived_s: float
+    future: asyncio.Future[Answer] = field(repr=False)
+
+
+class Coalescer:
+    """Merges concurrent ``submit`` calls into one call of ``run(rows, deadlines)``.
+
+    Requests wait at most ``max_wait_ms`` for company, or until ``max_batch_rows`` rows are
+    waiting; a request of ``max_batch_rows`` rows or more runs alone. ``run`` gets one
+    deadline per row: its request's, less the time the request waited here. If ``run``
+    raises, every request of that batch gets the exception.
+
+    Example::
+
+        coalescer = Coalescer(lambda rows, d: engine.run(rows, deadlines_ms=d), max_wait_ms=2)
+        probabilities, decisions = await coalescer.submit(request.rows, deadline_ms=50)
+    """
+
+    def __init__(
+        self, run: RunBatch, *, max_batch_rows: int = 256, max_wait_ms: float = 2.0
+    ) -> None:
+        if max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
+        if not max_wait_ms >= 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        self._run = run
+        self._max_batch_rows = max_batch_rows
+        self._max_wait_s = max_wait_ms / 1000.0
+        self._pending: list[_Waiting] = []
+        self._pending_rows = 0
+        self._timer: asyncio.TimerHandle | None = None
+        # strong references: the event loop keeps only weak ones to running tasks
+        self._batches: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows waiting for their batch to start."""
+        return self._pending_rows
+
+    async def submit(self, rows: np.ndarray, *, deadline_ms: float | None = None) -> Answer:
+        """Answer ``rows`` as part of a coalesced batch: this request's probabilities and
+        decisions, one per row.
+
+        ``rows`` are validated here (rank 2, real, finite) so that one bad request cannot
+        fail the batch it would have shared with others.
+        """
+        batch = validate_batch(rows, InputSpec(name="input", width=None))
+        loop = asyncio.get_running_loop()
+        if len(batch) >= self._max_batch_rows:
+            result = await self._run(batch, [deadline_ms] * len(batch))
+            return _slice(result, 0, len(batch))
+        if self._pending and (
+            self._pending_rows + len(batch) > self._max_batch_rows
+            or self._pending[0].rows.shape[1] != batch.shape[1]
+        ):
+            self._flush()
+        waiting = _Waiting(batch, deadline_ms, loop.time(), loop.create_future())
+        self._pending.append(waiting)
+        self._pending_rows += len(batch)
+        if self._pending_rows >= self._max_batch_rows:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._max_wait_s, self._flush)
+        try:
+            return await waiting.future
+        except asyncio.CancelledError:
+            self._withdraw(waiting)
+            raise
+
+    def _withdraw(self, waiting: _Waiting) -> None:
+        """Drop a cancelled request that has not been dispatched yet."""
+        if waiting in self._pending:
+            self._pending.remove(waiting)
+            self._pending_rows -= len(waiting.rows)
+            if not self._pending and self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _flush(self) -> None:
+        """Start a batch of everything pending."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        if not pending:
+            return
+        task = asyncio.get_running_loop().create_task(self._run_batch(pending))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(self, batch: list[_Waiting]) -> None:
+        now_s = asyncio.get_running_loop().time()
+        rows = np.concatenate([w.rows for w in batch])
+        deadlines: list[float | None] = []
+        for w in batch:
+            remaining = (
+                None
+                if w.deadline_ms is None
+                else max(0.0, w.deadline_ms - (now_s - w.arrived_s) * 1000.0)
+            )
+            deadlines.extend([remaining] * len(w.rows))
+        try:
+            result = await self._run(rows, deadlines)
+            if len(result.decisions) != len(rows) or len(result.probabilities) != len(rows):
+                raise BackendError(
+                    f"the batch run answered {len(result.decisions)} of {len(rows)} rows"
+                )
+        except asyncio.CancelledError:
+            for w in batch:
+                w.future.cancel()
+            raise
+        except Exception as exc:
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(exc)
+            return
+        start = 0
+        for w in batch:
+            if not w.future.done():  # its caller may have been cancelled meanwhile
+                w.future.set_result(_slice(result, start, start + len(w.rows)))
+            start += len(w.rows)
+
+
+def _slice(result: BatchResult, start: int, stop: int) -> Answer:
+    return result.probabilities[start:stop], result.decisions[start:stop]

@@ -1,0 +1,423 @@
+"""The Open Inference Protocol (KServe v2) request and response layer, as pure functions.
+
+Both the Ray ingress and the plain ASGI edge turn HTTP bodies into ``InferRequest``s here
+and answers back into v2 response bodies, so both speak exactly the same protocol. Every
+client mistake is an ``InputError`` whose message says what is wrong (HTTP 400).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cascade.backends import InputSpec, validate_batch
+from cascade.errors import InputError
+from cascade.policy import Policy
+
+__all__ = [
+    "OUTPUT_NAMES",
+    "InferRequest",
+    "build_infer_response",
+    "error_body",
+    "model_metadata",
+    "parse_infer_request",
+    "policy_hash",
+]
+
+OUTPUT_NAMES = ("probabilities", "label")
+"""The outputs a request may ask for, and the ones it gets when it names none."""
+
+_DATATYPES: dict[str, type[np.generic]] = {
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+}
+_ALLOWED_DATATYPES = ", ".join(_DATATYPES)
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A parsed, validated v2 inference request.
+
+    Example::
+
+        request = parse_infer_request(body, input_name="input", width=64, tiers=["tiny"])
+        request.rows.shape, request.deadline_ms, request.output_names
+    """
+
+    id: str | None
+    rows: np.ndarray
+    deadline_ms: float | None
+    max_tier: str | None
+    trace: bool
+    output_names: list[str]
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _first_non_number(data: Any, path: str = "") -> tuple[str, Any] | None:
+    """The first leaf of nested lists that is not a JSON number, with its index path."""
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            found = _first_non_number(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    return None if _is_number(data) else (path, data)
+
+
+def _parse_json(body: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(body) > max_bytes:
+        raise InputError(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+    try:
+        document = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"request body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"request body is not UTF-8 text: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InputError(f"request body must be a JSON object, got {_type_name(document)}")
+    return document
+
+
+def _parse_parameters(
+    parameters: Any, tiers: Sequence[str]
+) -> tuple[float | None, str | None, bool]:
+    if parameters is None:
+        return None, None, True
+    if not isinstance(parameters, dict):
+        raise InputError(f"'parameters' must be an object, got {_type_name(parameters)}")
+    deadline = parameters.get("deadline_ms")
+    if deadline is not None and not (
+        _is_number(deadline) and math.isfinite(deadline) and deadline > 0
+    ):
+        raise InputError(
+            f"parameters.deadline_ms must be a positive number, got {json.dumps(deadline)}"
+        )
+    max_tier = parameters.get("max_tier")
+    if max_tier is not None and max_tier not in tiers:
+        raise InputError(
+            f"parameters.max_tier {json.dumps(max_tier)} is not a tier of this policy "
+            f"(tiers: {', '.join(tiers)})"
+        )
+    trace = parameters.get("trace", True)
+    if not isinstance(trace, bool):
+        raise InputError(f"parameters.trace must be true or false, got {json.dumps(trace)}")
+    return (None if deadline is None else float(deadline)), max_tier, trace
+
+
+def _parse_outputs(outputs: Any) -> list[str]:
+    if outputs is None or outputs == []:
+        return list(OUTPUT_NAMES)
+    if not isinstance(outputs, list):
+        raise InputError(f"'outputs' must be a list, got {_type_name(outputs)}")
+    names: list[str] = []
+    for i, output in enumerate(outputs):
+        name = output.get("name") if isinstance(output, dict) else None
+        if not isinstance(name, str):
+            raise InputError(f"outputs[{i}] must be an object with a string 'name'")
+        if name not in OUTPUT_NAMES:
+            raise InputError(f"unknown output '{name}' (allowed: {', '.join(OUTPUT_NAMES)})")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _parse_input(
+    inputs: Any, *, input_name: str, width: int, max_rows: int, body: bytes
+) -> np.ndarray:
+    if not isinstance(inputs, list) or not inputs:
+        got = "none" if inputs is None or inputs == [] else _type_name(inputs)
+        raise InputError(f"'inputs' must list one input named '{input_name}', got {got}")
+    if len(inputs) != 1:
+        raise InputError(f"expected exactly one input ('{input_name}'), got {len(inputs)}")
+    tensor = inputs[0]
+    if not isinstance(tensor, dict):
+        raise InputError(f"inputs[0] must be an object, got {_type_name(tensor)}")
+    name = tensor.get("name")
+    if name != input_name:
+        if not isinstance(name, str):
+            raise InputError(f"inputs[0] needs a string 'name' (expected '{input_name}')")
+        raise InputError(f"unknown input '{name}' (expected '{input_name}')")
+    where = f"input '{input_name}'"
+    for key in ("shape", "datatype", "data"):
+        if key not in tensor:
+            raise InputError(f"{where}: missing '{key}'")
+
+    shape = tensor["shape"]
+    expected = f"[batch, {width}]"
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise InputError(f"{where}: 'shape' must be a list of integers, got {json.dumps(shape)}")
+    if len(shape) != 2 or shape[1] != width or shape[0] < 0:
+        raise InputError(f"{where}: shape {json.dumps(shape)} does not match {expected}")
+    n_rows = int(shape[0])
+    if n_rows == 0:
+        raise InputError(f"{where}: 0 rows; send at least one row")
+    if n_rows > max_rows:
+        raise InputError(f"{where}: {n_rows} rows; the limit is {max_rows} per request")
+
+    datatype = tensor["datatype"]
+    if datatype not in _DATATYPES:
+        raise InputError(
+            f"{where}: datatype {json.dumps(datatype)} is not supported "
+            f"(allowed: {_ALLOWED_DATATYPES})"
+        )
+    data = tensor["data"]
+    if not isinstance(data, list):
+        raise InputError(f"{where}: 'data' must be a list of numbers, got {_type_name(data)}")
+    return _to_rows(data, datatype, shape=(n_rows, width), input_name=input_name, body=body)
+
+
+def _to_rows(
+    data: list[Any], datatype: str, *, shape: tuple[int, int], input_name: str, body: bytes
+) -> np.ndarray:
+    where = f"input '{input_name}'"
+    try:
+        array = np.asarray(data)
+    except ValueError as exc:  # ragged nested lists
+        raise InputError(
+            f"{where}: nested 'data' is ragged; rows must all have one length"
+        ) from exc
+    # numpy folds booleans into numbers when they are mixed; JSON booleans can only be there
+    # when the body spells true/false somewhere, so the exact scan runs only then
+    suspicious = array.dtype.kind not in "iuf" or b"true" in body or b"false" in body
+    if suspicious:
+        found = _first_non_number(data)
+        if found is not None:
+            path, value = found
+            raise InputError(
+                f"{where}: data{path} is {_type_name(value)}, not a number ({json.dumps(value)})"
+            )
+    if array.dtype.kind not in "iuf":  # all numbers, but integers too large for int64
+        raise InputError(f"{where}: data holds integers beyond the 64-bit range")
+    expected_size = shape[0] * shape[1]
+    if array.size != expected_size:
+        raise InputError(
+            f"{where}: data has {array.size} values; shape {list(shape)} needs {expected_size}"
+        )
+    if array.ndim > 1 and array.shape != shape:
+        raise InputError(
+            f"{where}: nested data has shape {list(array.shape)}; 'shape' says {list(shape)}"
+        )
+    dtype = np.dtype(_DATATYPES[datatype])
+    if dtype.kind in "iu":
+        if array.dtype.kind == "f":
+            raise InputError(f"{where}: datatype {datatype} needs integers, got fractional data")
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InputError(f"{where}: values outside {datatype}'s range [{info.min}, {info.max}]")
+    return validate_batch(array.reshape(shape), InputSpec(name=input_name, width=shape[1]))
+
+
+def parse_infer_request(
+    body: bytes,
+    *,
+    input_name: str,
+    width: int,
+    tiers: Sequence[str],
+    max_rows: int = 4096,
+    max_bytes: int = 8 * 2**20,
+) -> InferRequest:
+    """Parse and validate a v2 ``POST /v2/models/{name}/infer`` body.
+
+    Raises ``InputError`` for every client mistake. ``data`` may be flat (row-major) or
+    nested; any real datatype is cast to float32. ``tiers`` are the policy's tier names,
+    which ``parameters.max_tier`` must be one of.
+
+    Example::
+
+        body = b'{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32",'
+        body += b' "data": [0.5, 1.5]}], "parameters": {"deadline_ms": 20}}'
+        request = parse_infer_request(body, input_name="input", width=2, tiers=["tiny"])
+        request.rows        # array([[0.5, 1.5]], dtype=float32)
+        request.deadline_ms  # 20.0
+    """
+    document = _parse_json(body, max_bytes)
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InputError(f"'id' must be a string, got {_type_name(request_id)}")
+    deadline_ms, max_tier, trace = _parse_parameters(document.get("parameters"), tiers)
+    output_names = _parse_outputs(document.get("outputs"))
+    rows = _parse_input(
+        document.get("inputs"), input_name=input_name, width=width, max_rows=max_rows, body=body
+    )
+    return InferRequest(
+        id=request_id,
+        rows=rows,
+        deadline_ms=deadline_ms,
+        max_tier=max_tier,
+        trace=trace,
+        output_names=output_names,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars become Python ones; non-finite floats become null."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def build_infer_response(
+    *,
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str] | None,
+    decisions: Sequence[dict[str, Any]] | None,
+    output_names: Sequence[str],
+) -> dict[str, Any]:
+    """Build the v2 response body; it survives ``json.dumps(..., allow_nan=False)``.
+
+    Labels are class names (``BYTES``) when ``classes`` are given, else indices
+    (``INT64``). ``decisions`` (the trace, ``Decision.to_dict()`` per row) ride in
+    ``parameters``; pass ``None`` when the request turned tracing off.
+
+    Example::
+
+        body = build_infer_response(
+            model_name="digits", model_version="1", request_id=request.id,
+            probabilities=result.probabilities, labels=result.labels, classes=None,
+            decisions=[d.to_dict() for d in result.decisions],
+            output_names=request.output_names,
+        )
+    """
+    probs = np.asarray(probabilities, dtype=np.float32)
+    label_array = np.asarray(labels)
+    if probs.ndim != 2 or label_array.shape != (probs.shape[0],):
+        raise ValueError(
+            f"expected probabilities [n, n_classes] and labels [n], got "
+            f"{list(probs.shape)} and {list(label_array.shape)}"
+        )
+    if not np.isfinite(probs).all():
+        raise ValueError("probabilities hold non-finite values")
+    label_data: list[Any] = [int(label) for label in label_array]
+    if classes is not None:
+        if label_data and not 0 <= min(label_data) <= max(label_data) < len(classes):
+            raise ValueError(f"labels {label_data} do not index the {len(classes)} classes")
+        label_data = [str(classes[i]) for i in label_data]
+    tensors = {
+        "probabilities": {
+            "name": "probabilities",
+            "shape": list(probs.shape),
+            "datatype": "FP32",
+            "data": probs.ravel().tolist(),
+        },
+        "label": {
+            "name": "label",
+            "shape": [len(label_data)],
+            "datatype": "BYTES" if classes is not None else "INT64",
+            "data": label_data,
+        },
+    }
+    unknown = [name for name in output_names if name not in tensors]
+    if unknown:
+        raise ValueError(f"unknown outputs {unknown} (allowed: {', '.join(OUTPUT_NAMES)})")
+    body: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        body["id"] = request_id
+    body["outputs"] = [tensors[name] for name in output_names]
+    if decisions is not None:
+        body["parameters"] = {"decisions": _jsonable(list(decisions))}
+    return body
+
+
+def model_metadata(
+    *,
+    name: str,
+    version: str,
+    input_name: str,
+    width: int,
+    n_classes: int,
+    classes: Sequence[str] | None,
+    policy_hash: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The v2 model metadata body (``GET /v2/models/{name}``).
+
+    Example::
+
+        model_metadata(name="digits", version="1", input_name="input", width=64,
+                       n_classes=10, classes=None, policy_hash=policy_hash(policy))
+    """
+    return {
+        "name": name,
+        "versions": [version],
+        "platform": "cascade",
+        "inputs": [{"name": input_name, "datatype": "FP32", "shape": [-1, width]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, n_classes]},
+            {
+                "name": "label",
+                "datatype": "BYTES" if classes is not None else "INT64",
+                "shape": [-1],
+            },
+        ],
+        "parameters": {
+            "policy_hash": policy_hash,
+            "classes": None if classes is None else [str(c) for c in classes],
+            **_jsonable(extra or {}),
+        },
+    }
+
+
+def policy_hash(policy: Policy) -> str:
+    """The first 16 hex digits of the sha256 of the policy's canonical JSON.
+
+    Example::
+
+        policy_hash(policy)   # "3f9a0c1d2e4b5a67"
+    """
+    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]
+
+
+def error_body(message: str) -> dict[str, str]:
+    """The body of every error response.
+
+    Example::
+
+        error_body("unknown input 'x' (expected 'input')")   # {"error": "..."}
+    """
+    return {"error": message}

@@ -1,0 +1,257 @@
+"""The Ray Serve layer: one deployment per `deployment` tier and an HTTP ingress.
+
+Thin on purpose: everything testable without Ray lives in ``cascade`` (policies, the engine,
+the Open Inference Protocol layer, request coalescing). Here a Serve class builds a cascade
+object in ``__init__`` and delegates.
+
+    serve run deployments.app:build_app policies='["policies/digits.yaml"]'
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures at run
+# time, and string annotations made it take `request: Request` for a query parameter.
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from cascade.backends import InputSpec, OnnxModel
+from cascade.errors import CascadeError, InputError
+from cascade.evaluate import ensure_models, resolve_tiers
+from cascade.policy import LoadedPolicy, load_policy
+from cascade.routing import Engine
+from cascade.serving import (
+    Coalescer,
+    build_infer_response,
+    error_body,
+    model_metadata,
+    parse_infer_request,
+    policy_hash,
+)
+
+__all__ = ["AppArgs", "Ingress", "ModelDeployment", "build_app"]
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`build_app` (also the `args` of a Serve config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policies: list[str] = Field(min_length=1, description="policy files to serve")
+    max_rows: int = Field(4096, ge=1, description="most rows per request")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body")
+    coalesce_ms: float = Field(2.0, ge=0, description="window coalescing concurrent requests")
+    max_ongoing_requests: int = Field(64, ge=1, description="Serve backpressure per replica")
+
+
+@serve.deployment
+class ModelDeployment:
+    """One ONNX tier behind a Serve deployment, batching calls with ``@serve.batch``."""
+
+    def __init__(self, path: str, max_batch_size: int, max_wait_ms: float) -> None:
+        self.model = OnnxModel(path, offload=True)
+        self.reconfigure({"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.predict.set_max_batch_size(int(config["max_batch_size"]))
+        self.predict.set_batch_wait_timeout_s(float(config["max_wait_ms"]) / 1000.0)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def predict(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        # Each call carries a batch of rows already; one session run answers them all.
+        sizes = [len(b) for b in batches]
+        out = await self.model.predict(np.concatenate(batches))
+        return list(np.split(out, np.cumsum(sizes)[:-1]))
+
+    def check_health(self) -> None:
+        self.model.predict_sync(np.zeros((1, self.model.input_spec.width or 1), np.float32))
+
+
+class _HandleModel:
+    """A deployment tier seen by the engine: the Model protocol over a DeploymentHandle."""
+
+    def __init__(self, name: str, handle: DeploymentHandle, spec: InputSpec) -> None:
+        self.name = name
+        self.input_spec = spec
+        self._handle = handle
+
+    async def predict(self, batch: Any) -> np.ndarray:
+        result: np.ndarray = await self._handle.predict.remote(np.asarray(batch, np.float32))
+        return result
+
+
+class _Served:
+    """One policy as served: its engine, coalescer and metadata."""
+
+    def __init__(self, loaded: LoadedPolicy, handles: dict[str, DeploymentHandle],
+                 args: AppArgs) -> None:  # fmt: skip
+        policy = loaded.policy
+        tiers = resolve_tiers(loaded)
+        backends: dict[str, Any] = {}
+        first = OnnxModel(next(iter(tiers.values())).path)
+        self.spec = first.input_spec
+        for name, tier in policy.tiers.items():
+            if tier.placement == "deployment":
+                backends[name] = _HandleModel(name, handles[name], self.spec)
+            else:
+                backends[name] = OnnxModel(tiers[name].path, providers=tier.providers)
+        card = next((t.card for t in tiers.values() if t.card is not None), None)
+        self.classes = list(card.classes) if card is not None else None
+        self.n_classes = len(self.classes) if self.classes else first.n_classes
+        self.engine = Engine(
+            policy,
+            backends,
+            costs={n: t.cost for n, t in tiers.items()},
+            latency_ms={n: t.latency_ms for n, t in tiers.items()},
+            base_dir=loaded.base_dir,
+        )
+        self.coalescer = Coalescer(
+            lambda rows, deadlines: self.engine.run(rows, deadlines_ms=deadlines),
+            max_wait_ms=args.coalesce_ms,
+        )
+        self.policy = policy
+        self.version = policy_hash(policy)
+
+
+fastapi_app = FastAPI(title="cascade", description="Open Inference Protocol v2 over a cascade")
+
+
+@serve.deployment
+@serve.ingress(fastapi_app)
+class Ingress:
+    """HTTP routes of the Open Inference Protocol v2, running the engine in this replica."""
+
+    def __init__(self, policies: list[str], handles: dict[str, dict[str, DeploymentHandle]],
+                 args: dict[str, Any]) -> None:  # fmt: skip
+        self.args = AppArgs.model_validate(args)
+        self.served: dict[str, _Served] = {}
+        for path in policies:
+            loaded = load_policy(path)
+            name = loaded.policy.name
+            self.served[name] = _Served(loaded, handles.get(name, {}), self.args)
+
+    def _model(self, name: str) -> _Served | JSONResponse:
+        served = self.served.get(name)
+        if served is None:
+            known = ", ".join(sorted(self.served))
+            return JSONResponse(error_body(f"unknown model '{name}' (models: {known})"), 404)
+        return served
+
+    @fastapi_app.get("/v2/health/live")
+    async def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @fastapi_app.get("/v2/health/ready")
+    async def ready(self) -> dict[str, bool]:
+        return {"ready": True}
+
+    @fastapi_app.get("/v2/models/{name}/ready", response_model=None)
+    async def model_ready(self, name: str) -> dict[str, Any] | JSONResponse:
+        served = self._model(name)
+        if isinstance(served, JSONResponse):
+            return served
+        return {"name": name, "ready": True}
+
+    @fastapi_app.get("/v2/models/{name}", response_model=None)
+    async def metadata(self, name: str) -> dict[str, Any] | JSONResponse:
+        served = self._model(name)
+        if isinstance(served, JSONResponse):
+            return served
+        return model_metadata(
+            name=name,
+            version=served.version,
+            input_name=served.spec.name,
+            width=served.spec.width or 0,
+            n_classes=served.n_classes,
+            classes=served.classes,
+            policy_hash=served.version,
+            extra={"routing": served.policy.routing.kind, "tiers": list(served.policy.tiers)},
+        )
+
+    @fastapi_app.post("/v2/models/{name}/infer", response_model=None)
+    async def infer(self, name: str, request: Request) -> dict[str, Any] | JSONResponse:
+        served = self._model(name)
+        if isinstance(served, JSONResponse):
+            return served
+        body = await request.body()
+        try:
+            parsed = parse_infer_request(
+                body,
+                input_name=served.spec.name,
+                width=served.spec.width or 0,
+                tiers=list(served.policy.tiers),
+                max_rows=self.args.max_rows,
+                max_bytes=self.args.max_body_bytes,
+            )
+        except InputError as exc:
+            return JSONResponse(error_body(str(exc)), 400)
+        try:
+            probabilities, decisions = await served.coalescer.submit(
+                parsed.rows, deadline_ms=parsed.deadline_ms
+            )
+        except InputError as exc:
+            return JSONResponse(error_body(str(exc)), 400)
+        except (TimeoutError, CascadeError) as exc:
+            return JSONResponse(error_body(f"model '{name}' failed: {exc}"), 503,
+                                headers={"Retry-After": "1"})  # fmt: skip
+        return build_infer_response(
+            model_name=name,
+            model_version=served.version,
+            request_id=parsed.id,
+            probabilities=probabilities,
+            labels=probabilities.argmax(axis=1),
+            classes=served.classes,
+            decisions=[d.to_dict() for d in decisions] if parsed.trace else None,
+            output_names=parsed.output_names,
+        )
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The Serve application for ``args`` (see :class:`AppArgs`).
+
+    Example::
+
+        serve.run(build_app({"policies": ["policies/digits.yaml"]}), route_prefix="/")
+    """
+    parsed = AppArgs.model_validate(args)
+    handles: dict[str, dict[str, Any]] = {}
+    paths = []
+    for path in parsed.policies:
+        loaded = load_policy(path)
+        ensure_models(loaded, progress=False)
+        paths.append(str(Path(path).resolve()))
+        policy = loaded.policy
+        bound: dict[str, Any] = {}
+        for name, tier in policy.tiers.items():
+            if tier.placement != "deployment":
+                continue
+            options: dict[str, Any] = {
+                "name": f"{policy.name}-{name}",
+                "max_ongoing_requests": max(
+                    parsed.max_ongoing_requests, tier.batching.max_batch_size
+                ),
+                "ray_actor_options": {"num_cpus": 0.5},
+            }
+            if tier.autoscaling is not None:
+                options["autoscaling_config"] = {
+                    "min_replicas": tier.autoscaling.min_replicas,
+                    "max_replicas": tier.autoscaling.max_replicas,
+                    "target_ongoing_requests": tier.autoscaling.target_ongoing_requests,
+                }
+            else:
+                options["num_replicas"] = tier.replicas
+            bound[name] = ModelDeployment.options(**options).bind(
+                str(loaded.model_path(name)),
+                tier.batching.max_batch_size,
+                tier.batching.max_wait_ms,
+            )
+        handles[policy.name] = bound
+    ingress = Ingress.options(
+        max_ongoing_requests=parsed.max_ongoing_requests, ray_actor_options={"num_cpus": 0.5}
+    )
+    return ingress.bind(paths, handles, parsed.model_dump())

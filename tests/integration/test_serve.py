@@ -1,0 +1,133 @@
+"""The digits policy served by a real local Ray Serve on 127.0.0.1, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from cascade.evaluate import Evaluator
+from cascade.policy import load_policy
+from cascade.zoo import load_dataset
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "policies" / "digits.yaml"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    from deployments.app import build_app
+
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({"policies": [str(DIGITS)]}), name="cascade", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _body(rows: np.ndarray, **parameters: object) -> dict[str, object]:
+    return {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(rows.shape),
+                "datatype": "FP32",
+                "data": rows.ravel().tolist(),
+            }
+        ],
+        "parameters": parameters,
+    }
+
+
+def test_health_and_metadata(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        assert client.get("/v2/health/live").json() == {"live": True}
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        assert client.get("/v2/models/digits/ready").json()["ready"] is True
+        meta = client.get("/v2/models/digits").json()
+        assert meta["name"] == "digits"
+        assert meta["inputs"][0]["shape"] == [-1, 64]
+        assert meta["parameters"]["classes"] == [str(i) for i in range(10)]
+        missing = client.get("/v2/models/nope")
+        assert missing.status_code == 404
+        assert missing.json() == {"error": "unknown model 'nope' (models: digits)"}
+
+
+def test_infer_matches_the_offline_engine(base_url: str) -> None:
+    rows = load_dataset("digits").test.X[:40]
+    offline = Evaluator(load_policy(DIGITS))
+    expected = offline.run(offline.loaded.policy, rows)
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        response = client.post("/v2/models/digits/infer", json=_body(rows))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    outputs = {o["name"]: o for o in body["outputs"]}
+    probabilities = np.asarray(outputs["probabilities"]["data"]).reshape(40, 10)
+    np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-6)
+    assert outputs["label"]["data"] == [str(i) for i in expected.labels]
+    decisions = body["parameters"]["decisions"]
+    assert [d["answered_by"] for d in decisions] == [d.answered_by for d in expected.decisions]
+    assert "large" in {d["answered_by"] for d in decisions}  # some rows escalated over the hop
+
+
+def test_concurrent_requests_are_all_answered(base_url: str) -> None:
+    rows = load_dataset("digits").test.X[:64]
+
+    async def fire() -> list[int]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            responses = await asyncio.gather(
+                *(client.post("/v2/models/digits/infer", json=_body(rows[i : i + 1]))
+                  for i in range(64))
+            )  # fmt: skip
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(fire()) == [200] * 64
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"{not json", "request body is not valid JSON: Expecting property name"),
+        (b'{"inputs": []}', "inputs"),
+        (None, "does not match [batch, 64]"),
+        ("nan", "non-finite"),
+    ],
+)
+def test_bad_requests_get_400_and_the_service_keeps_serving(
+    base_url: str, payload: object, message: str
+) -> None:
+    good = _body(load_dataset("digits").test.X[:2])
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        if payload is None:
+            response = client.post("/v2/models/digits/infer", json=_body(np.zeros((2, 63))))
+        elif payload == "nan":
+            rows = np.zeros((2, 64))
+            rows[1, 3] = np.nan
+            response = client.post(
+                "/v2/models/digits/infer",
+                content=str(_body(rows)).replace("'", '"').replace("nan", "NaN"),
+            )
+        else:
+            assert isinstance(payload, bytes)
+            response = client.post("/v2/models/digits/infer", content=payload)
+        assert response.status_code == 400, response.text
+        assert message in response.json()["error"]
+        assert client.post("/v2/models/digits/infer", json=good).status_code == 200

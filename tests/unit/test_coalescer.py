@@ -1,0 +1,277 @@
+"""The coalescer: concurrent requests share one engine run, and each gets its own answers.
+
+Rows carry their id in column 0, so every answer can be traced back to the row it is for.
+Nothing here asserts on timing: requests are submitted together with ``asyncio.gather``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cascade.backends import FakeModel
+from cascade.errors import BackendError, InputError
+from cascade.policy import Policy
+from cascade.routing import BatchResult, Decision, Engine
+from cascade.serving import Coalescer
+
+
+def rows_with_ids(*ids: int, width: int = 2) -> np.ndarray:
+    rows = np.zeros((len(ids), width), dtype=np.float32)
+    rows[:, 0] = ids
+    return rows
+
+
+def table_answer(rows: np.ndarray) -> np.ndarray:
+    """Two-class probabilities that encode the row id: p(class 1) = id / 100."""
+    p = rows[:, 0] / 100.0
+    return np.column_stack([1.0 - p, p]).astype(np.float32)
+
+
+def decision(tier: str = "fake") -> Decision:
+    return Decision(
+        steps=(), answered_by=tier, reason="last_tier", cost=0.0, latency_ms=0.0, deadline_ms=None
+    )
+
+
+class Recorder:
+    """A plain async ``run`` that records its calls and can be told to fail or wait."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[np.ndarray, list[float | None]]] = []
+        self.fail_next: BaseException | None = None
+        self.gate: asyncio.Event | None = None
+        self.started = asyncio.Event()
+
+    async def __call__(self, rows: np.ndarray, deadlines: list[float | None]) -> BatchResult:
+        self.calls.append((rows.copy(), list(deadlines)))
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        return BatchResult(table_answer(rows), tuple(decision() for _ in rows))
+
+
+def check_own_answers(rows: np.ndarray, answer: tuple[np.ndarray, tuple[Decision, ...]]) -> None:
+    probabilities, decisions = answer
+    np.testing.assert_allclose(probabilities, table_answer(rows))
+    assert len(decisions) == len(rows)
+
+
+def test_concurrent_submits_share_one_engine_run_and_get_their_own_rows() -> None:
+    tiny = FakeModel(table_answer, width=2, name="tiny")
+    large = FakeModel(lambda rows: np.tile([0.0, 1.0], (len(rows), 1)), width=2, name="large")
+    policy = Policy.model_validate(
+        {
+            "name": "p",
+            "tiers": {"tiny": {"model": "tiny.onnx"}, "large": {"model": "large.onnx"}},
+            "routing": {
+                "kind": "confidence",
+                "chain": [{"tier": "tiny", "threshold": 0.9}, {"tier": "large"}],
+            },
+        }
+    )
+    engine = Engine(
+        policy,
+        {"tiny": tiny, "large": large},
+        costs={"tiny": 0.01, "large": 1.0},
+        latency_ms={"tiny": 0.1, "large": 1.0},
+    )
+    # ids >= 90 are confident on tiny (p = id/100); the others escalate to large
+    requests = [rows_with_ids(95, 10), rows_with_ids(20), rows_with_ids(99, 98, 30)]
+
+    async def main() -> list[tuple[np.ndarray, tuple[Decision, ...]]]:
+        coalescer = Coalescer(
+            lambda rows, d: engine.run(rows, deadlines_ms=d), max_batch_rows=64, max_wait_ms=20
+        )
+        return await asyncio.gather(*(coalescer.submit(r) for r in requests))
+
+    answers = asyncio.run(main())
+    assert tiny.calls == [6]  # one batched call for all three requests
+    assert large.calls == [3]
+    for rows, (probabilities, decisions) in zip(requests, answers, strict=True):
+        ids = rows[:, 0].tolist()
+        assert [d.answered_by for d in decisions] == ["tiny" if i >= 90 else "large" for i in ids]
+        for i, row in zip(ids, probabilities, strict=True):
+            expected = table_answer(rows_with_ids(int(i)))[0] if i >= 90 else [0.0, 1.0]
+            np.testing.assert_allclose(row, expected)
+
+
+def test_max_batch_rows_splits_batches_and_big_requests_run_alone() -> None:
+    requests = [rows_with_ids(1, 2, 3), rows_with_ids(4, 5, 6), rows_with_ids(7, 8)]
+    big = rows_with_ids(*range(10, 15))
+
+    async def main() -> tuple[Recorder, list[Any]]:
+        run = Recorder()
+        coalescer = Coalescer(run, max_batch_rows=4, max_wait_ms=20)
+        answers = await asyncio.gather(*(coalescer.submit(r) for r in [*requests, big]))
+        return run, answers
+
+    run, answers = asyncio.run(main())
+    assert sorted(len(rows) for rows, _ in run.calls) == [2, 3, 3, 5]
+    for rows, answer in zip([*requests, big], answers, strict=True):
+        check_own_answers(rows, answer)
+
+
+def test_a_full_batch_starts_without_waiting() -> None:
+    async def main() -> Recorder:
+        run = Recorder()
+        coalescer = Coalescer(run, max_batch_rows=3, max_wait_ms=60_000)
+        await asyncio.gather(
+            coalescer.submit(rows_with_ids(1, 2)), coalescer.submit(rows_with_ids(3))
+        )
+        return run
+
+    run = asyncio.run(asyncio.wait_for(main(), timeout=30))
+    assert [len(rows) for rows, _ in run.calls] == [3]
+
+
+def test_a_failed_run_reaches_every_caller_of_its_batch_and_the_next_batch_works() -> None:
+    async def main() -> tuple[Recorder, list[Any], Any]:
+        run = Recorder()
+        run.fail_next = BackendError("tier 'tiny': boom")
+        coalescer = Coalescer(run, max_wait_ms=5)
+        failed = await asyncio.gather(
+            coalescer.submit(rows_with_ids(1)),
+            coalescer.submit(rows_with_ids(2, 3)),
+            return_exceptions=True,
+        )
+        later = await coalescer.submit(rows_with_ids(4))
+        return run, failed, later
+
+    run, failed, later = asyncio.run(main())
+    assert len(run.calls) == 2
+    assert all(isinstance(exc, BackendError) and "boom" in str(exc) for exc in failed)
+    check_own_answers(rows_with_ids(4), later)
+
+
+def test_a_run_answering_too_few_rows_fails_its_batch() -> None:
+    async def short(rows: np.ndarray, deadlines: list[float | None]) -> BatchResult:
+        return BatchResult(table_answer(rows[:1]), (decision(),))
+
+    async def main() -> None:
+        coalescer = Coalescer(short, max_wait_ms=1)
+        await coalescer.submit(rows_with_ids(1, 2))
+
+    with pytest.raises(BackendError, match="the batch run answered 1 of 2 rows"):
+        asyncio.run(main())
+
+
+def test_cancelling_a_waiting_caller_withdraws_its_rows_and_serves_the_others() -> None:
+    async def main() -> tuple[Recorder, list[Any], int, int]:
+        run = Recorder()
+        coalescer = Coalescer(run, max_wait_ms=20)
+        a = asyncio.create_task(coalescer.submit(rows_with_ids(1)))
+        b = asyncio.create_task(coalescer.submit(rows_with_ids(2, 3)))
+        c = asyncio.create_task(coalescer.submit(rows_with_ids(4)))
+        await asyncio.sleep(0)  # all three are pending now
+        before = coalescer.pending_rows
+        b.cancel()
+        answers = await asyncio.gather(a, b, c, return_exceptions=True)
+        return run, answers, before, coalescer.pending_rows
+
+    run, (a, b, c), before, after = asyncio.run(main())
+    assert (before, after) == (4, 0)
+    assert isinstance(b, asyncio.CancelledError)
+    assert [rows[:, 0].tolist() for rows, _ in run.calls] == [[1.0, 4.0]]
+    check_own_answers(rows_with_ids(1), a)
+    check_own_answers(rows_with_ids(4), c)
+
+
+def test_cancelling_a_caller_during_its_batch_run_leaves_the_others_served() -> None:
+    async def main() -> list[Any]:
+        run = Recorder()
+        run.gate = asyncio.Event()
+        coalescer = Coalescer(run, max_wait_ms=1)
+        a = asyncio.create_task(coalescer.submit(rows_with_ids(1)))
+        b = asyncio.create_task(coalescer.submit(rows_with_ids(2)))
+        await run.started.wait()
+        b.cancel()
+        await asyncio.sleep(0)
+        run.gate.set()
+        return await asyncio.gather(a, b, return_exceptions=True)
+
+    a, b = asyncio.run(main())
+    assert isinstance(b, asyncio.CancelledError)
+    check_own_answers(rows_with_ids(1), a)
+
+
+def test_cancelling_every_waiting_caller_runs_nothing() -> None:
+    async def main() -> Recorder:
+        run = Recorder()
+        coalescer = Coalescer(run, max_wait_ms=1)
+        task = asyncio.create_task(coalescer.submit(rows_with_ids(1)))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.01)  # past max_wait_ms: the timer must have been cancelled
+        return run
+
+    assert asyncio.run(main()).calls == []
+
+
+def test_deadlines_are_passed_per_row_less_the_time_waited() -> None:
+    async def main() -> Recorder:
+        run = Recorder()
+        coalescer = Coalescer(run, max_wait_ms=1)
+        await asyncio.gather(
+            coalescer.submit(rows_with_ids(1, 2), deadline_ms=50.0),
+            coalescer.submit(rows_with_ids(3)),
+            coalescer.submit(rows_with_ids(4, 5, 6), deadline_ms=20.0),
+        )
+        return run
+
+    ((rows, deadlines),) = asyncio.run(main()).calls
+    assert rows[:, 0].tolist() == [1, 2, 3, 4, 5, 6]
+    assert deadlines[2] is None
+    assert deadlines[0] == deadlines[1]
+    assert deadlines[3] == deadlines[4] == deadlines[5]
+    first, last = deadlines[0], deadlines[3]
+    assert first is not None and 0 <= first <= 50.0
+    assert last is not None and 0 <= last <= 20.0
+
+
+def test_requests_of_another_width_go_to_another_batch() -> None:
+    async def main() -> Recorder:
+        run = Recorder()
+        coalescer = Coalescer(run, max_wait_ms=5)
+        await asyncio.gather(
+            coalescer.submit(rows_with_ids(1, width=2)), coalescer.submit(rows_with_ids(2, width=3))
+        )
+        return run
+
+    assert sorted(rows.shape for rows, _ in asyncio.run(main()).calls) == [(1, 2), (1, 3)]
+
+
+def test_bad_rows_are_refused_before_they_can_spoil_a_batch() -> None:
+    bad = rows_with_ids(2)
+    bad[0, 1] = np.nan
+
+    async def main() -> tuple[Recorder, list[Any]]:
+        run = Recorder()
+        coalescer = Coalescer(run, max_wait_ms=5)
+        answers = await asyncio.gather(
+            coalescer.submit(rows_with_ids(1)), coalescer.submit(bad), return_exceptions=True
+        )
+        return run, answers
+
+    run, (good, refused) = asyncio.run(main())
+    assert isinstance(refused, InputError)
+    assert "non-finite" in str(refused)
+    check_own_answers(rows_with_ids(1), good)
+    assert len(run.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"max_batch_rows": 0}, "max_batch_rows must be >= 1, got 0"),
+     ({"max_wait_ms": -1.0}, "max_wait_ms must be >= 0, got -1.0")],
+)  # fmt: skip
+def test_options_are_checked(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Coalescer(Recorder(), **kwargs)
