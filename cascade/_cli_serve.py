@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["add_serve_command", "run_serve"]
+__all__ = ["add_serve_command", "run_config", "run_reload", "run_serve", "serve_config"]
 
 
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,6 +24,26 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument("--num-cpus", type=int, default=None,
                        help="CPUs Ray may use (default: all)")  # fmt: skip
 
+    reload = commands.add_parser(
+        "reload",
+        help="apply changed policy files to the app `cascade serve` runs, without a restart",
+        description="Validate the policy files, then hand them to the running local app: "
+        "new thresholds, chains and batch settings apply in place; in-flight requests finish. "
+        "Give the same files `cascade serve` got; an invalid file changes nothing.",
+    )
+    reload.add_argument("policies", nargs="+", type=Path, help="policy files")
+
+    config = commands.add_parser(
+        "config",
+        help="print a Ray Serve config (YAML) serving the policies, for `serve deploy`",
+        description="Print a Serve config file for `serve deploy` on an existing cluster. "
+        "The policy paths are written as given: the cluster's working directory must hold "
+        "the same policy files and model folders.",
+    )
+    config.add_argument("policies", nargs="+", type=Path, help="policy files")
+    config.add_argument("--host", default="0.0.0.0", help="HTTP host on the cluster")
+    config.add_argument("--port", type=int, default=8000)
+
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
@@ -37,8 +57,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
     names = [load_policy(p).policy.name for p in args.policies]  # fail fast on a bad file
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     import ray as ray_module
 
     ray_module.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
@@ -46,6 +64,9 @@ def run_serve(args: argparse.Namespace) -> int:
         serve.start(http_options={"host": args.host, "port": args.port})
         app = build_app({"policies": [str(p) for p in args.policies]})
         serve.run(app, name="cascade", route_prefix="/")
+        # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
         url = f"http://{args.host}:{args.port}"
         print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops)")
         print(f"try: curl -s {url}/v2/models/{names[0]}")
@@ -55,4 +76,58 @@ def run_serve(args: argparse.Namespace) -> int:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray_module.shutdown()
     print("stopped")
+    return 0
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        print('cascade reload needs Ray Serve: pip install "cascade[serve]"', file=sys.stderr)
+        return 1
+    from cascade.policy import load_policy
+    from deployments.app import build_app
+
+    for path in args.policies:
+        load_policy(path)  # an invalid file stops here, before anything reaches the app
+    ray.init(address="auto", include_dashboard=False, log_to_driver=False)
+    try:
+        serve.run(build_app({"policies": [str(p) for p in args.policies]}), name="cascade",
+                  route_prefix="/")  # fmt: skip
+    finally:
+        ray.shutdown()
+    print(f"reloaded {len(args.policies)} policies")
+    return 0
+
+
+def serve_config(policies: list[str], *, host: str, port: int) -> dict[str, object]:
+    """A Serve config serving ``policies``, validated against Serve's own schema."""
+    from ray.serve.schema import ServeDeploySchema
+
+    config: dict[str, object] = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port},
+        "applications": [
+            {
+                "name": "cascade",
+                "route_prefix": "/",
+                "import_path": "deployments.app:build_app",
+                "args": {"policies": policies},
+            }
+        ],
+    }
+    ServeDeploySchema.model_validate(config)
+    return config
+
+
+def run_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from cascade.policy import load_policy
+
+    for path in args.policies:
+        load_policy(path)
+    config = serve_config([str(p) for p in args.policies], host=args.host, port=args.port)
+    print(yaml.safe_dump(config, sort_keys=False), end="")
     return 0

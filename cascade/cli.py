@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cascade._cli_evaluate import add_evaluate_commands, run_calibrate, run_evaluate
-from cascade._cli_serve import add_serve_command, run_serve
+from cascade._cli_serve import add_serve_command, run_config, run_reload, run_serve
 from cascade.errors import CascadeError
 
 __all__ = ["main"]
@@ -214,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _policy(args)
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "reload":
+            return run_reload(args)
+        if args.command == "config":
+            return run_config(args)
         if args.command == "evaluate":
             return run_evaluate(args)
         if args.command == "calibrate":

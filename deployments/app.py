@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from cascade.backends import InputSpec, OnnxModel
 from cascade.errors import CascadeError, InputError
 from cascade.evaluate import ensure_models, resolve_tiers
-from cascade.policy import LoadedPolicy, load_policy
+from cascade.policy import LoadedPolicy, load_policy, parse_policy
 from cascade.routing import Engine
 from cascade.serving import (
     Coalescer,
@@ -53,11 +53,11 @@ class AppArgs(BaseModel):
 class ModelDeployment:
     """One ONNX tier behind a Serve deployment, batching calls with ``@serve.batch``."""
 
-    def __init__(self, path: str, max_batch_size: int, max_wait_ms: float) -> None:
-        self.model = OnnxModel(path, offload=True)
-        self.reconfigure({"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+    def __init__(self, path: str, providers: tuple[str, ...]) -> None:
+        self.model = OnnxModel(path, providers=providers, offload=True)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
+        """Batch size and wait come from ``user_config``, so changing them restarts nothing."""
         self.predict.set_max_batch_size(int(config["max_batch_size"]))
         self.predict.set_batch_wait_timeout_s(float(config["max_wait_ms"]) / 1000.0)
 
@@ -126,14 +126,38 @@ fastapi_app = FastAPI(title="cascade", description="Open Inference Protocol v2 o
 class Ingress:
     """HTTP routes of the Open Inference Protocol v2, running the engine in this replica."""
 
-    def __init__(self, policies: list[str], handles: dict[str, dict[str, DeploymentHandle]],
-                 args: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self, handles: dict[str, dict[str, DeploymentHandle]], args: dict[str, Any]
+    ) -> None:
         self.args = AppArgs.model_validate(args)
+        self.handles = handles
         self.served: dict[str, _Served] = {}
-        for path in policies:
-            loaded = load_policy(path)
-            name = loaded.policy.name
-            self.served[name] = _Served(loaded, handles.get(name, {}), self.args)
+        self.reload_errors: dict[str, str] = {}
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Apply policies from ``user_config``: new thresholds swap in without a restart.
+
+        A policy that does not validate is refused and the one serving stays; the error is
+        reported in that model's metadata. Never raises: a failed reconfigure would take the
+        replica down with the good policies it serves.
+        """
+        for item in config.get("policies", []):
+            path = Path(item["path"])
+            try:
+                loaded = parse_policy(
+                    item["text"], source=str(path), base_dir=path.parent, check_files=True
+                )
+                name = loaded.policy.name
+                current = self.served.get(name)
+                if current is not None and current.policy.tiers == loaded.policy.tiers:
+                    current.engine.replace_policy(loaded.policy)
+                    current.policy = loaded.policy
+                    current.version = policy_hash(loaded.policy)
+                else:
+                    self.served[name] = _Served(loaded, self.handles.get(name, {}), self.args)
+                self.reload_errors.pop(str(path), None)
+            except CascadeError as exc:
+                self.reload_errors[str(path)] = str(exc)
 
     def _model(self, name: str) -> _Served | JSONResponse:
         served = self.served.get(name)
@@ -170,7 +194,11 @@ class Ingress:
             n_classes=served.n_classes,
             classes=served.classes,
             policy_hash=served.version,
-            extra={"routing": served.policy.routing.kind, "tiers": list(served.policy.tiers)},
+            extra={
+                "routing": served.policy.routing.kind,
+                "tiers": list(served.policy.tiers),
+                "reload_errors": sorted(self.reload_errors.values()),
+            },
         )
 
     @fastapi_app.post("/v2/models/{name}/infer", response_model=None)
@@ -245,13 +273,20 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                 }
             else:
                 options["num_replicas"] = tier.replicas
+            options["user_config"] = {
+                "max_batch_size": tier.batching.max_batch_size,
+                "max_wait_ms": tier.batching.max_wait_ms,
+            }
+            if "CUDAExecutionProvider" in tier.providers:
+                options["ray_actor_options"]["num_gpus"] = 1
             bound[name] = ModelDeployment.options(**options).bind(
-                str(loaded.model_path(name)),
-                tier.batching.max_batch_size,
-                tier.batching.max_wait_ms,
+                str(loaded.model_path(name)), tuple(tier.providers)
             )
         handles[policy.name] = bound
+    texts = [{"path": path, "text": Path(path).read_text()} for path in paths]
     ingress = Ingress.options(
-        max_ongoing_requests=parsed.max_ongoing_requests, ray_actor_options={"num_cpus": 0.5}
+        max_ongoing_requests=parsed.max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0.5},
+        user_config={"policies": texts},
     )
-    return ingress.bind(paths, handles, parsed.model_dump())
+    return ingress.bind(handles, parsed.model_dump())

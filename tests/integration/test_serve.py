@@ -131,3 +131,70 @@ def test_bad_requests_get_400_and_the_service_keeps_serving(
         assert response.status_code == 400, response.text
         assert message in response.json()["error"]
         assert client.post("/v2/models/digits/infer", json=good).status_code == 200
+
+
+def _reload_policy(directory: Path, threshold: float, *, extra: str = "") -> Path:
+    """digits under another name, with the shipped model files and a chosen threshold."""
+    models = ROOT / "policies" / "models" / "digits"
+    path = directory / "reloadable.yaml"
+    path.write_text(
+        "name: reloadable\nallow_outside_paths: true\ntiers:\n"
+        f"  tiny: {{model: {models / 'tiny.onnx'}}}\n"
+        f"  large: {{model: {models / 'large.onnx'}, placement: deployment}}\n"
+        "routing:\n  kind: confidence\n  chain:\n"
+        f"    - {{tier: tiny, threshold: {threshold}}}\n    - {{tier: large}}\n" + extra
+    )
+    return path
+
+
+def test_reload_under_traffic_applies_new_thresholds_and_refuses_bad_ones(
+    base_url: str, tmp_path: Path
+) -> None:
+    from deployments.app import build_app
+
+    rows = load_dataset("digits").test.X[:20]
+    policy = _reload_policy(tmp_path, 0.0)  # threshold 0: tiny answers everything
+    serve.run(build_app({"policies": [str(DIGITS), str(policy)]}), name="cascade",
+              route_prefix="/")  # fmt: skip
+    url = "/v2/models/reloadable/infer"
+
+    async def traffic(client: httpx.AsyncClient, stop: asyncio.Event) -> list[int]:
+        codes = []
+        while not stop.is_set():
+            codes.append((await client.post(url, json=_body(rows[:2]))).status_code)
+        return codes
+
+    async def scenario() -> tuple[list[int], list[str], str]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+            first = (await client.post(url, json=_body(rows))).json()
+            before = {d["answered_by"] for d in first["parameters"]["decisions"]}
+            version = (await client.get("/v2/models/reloadable")).json()["versions"][0]
+            stop = asyncio.Event()
+            load = asyncio.gather(*(traffic(client, stop) for _ in range(4)))
+            _reload_policy(tmp_path, 1.0)  # threshold 1: every row escalates
+            await asyncio.to_thread(
+                serve.run, build_app({"policies": [str(DIGITS), str(policy)]}),
+                name="cascade", route_prefix="/",
+            )  # fmt: skip
+            stop.set()
+            codes = [c for batch in await load for c in batch]
+            after = (await client.post(url, json=_body(rows))).json()
+            new_version = (await client.get("/v2/models/reloadable")).json()["versions"][0]
+            answered = [d["answered_by"] for d in after["parameters"]["decisions"]]
+            assert before == {"tiny"} and new_version != version
+            return codes, answered, new_version
+
+    codes, answered, _ = asyncio.run(scenario())
+    assert codes and set(codes) == {200}  # not one request failed during the reload
+    assert set(answered) == {"large"}
+
+    # An invalid policy is refused where it is checked first, and the old one keeps serving.
+    policy.write_text(policy.read_text().replace("threshold: 1.0", "threshold: 1.5"))
+    from cascade.errors import PolicyError
+
+    with pytest.raises(PolicyError, match=r"routing\.chain\[0\]\.threshold: must be <= 1"):
+        build_app({"policies": [str(DIGITS), str(policy)]})
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        response = client.post(url, json=_body(rows[:3]))
+    assert response.status_code == 200
+    assert {d["answered_by"] for d in response.json()["parameters"]["decisions"]} == {"large"}
