@@ -23,12 +23,25 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_cascade_serve_starts_answers_and_stops_cleanly() -> None:
+def _policy(path: Path, threshold: float) -> Path:
+    models = ROOT / "policies" / "models" / "digits"
+    path.write_text(
+        "name: mine\nallow_outside_paths: true\ntiers:\n"
+        f"  tiny: {{model: {models / 'tiny.onnx'}}}\n"
+        f"  large: {{model: {models / 'large.onnx'}, placement: deployment}}\n"
+        "routing:\n  kind: confidence\n  chain:\n"
+        f"    - {{tier: tiny, threshold: {threshold}}}\n    - {{tier: large}}\n"
+    )
+    return path
+
+
+def test_cascade_serve_starts_answers_reloads_and_stops_cleanly(tmp_path: Path) -> None:
     port = _free_port()
     cli = Path(sys.executable).with_name("cascade")
+    digits = str(ROOT / "policies" / "digits.yaml")
+    mine = str(_policy(tmp_path / "mine.yaml", 0.0))
     process = subprocess.Popen(
-        [str(cli), "serve", str(ROOT / "policies" / "digits.yaml"), "--port", str(port),
-         "--num-cpus", "2"],
+        [str(cli), "serve", digits, mine, "--port", str(port), "--num-cpus", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: list[str] = []
@@ -52,6 +65,19 @@ def test_cascade_serve_starts_answers_and_stops_cleanly() -> None:
         response = httpx.post(f"{url}/v2/models/digits/infer", json=body, timeout=30)
         assert response.status_code == 200, response.text
         assert httpx.get(f"{url}/openapi.json", timeout=10).json()["info"]["title"] == "cascade"
+
+        def answered_by() -> set[str]:
+            reply = httpx.post(f"{url}/v2/models/mine/infer", json=body, timeout=30).json()
+            return {d["answered_by"] for d in reply["parameters"]["decisions"]}
+
+        assert answered_by() == {"tiny"}
+        _policy(tmp_path / "mine.yaml", 1.0)
+        reload = subprocess.run(
+            [str(cli), "reload", digits, mine], capture_output=True, text=True, timeout=180
+        )
+        assert reload.returncode == 0, reload.stdout + reload.stderr
+        assert "reloaded 2 policies" in reload.stdout
+        assert answered_by() == {"large"}
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -64,5 +90,5 @@ def test_cascade_serve_starts_answers_and_stops_cleanly() -> None:
             process.stdout.close()
     output = "".join(lines)
     assert process.returncode == 0, output
-    assert f"serving digits at {url}/v2/models/<name>/infer" in output
+    assert f"serving digits, mine at {url}/v2/models/<name>/infer" in output
     assert output.rstrip().endswith("stopped")
