@@ -10,6 +10,7 @@ object in ``__init__`` and delegates.
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run
 # time, and string annotations made it take `request: Request` for a query parameter.
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,53 @@ class _Served:
         self.version = policy_hash(policy)
 
 
+class _Metrics:
+    """Serve metrics of the ingress (exported by Ray's metrics agent, Prometheus format).
+
+    ``cascade_requests_total{model}``; ``cascade_answers_total{model,tier}`` (rows answered
+    per tier); ``cascade_escalations_total{model}`` (rows answered past their entry tier);
+    ``cascade_degraded_total{model}``; ``cascade_request_rows{model}`` (rows per request);
+    ``cascade_tier_latency_ms{model,tier}`` (calls as the engine timed them);
+    ``cascade_request_latency_ms{model}`` (end to end inside the ingress).
+    """
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        model = ("model",)
+        tier = ("model", "tier")
+        buckets_ms = [0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
+        self.requests = metrics.Counter("cascade_requests_total", "requests", tag_keys=model)
+        self.answers = metrics.Counter("cascade_answers_total", "rows answered per tier",
+                                       tag_keys=tier)  # fmt: skip
+        self.escalations = metrics.Counter(
+            "cascade_escalations_total", "rows answered past their entry tier", tag_keys=model
+        )
+        self.degraded = metrics.Counter("cascade_degraded_total", "degraded rows", tag_keys=model)
+        self.rows = metrics.Histogram("cascade_request_rows", "rows per request",
+                                      boundaries=[1, 2, 4, 8, 16, 64, 256, 1024],
+                                      tag_keys=model)  # fmt: skip
+        self.tier_latency = metrics.Histogram("cascade_tier_latency_ms", "tier call latency",
+                                              boundaries=buckets_ms, tag_keys=tier)  # fmt: skip
+        self.latency = metrics.Histogram("cascade_request_latency_ms", "request latency",
+                                         boundaries=buckets_ms, tag_keys=model)  # fmt: skip
+
+    def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
+        tags = {"model": model}
+        self.requests.inc(1, tags)
+        self.rows.observe(len(decisions), tags)
+        self.latency.observe(elapsed_ms, tags)
+        for decision in decisions:
+            self.answers.inc(1, {"model": model, "tier": decision.answered_by})
+            if decision.steps and decision.answered_by != decision.steps[0].tier:
+                self.escalations.inc(1, tags)
+            if decision.degraded:
+                self.degraded.inc(1, tags)
+        seen = {(s.tier, s.latency_ms) for d in decisions for s in d.steps}
+        for tier, latency_ms in seen:  # one observation per batched call, not per row
+            self.tier_latency.observe(latency_ms, {"model": model, "tier": tier})
+
+
 fastapi_app = FastAPI(title="cascade", description="Open Inference Protocol v2 over a cascade")
 
 
@@ -133,6 +181,7 @@ class Ingress:
         self.handles = handles
         self.served: dict[str, _Served] = {}
         self.reload_errors: dict[str, str] = {}
+        self.metrics = _Metrics()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply policies from ``user_config``: new thresholds swap in without a restart.
@@ -218,6 +267,7 @@ class Ingress:
             )
         except InputError as exc:
             return JSONResponse(error_body(str(exc)), 400)
+        began = time.perf_counter()
         try:
             probabilities, decisions = await served.coalescer.submit(
                 parsed.rows, deadline_ms=parsed.deadline_ms
@@ -227,6 +277,7 @@ class Ingress:
         except (TimeoutError, CascadeError) as exc:
             return JSONResponse(error_body(f"model '{name}' failed: {exc}"), 503,
                                 headers={"Retry-After": "1"})  # fmt: skip
+        self.metrics.record(name, decisions, (time.perf_counter() - began) * 1000)
         return build_infer_response(
             model_name=name,
             model_version=served.version,

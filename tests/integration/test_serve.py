@@ -20,6 +20,7 @@ serve = pytest.importorskip("ray.serve")
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "policies" / "digits.yaml"
+METRICS_PORT = 0
 
 
 def _free_port() -> int:
@@ -33,7 +34,10 @@ def base_url() -> Iterator[str]:
     from deployments.app import build_app
 
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    global METRICS_PORT
+    METRICS_PORT = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=METRICS_PORT)  # fmt: skip
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"policies": [str(DIGITS)]}), name="cascade", route_prefix="/")
@@ -198,3 +202,22 @@ def test_reload_under_traffic_applies_new_thresholds_and_refuses_bad_ones(
         response = client.post(url, json=_body(rows[:3]))
     assert response.status_code == 200
     assert {d["answered_by"] for d in response.json()["parameters"]["decisions"]} == {"large"}
+
+
+def test_metrics_are_exported(base_url: str) -> None:
+    import time
+
+    rows = load_dataset("digits").test.X[:5]
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        assert client.post("/v2/models/digits/infer", json=_body(rows)).status_code == 200
+    deadline = time.monotonic() + 60  # Ray's metrics agent reports every few seconds
+    names = ("cascade_requests_total", "cascade_answers_total", "cascade_request_latency_ms")
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+        if all(name in text for name in names):
+            break
+        time.sleep(2)
+    for name in names:
+        assert name in text, f"{name} not exported"
+    assert 'tier="tiny"' in text
