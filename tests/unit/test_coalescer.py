@@ -87,7 +87,10 @@ def test_concurrent_submits_share_one_engine_run_and_get_their_own_rows() -> Non
 
     async def main() -> list[tuple[np.ndarray, tuple[Decision, ...]]]:
         coalescer = Coalescer(
-            lambda rows, d: engine.run(rows, deadlines_ms=d), max_batch_rows=64, max_wait_ms=20
+            lambda rows, d: engine.run(rows, deadlines_ms=d),
+            max_batch_rows=64,
+            max_wait_ms=20,
+            eager=False,
         )
         return await asyncio.gather(*(coalescer.submit(r) for r in requests))
 
@@ -108,7 +111,7 @@ def test_max_batch_rows_splits_batches_and_big_requests_run_alone() -> None:
 
     async def main() -> tuple[Recorder, list[Any]]:
         run = Recorder()
-        coalescer = Coalescer(run, max_batch_rows=4, max_wait_ms=20)
+        coalescer = Coalescer(run, eager=False, max_batch_rows=4, max_wait_ms=20)
         answers = await asyncio.gather(*(coalescer.submit(r) for r in [*requests, big]))
         return run, answers
 
@@ -121,7 +124,7 @@ def test_max_batch_rows_splits_batches_and_big_requests_run_alone() -> None:
 def test_a_full_batch_starts_without_waiting() -> None:
     async def main() -> Recorder:
         run = Recorder()
-        coalescer = Coalescer(run, max_batch_rows=3, max_wait_ms=60_000)
+        coalescer = Coalescer(run, eager=False, max_batch_rows=3, max_wait_ms=60_000)
         await asyncio.gather(
             coalescer.submit(rows_with_ids(1, 2)), coalescer.submit(rows_with_ids(3))
         )
@@ -135,7 +138,7 @@ def test_a_failed_run_reaches_every_caller_of_its_batch_and_the_next_batch_works
     async def main() -> tuple[Recorder, list[Any], Any]:
         run = Recorder()
         run.fail_next = BackendError("tier 'tiny': boom")
-        coalescer = Coalescer(run, max_wait_ms=5)
+        coalescer = Coalescer(run, eager=False, max_wait_ms=5)
         failed = await asyncio.gather(
             coalescer.submit(rows_with_ids(1)),
             coalescer.submit(rows_with_ids(2, 3)),
@@ -155,7 +158,7 @@ def test_a_run_answering_too_few_rows_fails_its_batch() -> None:
         return BatchResult(table_answer(rows[:1]), (decision(),))
 
     async def main() -> None:
-        coalescer = Coalescer(short, max_wait_ms=1)
+        coalescer = Coalescer(short, eager=False, max_wait_ms=1)
         await coalescer.submit(rows_with_ids(1, 2))
 
     with pytest.raises(BackendError, match="the batch run answered 1 of 2 rows"):
@@ -165,7 +168,7 @@ def test_a_run_answering_too_few_rows_fails_its_batch() -> None:
 def test_cancelling_a_waiting_caller_withdraws_its_rows_and_serves_the_others() -> None:
     async def main() -> tuple[Recorder, list[Any], int, int]:
         run = Recorder()
-        coalescer = Coalescer(run, max_wait_ms=20)
+        coalescer = Coalescer(run, eager=False, max_wait_ms=20)
         a = asyncio.create_task(coalescer.submit(rows_with_ids(1)))
         b = asyncio.create_task(coalescer.submit(rows_with_ids(2, 3)))
         c = asyncio.create_task(coalescer.submit(rows_with_ids(4)))
@@ -187,7 +190,7 @@ def test_cancelling_a_caller_during_its_batch_run_leaves_the_others_served() -> 
     async def main() -> list[Any]:
         run = Recorder()
         run.gate = asyncio.Event()
-        coalescer = Coalescer(run, max_wait_ms=1)
+        coalescer = Coalescer(run, eager=False, max_wait_ms=1)
         a = asyncio.create_task(coalescer.submit(rows_with_ids(1)))
         b = asyncio.create_task(coalescer.submit(rows_with_ids(2)))
         await run.started.wait()
@@ -204,7 +207,7 @@ def test_cancelling_a_caller_during_its_batch_run_leaves_the_others_served() -> 
 def test_cancelling_every_waiting_caller_runs_nothing() -> None:
     async def main() -> Recorder:
         run = Recorder()
-        coalescer = Coalescer(run, max_wait_ms=1)
+        coalescer = Coalescer(run, eager=False, max_wait_ms=1)
         task = asyncio.create_task(coalescer.submit(rows_with_ids(1)))
         await asyncio.sleep(0)
         task.cancel()
@@ -218,7 +221,7 @@ def test_cancelling_every_waiting_caller_runs_nothing() -> None:
 def test_deadlines_are_passed_per_row_less_the_time_waited() -> None:
     async def main() -> Recorder:
         run = Recorder()
-        coalescer = Coalescer(run, max_wait_ms=1)
+        coalescer = Coalescer(run, eager=False, max_wait_ms=1)
         await asyncio.gather(
             coalescer.submit(rows_with_ids(1, 2), deadline_ms=50.0),
             coalescer.submit(rows_with_ids(3)),
@@ -239,7 +242,7 @@ def test_deadlines_are_passed_per_row_less_the_time_waited() -> None:
 def test_requests_of_another_width_go_to_another_batch() -> None:
     async def main() -> Recorder:
         run = Recorder()
-        coalescer = Coalescer(run, max_wait_ms=5)
+        coalescer = Coalescer(run, eager=False, max_wait_ms=5)
         await asyncio.gather(
             coalescer.submit(rows_with_ids(1, width=2)), coalescer.submit(rows_with_ids(2, width=3))
         )
@@ -254,7 +257,7 @@ def test_bad_rows_are_refused_before_they_can_spoil_a_batch() -> None:
 
     async def main() -> tuple[Recorder, list[Any]]:
         run = Recorder()
-        coalescer = Coalescer(run, max_wait_ms=5)
+        coalescer = Coalescer(run, eager=False, max_wait_ms=5)
         answers = await asyncio.gather(
             coalescer.submit(rows_with_ids(1)), coalescer.submit(bad), return_exceptions=True
         )
@@ -275,3 +278,34 @@ def test_bad_rows_are_refused_before_they_can_spoil_a_batch() -> None:
 def test_options_are_checked(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Coalescer(Recorder(), **kwargs)
+
+
+def test_eager_coalescer_runs_a_lone_request_at_once_and_batches_under_load() -> None:
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def run(rows: np.ndarray, deadlines: list[float | None]) -> BatchResult:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            await release.wait()  # the first batch is busy while the others arrive
+        decisions = tuple(
+            Decision(steps=(), answered_by="tiny", reason="confident", cost=0.0,
+                     latency_ms=0.0, deadline_ms=d)
+            for d in deadlines
+        )  # fmt: skip
+        return BatchResult(np.tile(rows[:, :1], (1, 2)).astype(np.float32), decisions)
+
+    async def main() -> None:
+        # A window of a minute: if a lone request waited for company, wait_for would fail.
+        coalescer = Coalescer(run, max_wait_ms=60_000)
+        first = asyncio.create_task(coalescer.submit(np.ones((1, 3))))
+        await asyncio.sleep(0)
+        others = [asyncio.create_task(coalescer.submit(np.full((1, 3), i))) for i in range(4)]
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, *others), timeout=5)
+        assert calls == [1, 4]  # the four that arrived during the first batch went together
+        lone = await asyncio.wait_for(coalescer.submit(np.full((1, 3), 7.0)), timeout=5)
+        assert lone[0][0, 0] == 7.0 and calls == [1, 4, 1]
+
+    asyncio.run(main())
