@@ -9,11 +9,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.model_selection import train_test_split
 
 from cascade.errors import BuildError
+from cascade.zoo import load_dataset
 from cascade.zoo.student import (
     MLP,
     TrainConfig,
@@ -42,15 +41,9 @@ class Digits:
 
 @pytest.fixture(scope="module")
 def digits() -> Digits:
-    X, y = load_digits(return_X_y=True)
-    X = X.astype(np.float32)
-    X_rest, X_test, y_rest, y_test = train_test_split(
-        X, y, test_size=0.2, stratify=y, random_state=0
-    )
-    X_train, X_val, y_train, y_val = train_test_split(
-        X_rest, y_rest, test_size=0.25, stratify=y_rest, random_state=0
-    )
-    return Digits(X_train, y_train, X_val, y_val, X_test, y_test)
+    # The project's own seeded 60/20/20 split: calibration rows stand in for validation.
+    ds = load_dataset("digits")
+    return Digits(ds.train.X, ds.train.y, ds.calibration.X, ds.calibration.y, ds.test.X, ds.test.y)
 
 
 @pytest.fixture(scope="module")
