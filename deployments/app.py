@@ -93,14 +93,18 @@ class _Served:
                  args: AppArgs) -> None:  # fmt: skip
         policy = loaded.policy
         tiers = resolve_tiers(loaded)
-        backends: dict[str, Any] = {}
-        first = OnnxModel(next(iter(tiers.values())).path)
+        backends: dict[str, Any] = {
+            name: OnnxModel(tiers[name].path, providers=tier.providers)
+            for name, tier in policy.tiers.items()
+            if tier.placement != "deployment"
+        }
+        # The input spec from a session the ingress runs anyway; only a policy of deployment
+        # tiers alone needs one loaded here just to read it.
+        first = next(iter(backends.values()), None) or OnnxModel(next(iter(tiers.values())).path)
         self.spec = first.input_spec
         for name, tier in policy.tiers.items():
             if tier.placement == "deployment":
                 backends[name] = _HandleModel(name, handles[name], self.spec)
-            else:
-                backends[name] = OnnxModel(tiers[name].path, providers=tier.providers)
         card = next((t.card for t in tiers.values() if t.card is not None), None)
         self.classes = list(card.classes) if card is not None else None
         self.n_classes = len(self.classes) if self.classes else first.n_classes
