@@ -10,15 +10,17 @@ object in ``__init__`` and delegates.
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run
 # time, and string annotations made it take `request: Request` for a query parameter.
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from cascade.backends import InputSpec, OnnxModel
@@ -47,7 +49,11 @@ class AppArgs(BaseModel):
     max_rows: int = Field(4096, ge=1, description="most rows per request")
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body")
     coalesce_ms: float = Field(2.0, ge=0, description="window coalescing concurrent requests")
-    max_ongoing_requests: int = Field(64, ge=1, description="Serve backpressure per replica")
+    max_ongoing_requests: int = Field(64, ge=1, description="requests one replica runs at once")
+    max_queued_requests: int = Field(
+        256, ge=-1, description="requests waiting for an ingress replica before 503 (-1: no limit)"
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 for backpressure")
 
 
 @serve.deployment
@@ -116,7 +122,9 @@ class _Served:
             base_dir=loaded.base_dir,
         )
         self.coalescer = Coalescer(
-            lambda rows, deadlines: self.engine.run(rows, deadlines_ms=deadlines),
+            lambda rows, deadlines, caps: self.engine.run(
+                rows, deadlines_ms=deadlines, max_tiers=caps
+            ),
             max_wait_ms=args.coalesce_ms,
         )
         self.policy = policy
@@ -255,7 +263,7 @@ class Ingress:
         )
 
     @fastapi_app.post("/v2/models/{name}/infer", response_model=None)
-    async def infer(self, name: str, request: Request) -> dict[str, Any] | JSONResponse:
+    async def infer(self, name: str, request: Request) -> Response:
         served = self._model(name)
         if isinstance(served, JSONResponse):
             return served
@@ -269,12 +277,14 @@ class Ingress:
                 max_rows=self.args.max_rows,
                 max_bytes=self.args.max_body_bytes,
             )
+            if parsed.max_tier is not None:
+                served.engine.check_max_tier(parsed.max_tier)
         except InputError as exc:
             return JSONResponse(error_body(str(exc)), 400)
         began = time.perf_counter()
         try:
             probabilities, decisions = await served.coalescer.submit(
-                parsed.rows, deadline_ms=parsed.deadline_ms
+                parsed.rows, deadline_ms=parsed.deadline_ms, max_tier=parsed.max_tier
             )
         except InputError as exc:
             return JSONResponse(error_body(str(exc)), 400)
@@ -282,7 +292,7 @@ class Ingress:
             return JSONResponse(error_body(f"model '{name}' failed: {exc}"), 503,
                                 headers={"Retry-After": "1"})  # fmt: skip
         self.metrics.record(name, decisions, (time.perf_counter() - began) * 1000)
-        return build_infer_response(
+        body = build_infer_response(
             model_name=name,
             model_version=served.version,
             request_id=parsed.id,
@@ -292,6 +302,8 @@ class Ingress:
             decisions=[d.to_dict() for d in decisions] if parsed.trace else None,
             output_names=parsed.output_names,
         )
+        # Serialised here: FastAPI's encoder would walk every float again (~50 µs a request).
+        return Response(json.dumps(body).encode(), media_type="application/json")
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -341,6 +353,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     texts = [{"path": path, "text": Path(path).read_text()} for path in paths]
     ingress = Ingress.options(
         max_ongoing_requests=parsed.max_ongoing_requests,
+        max_queued_requests=parsed.max_queued_requests,
+        backpressure_config=BackpressureConfig(retry_after_s=parsed.retry_after_s),
         ray_actor_options={"num_cpus": 0.5},
         user_config={"policies": texts},
     )

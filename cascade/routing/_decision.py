@@ -17,6 +17,7 @@ Reason = Literal[
     "band",
     "speculative_cheap",
     "speculative_expensive",
+    "max_tier",
 ]
 """Why a request stopped where it did.
 
@@ -24,7 +25,8 @@ confident: a tier's calibrated confidence cleared its threshold; last_tier: the 
 chain; max_escalations: the escalation cap; deadline: the next tier could not finish within
 the request's deadline (or, with ``degraded``, not even the first could); band: complexity
 routing picked the tier; speculative_cheap / speculative_expensive: which of the two
-speculative tiers answered.
+speculative tiers answered; max_tier: the request's ``max_tier`` kept it from the tier
+the routing would have sent it to next (or, under complexity routing, the band's tier).
 """
 
 

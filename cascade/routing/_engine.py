@@ -167,14 +167,45 @@ class Engine:
             raise InputError("deadlines_ms: every deadline must be a finite number of ms")
         return budgets
 
+    def check_max_tier(self, tier: str) -> None:
+        """Raise ``InputError`` unless ``tier`` can cap this policy's routes.
+
+        A cap must be a routed tier, or at least cost as much as the cheapest one: a cap
+        below every tier would leave nothing to answer with.
+        """
+        tiers = self._tiers
+        if tier not in self._costs:
+            raise InputError(f"max_tier '{tier}' is not a tier of this policy (tiers: {tiers})")
+        cheapest = min(tiers, key=self._costs.__getitem__)
+        if self._costs[tier] < self._costs[cheapest]:
+            raise InputError(
+                f"max_tier '{tier}' is cheaper than every tier this policy routes to "
+                f"({', '.join(tiers)}); the cheapest is '{cheapest}'"
+            )
+
+    def _caps(self, n: int, max_tiers: Sequence[str | None] | None) -> np.ndarray | None:
+        if max_tiers is None or all(t is None for t in max_tiers):
+            return None
+        if len(max_tiers) != n:
+            raise InputError(f"max_tiers: expected one per row ({n}), got {len(max_tiers)}")
+        for tier in dict.fromkeys(t for t in max_tiers if t is not None):
+            self.check_max_tier(tier)
+        return np.array([np.inf if t is None else self._costs[t] for t in max_tiers])
+
     async def run(
-        self, rows: np.ndarray, *, deadlines_ms: Sequence[float | None] | None = None
+        self,
+        rows: np.ndarray,
+        *,
+        deadlines_ms: Sequence[float | None] | None = None,
+        max_tiers: Sequence[str | None] | None = None,
     ) -> BatchResult:
         """Answer every row of the batch; ``deadlines_ms[i]`` is row i's budget from now.
 
         A ``None`` deadline (or none given) takes the policy's default under SLA routing;
-        other routing kinds ignore deadlines. A batch that does not fit the first tier's
-        input raises ``InputError`` as a whole.
+        other routing kinds ignore deadlines. ``max_tiers[i]`` caps row i: it is sent to no
+        tier costing more than that one, and answered by the best it may reach (reason
+        ``max_tier`` where the cap changed the route). A batch that does not fit the first
+        tier's input raises ``InputError`` as a whole.
         """
         start_s = self._clock()
         policy, router, tiers = self._policy, self._router, self._tiers
@@ -187,6 +218,7 @@ class Engine:
             start_s=start_s,
             estimate=self.latency_estimate,
             costs=self._costs,
+            caps=self._caps(len(batch), max_tiers),
         )
         try:
             await router.route(ctx, batch)

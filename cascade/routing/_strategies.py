@@ -150,10 +150,12 @@ class RouteContext:
         start_s: float,
         estimate: Callable[[str], float],
         costs: Mapping[str, float],
+        caps: np.ndarray | None = None,
     ) -> None:
         self.rows = rows
         self.n = len(rows)
         self._budgets_ms = budgets_ms
+        self._caps = caps
         self._caller = call
         self._clock = clock
         self._start_s = start_s
@@ -192,6 +194,13 @@ class RouteContext:
     def estimate(self, tier: str) -> float:
         """The engine's current latency estimate of one call to ``tier``, in ms."""
         return self._estimate(tier)
+
+    def allowed(self, tier: str, idx: np.ndarray) -> np.ndarray:
+        """Which rows ``idx`` may go to ``tier``: its cost is within their ``max_tier``'s."""
+        if self._caps is None:
+            return np.ones(len(idx), dtype=bool)
+        allowed: np.ndarray = self._costs[tier] <= self._caps[idx]
+        return allowed
 
     # -- calling tiers ---------------------------------------------------------------------
 
@@ -368,17 +377,20 @@ async def _chain(
         conf = _confidences(call, measure, step)
         sure = conf >= step.threshold if step.threshold is not None else np.zeros(conf.size, bool)
         degraded = late[call.idx]
+        capped = np.zeros(conf.size, dtype=bool)
         if k == final:
             stop = np.ones(conf.size, dtype=bool)
-        elif deadlines:
-            fits = ctx.now_ms() + ctx.estimate(chain[k + 1].tier) <= ctx.deadline_ms(call.idx)
-            stop = sure | degraded | ~fits
         else:
-            stop = sure.copy()
+            capped = ~ctx.allowed(chain[k + 1].tier, call.idx)
+            stop = sure | capped
+            if deadlines:
+                fits = ctx.now_ms() + ctx.estimate(chain[k + 1].tier) <= ctx.deadline_ms(call.idx)
+                stop |= degraded | ~fits
         ctx.record(call, confidences=conf, threshold=step.threshold, accepted=stop)
         ctx.answer(call, degraded, "deadline", degraded=True)
         ctx.answer(call, stop & sure & ~degraded, "confident")
-        rest = stop & ~sure & ~degraded
+        ctx.answer(call, stop & capped & ~sure & ~degraded, "max_tier")
+        rest = stop & ~sure & ~degraded & ~capped
         if k < final:
             ctx.answer(call, rest, "deadline")
         else:
@@ -454,9 +466,16 @@ class ComplexityRouter:
         bands = self.routing.bands
         scores = self._scores(rows)
         bounds = [band.below for band in bands[:-1]]
-        tier_of_row = np.array([band.tier for band in bands])[
+        tier_of_row = np.array([band.tier for band in bands], dtype=object)[
             np.searchsorted(np.asarray(bounds, dtype=np.float64), scores, side="right")
         ]
+        capped = np.zeros(ctx.n, dtype=bool)
+        everyone = ctx.everyone()
+        for tier in dict.fromkeys(band.tier for band in bands):
+            over = (tier_of_row == tier) & ~ctx.allowed(tier, everyone)
+            if over.any():  # the band's tier is past the row's max_tier: its cheapest allowed
+                tier_of_row[over] = _cheapest_allowed(ctx, bands, everyone[over])
+                capped |= over
         plan = []
         for tier in dict.fromkeys(band.tier for band in bands):  # one call per tier
             idx = np.flatnonzero(tier_of_row == tier)
@@ -464,7 +483,18 @@ class ComplexityRouter:
                 plan.append((tier, idx))
         for call in await ctx.call_many(plan):
             ctx.record(call, accepted=True)
-            ctx.answer(call, None, "band", scores=scores[call.idx])
+            was_capped = capped[call.idx]
+            ctx.answer(call, ~was_capped, "band", scores=scores[call.idx])
+            ctx.answer(call, was_capped, "max_tier", scores=scores[call.idx])
+
+
+def _cheapest_allowed(ctx: RouteContext, bands: Sequence[Any], idx: np.ndarray) -> np.ndarray:
+    """For rows ``idx``, the most expensive band tier their ``max_tier`` allows."""
+    tiers = sorted(dict.fromkeys(band.tier for band in bands), key=lambda t: ctx._costs[t])
+    best = np.full(len(idx), tiers[0], dtype=object)
+    for tier in tiers[1:]:
+        best[ctx.allowed(tier, idx)] = tier
+    return best
 
 
 class SpeculativeRouter:
@@ -480,21 +510,28 @@ class SpeculativeRouter:
 
     async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
         r = self.routing
-        cheap_pending = ctx.start(r.cheap, ctx.everyone())
-        expensive_pending = ctx.start(r.expensive, ctx.everyone())
+        everyone = ctx.everyone()
+        capped = ~ctx.allowed(r.expensive, everyone)
+        cheap_pending = ctx.start(r.cheap, everyone)
+        # rows whose max_tier rules the expensive tier out never start it
+        expensive_pending = ctx.start(r.expensive, everyone[~capped]) if not capped.all() else None
         cheap = await cheap_pending.result()
         assert cheap.probabilities is not None
         raw = confidence(cheap.probabilities, r.measure)
         conf = calibrate(cheap.probabilities, raw, r.calibration, r.measure)
         sure = conf >= r.threshold
-        ctx.record(cheap, confidences=conf, threshold=r.threshold, accepted=sure)
+        ctx.record(cheap, confidences=conf, threshold=r.threshold, accepted=sure | capped)
         ctx.answer(cheap, sure, "speculative_cheap")
-        if sure.all():
+        ctx.answer(cheap, capped & ~sure, "max_tier")
+        if expensive_pending is None:
+            return
+        waiting = ~sure[expensive_pending.idx]
+        if not waiting.any():
             expensive = expensive_pending.cancel()
         else:
             expensive = await expensive_pending.result()
-        ctx.record(expensive, accepted=~sure)
-        ctx.answer(expensive, ~sure, "speculative_expensive")
+        ctx.record(expensive, accepted=waiting)
+        ctx.answer(expensive, waiting, "speculative_expensive")
 
 
 RouterFactory = Callable[..., Router]

@@ -19,7 +19,7 @@ from cascade.routing import BatchResult, Decision
 
 __all__ = ["Coalescer"]
 
-RunBatch = Callable[[np.ndarray, list[float | None]], Awaitable[BatchResult]]
+RunBatch = Callable[[np.ndarray, list[float | None], list[str | None]], Awaitable[BatchResult]]
 Answer = tuple[np.ndarray, tuple[Decision, ...]]
 
 
@@ -27,12 +27,13 @@ Answer = tuple[np.ndarray, tuple[Decision, ...]]
 class _Waiting:
     rows: np.ndarray
     deadline_ms: float | None
+    max_tier: str | None
     arrived_s: float
     future: asyncio.Future[Answer] = field(repr=False)
 
 
 class Coalescer:
-    """Merges concurrent ``submit`` calls into one call of ``run(rows, deadlines)``.
+    """Merges concurrent ``submit`` calls into one call of ``run(rows, deadlines, max_tiers)``.
 
     With ``eager`` (the default) a request reaching an idle coalescer runs at once, and
     requests arriving while a batch runs gather into the next one, which starts when that
@@ -40,12 +41,15 @@ class Coalescer:
     pays no waiting window. Without ``eager`` every request waits up to ``max_wait_ms`` for
     company. Either way a batch starts once ``max_batch_rows`` rows wait, and a request of
     ``max_batch_rows`` rows or more runs alone. ``run`` gets one
-    deadline per row: its request's, less the time the request waited here. If ``run``
-    raises, every request of that batch gets the exception.
+    deadline per row (its request's, less the time the request waited here) and one
+    ``max_tier`` per row (its request's). If ``run`` raises, every request of that batch
+    gets the exception.
 
     Example::
 
-        coalescer = Coalescer(lambda rows, d: engine.run(rows, deadlines_ms=d), max_wait_ms=2)
+        coalescer = Coalescer(
+            lambda rows, d, m: engine.run(rows, deadlines_ms=d, max_tiers=m), max_wait_ms=2
+        )
         probabilities, decisions = await coalescer.submit(request.rows, deadline_ms=50)
     """
 
@@ -76,7 +80,9 @@ class Coalescer:
         """Rows waiting for their batch to start."""
         return self._pending_rows
 
-    async def submit(self, rows: np.ndarray, *, deadline_ms: float | None = None) -> Answer:
+    async def submit(
+        self, rows: np.ndarray, *, deadline_ms: float | None = None, max_tier: str | None = None
+    ) -> Answer:
         """Answer ``rows`` as part of a coalesced batch: this request's probabilities and
         decisions, one per row.
 
@@ -86,14 +92,14 @@ class Coalescer:
         batch = validate_batch(rows, InputSpec(name="input", width=None))
         loop = asyncio.get_running_loop()
         if len(batch) >= self._max_batch_rows:
-            result = await self._run(batch, [deadline_ms] * len(batch))
+            result = await self._run(batch, [deadline_ms] * len(batch), [max_tier] * len(batch))
             return _slice(result, 0, len(batch))
         if self._pending and (
             self._pending_rows + len(batch) > self._max_batch_rows
             or self._pending[0].rows.shape[1] != batch.shape[1]
         ):
             self._flush()
-        waiting = _Waiting(batch, deadline_ms, loop.time(), loop.create_future())
+        waiting = _Waiting(batch, deadline_ms, max_tier, loop.time(), loop.create_future())
         self._pending.append(waiting)
         self._pending_rows += len(batch)
         if self._pending_rows >= self._max_batch_rows or (self._eager and not self._batches):
@@ -130,10 +136,25 @@ class Coalescer:
         task.add_done_callback(self._batches.discard)
 
     async def _run_batch(self, batch: list[_Waiting]) -> None:
+        try:
+            await self._answer(batch)
+        finally:
+            # Leave the running set now, not in the done-callback: that runs only after the
+            # callers resumed, and a caller submitting again at once would find the engine
+            # "busy" and wait a whole window for nothing.
+            task = asyncio.current_task()
+            if task is not None:
+                self._batches.discard(task)
+        if self._eager and self._pending and not self._batches:
+            self._flush()  # the rows that gathered while this batch ran go now
+
+    async def _answer(self, batch: list[_Waiting]) -> None:
         now_s = asyncio.get_running_loop().time()
         rows = np.concatenate([w.rows for w in batch])
         deadlines: list[float | None] = []
+        max_tiers: list[str | None] = []
         for w in batch:
+            max_tiers.extend([w.max_tier] * len(w.rows))
             remaining = (
                 None
                 if w.deadline_ms is None
@@ -141,7 +162,7 @@ class Coalescer:
             )
             deadlines.extend([remaining] * len(w.rows))
         try:
-            result = await self._run(rows, deadlines)
+            result = await self._run(rows, deadlines, max_tiers)
             if len(result.decisions) != len(rows) or len(result.probabilities) != len(rows):
                 raise BackendError(
                     f"the batch run answered {len(result.decisions)} of {len(rows)} rows"
@@ -160,8 +181,6 @@ class Coalescer:
             if not w.future.done():  # its caller may have been cancelled meanwhile
                 w.future.set_result(_slice(result, start, start + len(w.rows)))
             start += len(w.rows)
-        if self._eager and self._pending:
-            self._flush()  # the rows that gathered while this batch ran go now
 
 
 def _slice(result: BatchResult, start: int, stop: int) -> Answer:

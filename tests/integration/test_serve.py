@@ -20,6 +20,8 @@ serve = pytest.importorskip("ray.serve")
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "policies" / "digits.yaml"
+COVERTYPE = ROOT / "policies" / "covertype.yaml"
+SERVED = [str(DIGITS), str(COVERTYPE)]
 METRICS_PORT = 0
 
 
@@ -36,11 +38,12 @@ def base_url() -> Iterator[str]:
     port = _free_port()
     global METRICS_PORT
     METRICS_PORT = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # 4 logical CPUs (2 real): two apps of 0.5-CPU replicas fit side by side
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=METRICS_PORT)  # fmt: skip
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"policies": [str(DIGITS)]}), name="cascade", route_prefix="/")
+        serve.run(build_app({"policies": SERVED}), name="cascade", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -72,24 +75,40 @@ def test_health_and_metadata(base_url: str) -> None:
         assert meta["parameters"]["classes"] == [str(i) for i in range(10)]
         missing = client.get("/v2/models/nope")
         assert missing.status_code == 404
-        assert missing.json() == {"error": "unknown model 'nope' (models: digits)"}
+        assert missing.json() == {"error": "unknown model 'nope' (models: covertype, digits)"}
 
 
-def test_infer_matches_the_offline_engine(base_url: str) -> None:
-    rows = load_dataset("digits").test.X[:40]
-    offline = Evaluator(load_policy(DIGITS))
+@pytest.mark.parametrize(("policy", "n_rows"), [(DIGITS, 40), (COVERTYPE, 200)])
+def test_infer_matches_the_offline_engine(base_url: str, policy: Path, n_rows: int) -> None:
+    offline = Evaluator(load_policy(policy))
+    name = offline.loaded.policy.name
+    rows = load_dataset(name).test.X[:n_rows]
     expected = offline.run(offline.loaded.policy, rows)
     with httpx.Client(base_url=base_url, timeout=30) as client:
-        response = client.post("/v2/models/digits/infer", json=_body(rows))
+        response = client.post(f"/v2/models/{name}/infer", json=_body(rows))
+        classes = client.get(f"/v2/models/{name}").json()["parameters"]["classes"]
     assert response.status_code == 200, response.text
     body = response.json()
     outputs = {o["name"]: o for o in body["outputs"]}
-    probabilities = np.asarray(outputs["probabilities"]["data"]).reshape(40, 10)
+    probabilities = np.asarray(outputs["probabilities"]["data"]).reshape(n_rows, -1)
     np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-6)
-    assert outputs["label"]["data"] == [str(i) for i in expected.labels]
+    assert outputs["label"]["data"] == [classes[i] for i in expected.labels]
     decisions = body["parameters"]["decisions"]
     assert [d["answered_by"] for d in decisions] == [d.answered_by for d in expected.decisions]
     assert "large" in {d["answered_by"] for d in decisions}  # some rows escalated over the hop
+
+
+def test_max_tier_keeps_rows_off_the_large_tier(base_url: str) -> None:
+    rows = load_dataset("digits").test.X[:40]
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        capped = client.post("/v2/models/digits/infer", json=_body(rows, max_tier="tiny"))
+        assert capped.status_code == 200, capped.text
+        decisions = capped.json()["parameters"]["decisions"]
+        assert {d["answered_by"] for d in decisions} == {"tiny"}
+        assert "max_tier" in {d["reason"] for d in decisions}  # some rows would have escalated
+        unknown = client.post("/v2/models/digits/infer", json=_body(rows, max_tier="huge"))
+    assert unknown.status_code == 400
+    assert 'parameters.max_tier "huge" is not a tier of this policy' in unknown.json()["error"]
 
 
 def test_concurrent_requests_are_all_answered(base_url: str) -> None:
@@ -158,7 +177,7 @@ def test_reload_under_traffic_applies_new_thresholds_and_refuses_bad_ones(
 
     rows = load_dataset("digits").test.X[:20]
     policy = _reload_policy(tmp_path, 0.0)  # threshold 0: tiny answers everything
-    serve.run(build_app({"policies": [str(DIGITS), str(policy)]}), name="cascade",
+    serve.run(build_app({"policies": [*SERVED, str(policy)]}), name="cascade",
               route_prefix="/")  # fmt: skip
     url = "/v2/models/reloadable/infer"
 
@@ -177,7 +196,7 @@ def test_reload_under_traffic_applies_new_thresholds_and_refuses_bad_ones(
             load = asyncio.gather(*(traffic(client, stop) for _ in range(4)))
             _reload_policy(tmp_path, 1.0)  # threshold 1: every row escalates
             await asyncio.to_thread(
-                serve.run, build_app({"policies": [str(DIGITS), str(policy)]}),
+                serve.run, build_app({"policies": [*SERVED, str(policy)]}),
                 name="cascade", route_prefix="/",
             )  # fmt: skip
             stop.set()
@@ -197,7 +216,7 @@ def test_reload_under_traffic_applies_new_thresholds_and_refuses_bad_ones(
     from cascade.errors import PolicyError
 
     with pytest.raises(PolicyError, match=r"routing\.chain\[0\]\.threshold: must be <= 1"):
-        build_app({"policies": [str(DIGITS), str(policy)]})
+        build_app({"policies": [*SERVED, str(policy)]})
     with httpx.Client(base_url=base_url, timeout=30) as client:
         response = client.post(url, json=_body(rows[:3]))
     assert response.status_code == 200
@@ -221,3 +240,40 @@ def test_metrics_are_exported(base_url: str) -> None:
     for name in names:
         assert name in text, f"{name} not exported"
     assert 'tier="tiny"' in text
+
+
+def test_backpressure_is_a_503_with_retry_after_and_serving_goes_on(
+    base_url: str, tmp_path: Path
+) -> None:
+    from deployments.app import build_app
+
+    models = ROOT / "policies" / "models" / "digits"
+    slow = tmp_path / "slow.yaml"  # the large model inline: a big request holds the replica
+    slow.write_text(
+        "name: slow\nallow_outside_paths: true\n"
+        f"tiers:\n  large: {{model: {models / 'large.onnx'}}}\n"
+        "routing:\n  kind: confidence\n  chain:\n    - {tier: large}\n"
+    )
+    args = {"policies": [str(slow)], "max_ongoing_requests": 1, "max_queued_requests": 1,
+            "retry_after_s": 2}  # fmt: skip
+    serve.run(build_app(args), name="pressure", route_prefix="/pressure")
+    rows = np.tile(load_dataset("digits").test.X, (12, 1))[:4096]
+    url = "/pressure/v2/models/slow/infer"
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+            return await asyncio.gather(*(client.post(url, json=_body(rows, trace=False))
+                                          for _ in range(8)))  # fmt: skip
+
+    try:
+        responses = asyncio.run(burst())
+        codes = sorted(r.status_code for r in responses)
+        assert 200 in codes and 503 in codes, codes  # one runs, one waits, the rest are shed
+        assert set(codes) == {200, 503}
+        for response in responses:
+            if response.status_code == 503:
+                assert response.headers["retry-after"] == "2"
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            assert client.post(url, json=_body(rows[:3])).status_code == 200
+    finally:
+        serve.delete("pressure")

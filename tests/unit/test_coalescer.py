@@ -42,12 +42,16 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[np.ndarray, list[float | None]]] = []
+        self.max_tiers: list[list[str | None]] = []
         self.fail_next: BaseException | None = None
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
 
-    async def __call__(self, rows: np.ndarray, deadlines: list[float | None]) -> BatchResult:
+    async def __call__(
+        self, rows: np.ndarray, deadlines: list[float | None], max_tiers: list[str | None]
+    ) -> BatchResult:
         self.calls.append((rows.copy(), list(deadlines)))
+        self.max_tiers.append(list(max_tiers))
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -87,7 +91,7 @@ def test_concurrent_submits_share_one_engine_run_and_get_their_own_rows() -> Non
 
     async def main() -> list[tuple[np.ndarray, tuple[Decision, ...]]]:
         coalescer = Coalescer(
-            lambda rows, d: engine.run(rows, deadlines_ms=d),
+            lambda rows, d, m: engine.run(rows, deadlines_ms=d, max_tiers=m),
             max_batch_rows=64,
             max_wait_ms=20,
             eager=False,
@@ -154,7 +158,7 @@ def test_a_failed_run_reaches_every_caller_of_its_batch_and_the_next_batch_works
 
 
 def test_a_run_answering_too_few_rows_fails_its_batch() -> None:
-    async def short(rows: np.ndarray, deadlines: list[float | None]) -> BatchResult:
+    async def short(rows: np.ndarray, deadlines: list[float | None], _: object) -> BatchResult:
         return BatchResult(table_answer(rows[:1]), (decision(),))
 
     async def main() -> None:
@@ -239,6 +243,34 @@ def test_deadlines_are_passed_per_row_less_the_time_waited() -> None:
     assert last is not None and 0 <= last <= 20.0
 
 
+def test_max_tier_is_passed_per_row() -> None:
+    async def main() -> Recorder:
+        run = Recorder()
+        coalescer = Coalescer(run, eager=False, max_wait_ms=1)
+        await asyncio.gather(
+            coalescer.submit(rows_with_ids(1, 2), max_tier="tiny"),
+            coalescer.submit(rows_with_ids(3)),
+        )
+        return run
+
+    assert asyncio.run(main()).max_tiers == [["tiny", "tiny", None]]
+
+
+def test_back_to_back_requests_of_one_caller_do_not_wait_for_a_window() -> None:
+    # A caller resumes before the finished batch's task is cleaned up; the coalescer must
+    # already count the engine idle then, or each such request waits the whole window.
+    async def caller(coalescer: Coalescer) -> None:
+        for i in range(5):
+            await coalescer.submit(rows_with_ids(i))  # straight on, no task in between
+
+    async def main() -> int:
+        run = Recorder()
+        await asyncio.wait_for(caller(Coalescer(run, max_wait_ms=60_000)), timeout=5)
+        return len(run.calls)
+
+    assert asyncio.run(main()) == 5
+
+
 def test_requests_of_another_width_go_to_another_batch() -> None:
     async def main() -> Recorder:
         run = Recorder()
@@ -284,7 +316,7 @@ def test_eager_coalescer_runs_a_lone_request_at_once_and_batches_under_load() ->
     calls: list[int] = []
     release = asyncio.Event()
 
-    async def run(rows: np.ndarray, deadlines: list[float | None]) -> BatchResult:
+    async def run(rows: np.ndarray, deadlines: list[float | None], _: object) -> BatchResult:
         calls.append(len(rows))
         if len(calls) == 1:
             await release.wait()  # the first batch is busy while the others arrive

@@ -232,6 +232,56 @@ def test_chain_escalates_only_open_rows_and_sums_costs() -> None:
     assert len(result) == 6
 
 
+def test_max_tier_caps_each_row_of_a_chain() -> None:
+    s = Setup(chain_routing())
+    caps = ["small", "small", "small", None, "tiny", None]
+    result = s.run(max_tiers=caps)
+    # row 2 would reach large; row 4 would reach small; row 5 reaches large uncapped
+    assert [m.calls for m in s.models.values()] == [[6], [3], [1]]
+    assert [(d.answered_by, d.reason) for d in result.decisions] == [
+        ("tiny", "confident"),
+        ("small", "confident"),
+        ("small", "max_tier"),
+        ("tiny", "confident"),
+        ("tiny", "max_tier"),
+        ("large", "last_tier"),
+    ]
+    assert result.decisions[4].steps[0].accepted  # the capped answer was taken, not rejected
+
+
+def test_max_tier_clamps_complexity_bands_and_skips_speculation() -> None:
+    tables = {t: peaked([0.5] * 3, label=i) for i, t in enumerate(["tiny", "small", "large"])}
+    s = Setup(COMPLEXITY, tables=tables, base_dir=Path("."))
+    rows = rows_for(3, [0.0, 8.0, 8.0])
+    result = asyncio.run(s.engine.run(rows, max_tiers=[None, "small", None]))
+    assert [(d.answered_by, d.reason) for d in result.decisions] == [
+        ("tiny", "band"),
+        ("small", "max_tier"),
+        ("large", "band"),
+    ]
+    engine, models = speculative_setup(peaked([0.95, 0.5, 0.5], label=1), large_latency_s=0.0)
+    result = asyncio.run(engine.run(rows_for(3), max_tiers=[None, "tiny", None]))
+    assert models["large"].calls == [2]  # the capped row never went to large
+    assert [(d.answered_by, d.reason) for d in result.decisions] == [
+        ("tiny", "speculative_cheap"),
+        ("tiny", "max_tier"),
+        ("large", "speculative_expensive"),
+    ]
+
+
+def test_max_tier_must_name_a_tier_that_can_answer() -> None:
+    chain = [{"tier": "small", "threshold": 0.8}, {"tier": "large"}]
+    routing = {"kind": "confidence", "chain": chain}
+    s = Setup(routing, tables={"small": SMALL, "large": LARGE})
+    s.engine.check_max_tier("small")
+    with pytest.raises(InputError, match="max_tier 'tiny' is cheaper than every tier"):
+        s.engine.check_max_tier("tiny")
+    with pytest.raises(InputError, match="max_tier 'huge' is not a tier of this policy"):
+        s.engine.check_max_tier("huge")
+    with pytest.raises(InputError, match="max_tiers: expected one per row"):
+        s.run(max_tiers=["small"])
+
+
 def test_calibration_changes_decisions() -> None:
     softened = chain_routing()
     softened["chain"][0]["calibration"] = {"method": "temperature", "temperature": 3.0}
