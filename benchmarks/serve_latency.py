@@ -1,21 +1,27 @@
 """Serving latency and throughput on a local Ray Serve, all configurations in one run.
 
-    python benchmarks/serve_latency.py [--requests 300] [--seconds 8]
+    python benchmarks/serve_latency.py [--rounds 3] [--requests 200] [--seconds 5]
 
 (a) a bare one-deployment Serve app answering from the tiny ONNX model: the floor;
 (b) cascade answering inline from tiny (a one-tier chain);
 (c) cascade escalating about 20 % of rows to a `large` deployment;
-(d) the large model behind a deployment, with and without ``@serve.batch``, at concurrency 32.
+(d) each digits tier (tiny, small, large), and two ONNX cost probes (random-weight MLPs
+    costing about 0.3 and 2 ms a row alone), behind a deployment with and without ``@serve.batch``
+    at concurrency 32: does per-tier batching pay, and from what model cost?
 
 Single-row requests from the digits test split, over loopback, bounded in count and time:
-p50/p99 at concurrency 1 and throughput at concurrency 16 (32 for d). Same Serve settings for
-every configuration (max_ongoing_requests 64). Writes ``benchmarks/results/serve_latency.json``.
+p50/p99 at concurrency 1 and throughput at concurrency 16 (32 for d). Every app is deployed
+at once and the rounds interleave the configurations, so slow spells of this shared machine
+fall on all of them alike; a figure is the median over rounds (latency percentiles over the
+pooled requests). Same Serve settings for every configuration (max_ongoing_requests 64).
+Writes ``benchmarks/results/serve_latency.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import socket
 import statistics
@@ -41,6 +47,8 @@ from deployments.app import build_app
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "policies" / "models" / "digits"
 ONGOING = 64
+TIERS = ("tiny", "small", "large")
+PROBES = ((2048, 2), (2048, 4))  # (hidden width, hidden layers) of the cost probes
 
 
 def _rows(body: dict[str, Any]) -> np.ndarray:
@@ -89,7 +97,8 @@ def _body(row: np.ndarray) -> dict[str, Any]:
                         "data": row.tolist()}], "parameters": {"trace": False}}  # fmt: skip
 
 
-async def _latency(url: str, rows: np.ndarray, n: int) -> tuple[float, float]:
+async def _latency(url: str, rows: np.ndarray, n: int) -> list[float]:
+    """Milliseconds of ``n`` sequential requests (after a warm-up)."""
     async with httpx.AsyncClient(timeout=30) as client:
         for row in rows[:20]:  # warm-up
             (await client.post(url, json=_body(row))).raise_for_status()
@@ -99,7 +108,7 @@ async def _latency(url: str, rows: np.ndarray, n: int) -> tuple[float, float]:
             response = await client.post(url, json=_body(rows[i % len(rows)]))
             times.append((time.perf_counter() - start) * 1000)
             response.raise_for_status()
-    return statistics.median(times), float(np.percentile(times, 99))
+    return times
 
 
 async def _throughput(url: str, rows: np.ndarray, concurrency: int, seconds: float) -> float:
@@ -140,10 +149,56 @@ def _policy(directory: Path, name: str, chain: str) -> Path:
     return path
 
 
+def _cost_probe(path: Path, hidden: int, layers: int) -> Path:
+    """An ONNX MLP of chosen size, 64 features in, 10 probabilities out: a dial for model cost.
+
+    Its weights are random; it stands for an expensive tier only in what it costs to run,
+    which is all the batching comparison needs. The digits tiers cost microseconds.
+    """
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(0)
+    sizes = [64, *[hidden] * layers, 10]
+    nodes, weights, current = [], [], "input"
+    for k, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        weights.append(numpy_helper.from_array(w, f"w{k}"))
+        nodes.append(helper.make_node("MatMul", [current, f"w{k}"], [f"h{k}"]))
+        current = f"h{k}"
+        if k < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [current], [f"r{k}"]))
+            current = f"r{k}"
+    nodes.append(helper.make_node("Softmax", [current], ["probabilities"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        f"cost_probe_{hidden}x{layers}",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10])],
+        weights,
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _model_cost_us(path: Path, rows: np.ndarray) -> dict[str, float]:
+    """In-process cost of one row, alone and within a batch of 32, in µs."""
+    model = OnnxModel(path)
+    out = {}
+    for label, size, reps in (("batch 1", 1, 300), ("batch 32", 32, 30)):
+        batch = rows[:size]
+        model.predict_sync(batch)
+        began = time.perf_counter()
+        for _ in range(reps):
+            model.predict_sync(batch)
+        out[label] = (time.perf_counter() - began) / reps / size * 1e6
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=300, help="requests at concurrency 1")
-    parser.add_argument("--seconds", type=float, default=8.0, help="per throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--requests", type=int, default=200, help="requests at concurrency 1")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     args = parser.parse_args()
 
@@ -152,6 +207,12 @@ def main() -> None:
     tiny = OnnxModel(MODELS / "tiny.onnx").predict_sync(rows).max(axis=1)
     threshold = float(np.quantile(tiny, 0.2))  # ~20 % of rows fall below it and escalate
     workdir = Path(tempfile.mkdtemp())
+    tiers = {tier: MODELS / f"{tier}.onnx" for tier in TIERS}
+    for hidden, layers in PROBES:
+        tiers[f"probe {hidden}x{layers}"] = _cost_probe(
+            workdir / f"probe_{hidden}x{layers}.onnx", hidden, layers
+        )
+    costs = {tier: _model_cost_us(path, rows) for tier, path in tiers.items()}
     inline = _policy(workdir, "inline", "    - {tier: tiny}\n")
     escalating = _policy(
         workdir, "escalating", f"    - {{tier: tiny, threshold: {threshold:.6f}}}\n"
@@ -161,54 +222,80 @@ def main() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Logical CPUs, so that every app fits at once; the machine has what it has.
+    ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False)
     base = f"http://127.0.0.1:{port}"
-    results: dict[str, dict[str, float]] = {}
+    plans: list[tuple[str, Any, str, int]] = [
+        ("a bare tiny", Bare.bind(str(MODELS / "tiny.onnx")), "/", 16),
+        ("b cascade inline", build_app({"policies": [str(inline)]}),
+         "/v2/models/inline/infer", 16),
+        ("c cascade ~20% escalated", build_app({"policies": [str(escalating)]}),
+         "/v2/models/escalating/infer", 16),
+    ]  # fmt: skip
+    for tier, tier_path in tiers.items():
+        path = str(tier_path)
+        plans.append((f"d {tier} unbatched", Bare.bind(path), "/", 32))
+        plans.append((f"d {tier} @serve.batch", Batched.bind(path), "/", 32))
+    samples: dict[str, list[float]] = {name: [] for name, *_ in plans}
+    rps: dict[str, list[float]] = {name: [] for name, *_ in plans}
+    urls: dict[str, str] = {}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        plans: list[tuple[str, Any, str, int]] = [
-            ("a bare tiny", Bare.bind(str(MODELS / "tiny.onnx")), "/", 16),
-            ("b cascade inline", build_app({"policies": [str(inline)]}),
-             "/v2/models/inline/infer", 16),
-            ("c cascade ~20% escalated", build_app({"policies": [str(escalating)]}),
-             "/v2/models/escalating/infer", 16),
-            ("d large unbatched", Bare.bind(str(MODELS / "large.onnx")), "/", 32),
-            ("d large @serve.batch", Batched.bind(str(MODELS / "large.onnx")), "/", 32),
-        ]  # fmt: skip
-        for name, app, path, concurrency in plans:
-            print(f"{name}: deploying", file=sys.stderr)
-            serve.run(app, name="bench", route_prefix="/")
-            url = base + path
-            p50, p99 = asyncio.run(_latency(url, rows, args.requests))
-            rps = asyncio.run(_throughput(url, rows, concurrency, args.seconds))
-            results[name] = {"p50_ms": p50, "p99_ms": p99, "rps": rps, "concurrency": concurrency}
-            print(f"{name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, {rps:.0f} req/s", file=sys.stderr)
-            serve.delete("bench")
+        for k, (name, app, path, _) in enumerate(plans):
+            print(f"deploying {name}", file=sys.stderr)
+            serve.run(app, name=f"app{k}", route_prefix=f"/app{k}")
+            urls[name] = f"{base}/app{k}{path}".rstrip("/")
+        for r in range(args.rounds):
+            for name, _, _, concurrency in plans:
+                times = asyncio.run(_latency(urls[name], rows, args.requests))
+                samples[name].extend(times)
+                rps[name].append(
+                    asyncio.run(_throughput(urls[name], rows, concurrency, args.seconds))
+                )
+                print(f"round {r + 1}/{args.rounds} {name}: p50 {statistics.median(times):.2f} "
+                      f"ms, {rps[name][-1]:.0f} req/s", file=sys.stderr)  # fmt: skip
     finally:
         serve.shutdown()
         ray.shutdown()
 
+    results = {
+        name: {
+            "p50_ms": statistics.median(samples[name]),
+            "p99_ms": float(np.percentile(samples[name], 99)),
+            "rps": statistics.median(rps[name]),
+            "rps_rounds": rps[name],
+            "concurrency": concurrency,
+        }
+        for name, _, _, concurrency in plans
+    }
     body = [
-        [name, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['rps']:.0f}", str(r["concurrency"])]
+        [name, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['rps']:.0f}",
+         " ".join(f"{x:.0f}" for x in r["rps_rounds"]), str(r["concurrency"])]
         for name, r in results.items()
-    ]
-    print(table(["configuration", "p50 ms (c=1)", "p99 ms (c=1)", "req/s", "at concurrency"], body))
+    ]  # fmt: skip
+    print(table(["configuration", "p50 ms (c=1)", "p99 ms (c=1)", "req/s (median)",
+                 "req/s per round", "at concurrency"], body))  # fmt: skip
+    print()
+    cost_rows = [[t, f"{c['batch 1']:.1f}", f"{c['batch 32']:.1f}"] for t, c in costs.items()]
+    print(table(["tier", "µs/row at batch 1", "µs/row at batch 32"], cost_rows))
     a, b = results["a bare tiny"], results["b cascade inline"]
     c = results["c cascade ~20% escalated"]
-    d0, d1 = results["d large unbatched"], results["d large @serve.batch"]
     ratios = {
         "b/a p50 (target <= 1.15)": b["p50_ms"] / a["p50_ms"],
         "b/a throughput at 16 (target >= 0.95)": b["rps"] / a["rps"],
         "c/b throughput at 16 (target >= 0.8)": c["rps"] / b["rps"],
-        "d batched/unbatched throughput at 32": d1["rps"] / d0["rps"],
     }
+    for tier in tiers:
+        batched, unbatched = results[f"d {tier} @serve.batch"], results[f"d {tier} unbatched"]
+        ratios[f"d {tier} batched/unbatched throughput at 32"] = batched["rps"] / unbatched["rps"]
     print()
     for label, value in ratios.items():
         print(f"{label}: {value:.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "serve_latency.json"
-    out.write_text(json.dumps({"results": results, "ratios": ratios,
-                               "escalation_threshold": threshold}, indent=2) + "\n")  # fmt: skip
+    out.write_text(json.dumps({"results": results, "ratios": ratios, "model_cost_us": costs,
+                               "escalation_threshold": threshold, "rounds": args.rounds},
+                              indent=2) + "\n")  # fmt: skip
     print(f"\nwrote {out}")
 
 

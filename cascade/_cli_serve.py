@@ -7,6 +7,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cascade.policy import LoadedPolicy
 
 __all__ = ["add_serve_command", "run_config", "run_reload", "run_serve", "serve_config"]
 
@@ -23,6 +27,9 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--num-cpus", type=int, default=None,
                        help="CPUs Ray may use (default: all)")  # fmt: skip
+    serve.add_argument("--no-progress", action="store_true",
+                       help="no progress bar while missing models are built")  # fmt: skip
+    _add_app_options(serve)
 
     reload = commands.add_parser(
         "reload",
@@ -43,6 +50,48 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     config.add_argument("policies", nargs="+", type=Path, help="policy files")
     config.add_argument("--host", default="0.0.0.0", help="HTTP host on the cluster")
     config.add_argument("--port", type=int, default=8000)
+    _add_app_options(config)
+
+
+def _add_app_options(parser: argparse.ArgumentParser) -> None:
+    """The serving knobs of ``deployments.app.AppArgs``; unset ones keep its defaults."""
+    group = parser.add_argument_group("serving settings (defaults tuned on 2 cores)")
+    group.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests one ingress replica runs at once (default 64)",
+    )
+    group.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests waiting for the ingress before a 503 with Retry-After "
+        "(default 256; -1: no limit)",
+    )
+    group.add_argument(
+        "--coalesce-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="longest wait for concurrent requests to share a batch (default 2)",
+    )
+    group.add_argument("--max-rows", type=int, default=None, metavar="N",
+                       help="most rows in one request (default 4096)")  # fmt: skip
+
+
+def _app_args(args: argparse.Namespace) -> dict[str, object]:
+    """``build_app`` arguments from the command line, validated now rather than in Serve."""
+    from deployments.app import AppArgs
+
+    given: dict[str, object] = {"policies": [str(p) for p in args.policies]}
+    for key in ("max_ongoing_requests", "max_queued_requests", "coalesce_ms", "max_rows"):
+        if getattr(args, key, None) is not None:
+            given[key] = getattr(args, key)
+    AppArgs.model_validate(given)
+    return given
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -52,24 +101,30 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError:
         print('cascade serve needs Ray Serve: pip install "cascade[serve]"', file=sys.stderr)
         return 1
+    from cascade.evaluate import ensure_models
     from cascade.policy import load_policy
     from deployments.app import build_app
 
-    names = [load_policy(p).policy.name for p in args.policies]  # fail fast on a bad file
+    loaded = [load_policy(p) for p in args.policies]  # fail fast on a bad file
+    names = [item.policy.name for item in loaded]
+    app_args = _app_args(args)
+    for item in loaded:  # before Ray starts: training wants the cores to itself
+        ensure_models(item, progress=not args.no_progress)
     stop = threading.Event()
     import ray as ray_module
 
     ray_module.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        app = build_app({"policies": [str(p) for p in args.policies]})
+        app = build_app(app_args)
         serve.run(app, name="cascade", route_prefix="/")
         # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
         url = f"http://{args.host}:{args.port}"
         print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops)")
-        print(f"try: curl -s {url}/v2/models/{names[0]}")
+        print(f"metadata: curl -s {url}/v2/models/{names[0]}")
+        print(f"infer:    {_curl_example(url, names[0], loaded[0])}")
         sys.stdout.flush()
         stop.wait()
     finally:
@@ -101,8 +156,8 @@ def run_reload(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_config(policies: list[str], *, host: str, port: int) -> dict[str, object]:
-    """A Serve config serving ``policies``, validated against Serve's own schema."""
+def serve_config(app_args: dict[str, object], *, host: str, port: int) -> dict[str, object]:
+    """A Serve config serving ``build_app(app_args)``, validated against Serve's own schema."""
     from ray.serve.schema import ServeDeploySchema
 
     config: dict[str, object] = {
@@ -113,7 +168,7 @@ def serve_config(policies: list[str], *, host: str, port: int) -> dict[str, obje
                 "name": "cascade",
                 "route_prefix": "/",
                 "import_path": "deployments.app:build_app",
-                "args": {"policies": policies},
+                "args": app_args,
             }
         ],
     }
@@ -128,6 +183,21 @@ def run_config(args: argparse.Namespace) -> int:
 
     for path in args.policies:
         load_policy(path)
-    config = serve_config([str(p) for p in args.policies], host=args.host, port=args.port)
+    config = serve_config(_app_args(args), host=args.host, port=args.port)
     print(yaml.safe_dump(config, sort_keys=False), end="")
     return 0
+
+
+def _curl_example(url: str, name: str, loaded: LoadedPolicy) -> str:
+    """A ready-to-paste infer request: one row of zeros of the policy's input width."""
+    import json
+
+    from cascade.backends import OnnxModel
+
+    first = next(iter(loaded.policy.tiers))
+    spec = OnnxModel(loaded.model_path(first)).input_spec
+    width = spec.width or 1
+    body = {"inputs": [{"name": spec.name, "shape": [1, width], "datatype": "FP32",
+                        "data": [0.0] * width}]}  # fmt: skip
+    return (f"curl -s {url}/v2/models/{name}/infer -H 'content-type: application/json' "
+            f"-d '{json.dumps(body)}'")  # fmt: skip

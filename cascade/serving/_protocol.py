@@ -85,6 +85,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _leaf_types(data: list[Any]) -> set[type]:
+    """The types of the leaves of nested lists (a fast check before the exact scan)."""
+    types = {type(item) for item in data}
+    if list in types:
+        types.discard(list)
+        for item in data:
+            if type(item) is list:
+                types |= _leaf_types(item)
+    return types
+
+
 def _first_non_number(data: Any, path: str = "") -> tuple[str, Any] | None:
     """The first leaf of nested lists that is not a JSON number, with its index path."""
     if isinstance(data, list):
@@ -213,7 +224,7 @@ def _to_rows(
     # numpy folds booleans into numbers when they are mixed; JSON booleans can only be there
     # when the body spells true/false somewhere, so the exact scan runs only then
     suspicious = array.dtype.kind not in "iuf" or b"true" in body or b"false" in body
-    if suspicious:
+    if suspicious and not _leaf_types(data) <= {int, float}:
         found = _first_non_number(data)
         if found is not None:
             path, value = found

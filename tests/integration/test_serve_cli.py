@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,6 +18,13 @@ import pytest
 pytest.importorskip("ray.serve")
 
 ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def _readme_block(marker: str) -> str:
+    match = re.search(rf"<!-- {marker} -->\n```bash\n(.*?)\n```\n<!-- /{marker} -->", README, re.S)
+    assert match, f"README.md has no {marker} block"
+    return match.group(1)
 
 
 def _free_port() -> int:
@@ -35,14 +45,20 @@ def _policy(path: Path, threshold: float) -> Path:
     return path
 
 
-def test_cascade_serve_starts_answers_reloads_and_stops_cleanly(tmp_path: Path) -> None:
+def test_the_readme_main_command_serves_answers_reloads_and_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    """The README's `cascade serve policies/digits.yaml` (plus a second policy and a free
+    port), its request example, then a reload and SIGTERM, as a user would."""
     port = _free_port()
     cli = Path(sys.executable).with_name("cascade")
-    digits = str(ROOT / "policies" / "digits.yaml")
+    (step,) = [s.strip() for s in _readme_block("main-command").split("&&") if "cascade " in s]
+    argv = shlex.split(step)
+    digits = argv[2]
     mine = str(_policy(tmp_path / "mine.yaml", 0.0))
     process = subprocess.Popen(
-        [str(cli), "serve", digits, mine, "--port", str(port), "--num-cpus", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [str(cli), *argv[1:], mine, "--port", str(port), "--num-cpus", "2", "--no-progress"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: list[str] = []
     announced = threading.Event()
@@ -60,6 +76,17 @@ def test_cascade_serve_starts_answers_reloads_and_stops_cleanly(tmp_path: Path) 
     try:
         assert announced.wait(timeout=180), "".join(lines)
         assert httpx.get(f"{url}/v2/models/digits/ready", timeout=10).status_code == 200
+        curl = shlex.split(_readme_block("request-example"))
+        readme_url = curl[2].replace("localhost:8000", url)
+        example = httpx.post(readme_url, content=curl[curl.index("-d") + 1],
+                             headers={"content-type": "application/json"}, timeout=30)  # fmt: skip
+        assert example.status_code == 200, example.text
+        labels = {o["name"]: o for o in example.json()["outputs"]}["label"]["data"]
+        assert labels == ["0"]  # what the README says the example answers
+        printed = next(line for line in lines if line.startswith("infer:"))
+        pasted = shlex.split(printed.removeprefix("infer:"))  # the curl cascade serve prints
+        assert pasted[2] == f"{url}/v2/models/digits/infer"
+        assert json.loads(pasted[pasted.index("-d") + 1])["inputs"][0]["shape"] == [1, 64]
         body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                             "data": [0.0] * 64}]}  # fmt: skip
         response = httpx.post(f"{url}/v2/models/digits/infer", json=body, timeout=30)
