@@ -18,6 +18,7 @@ Reason = Literal[
     "speculative_cheap",
     "speculative_expensive",
     "max_tier",
+    "fallback",
 ]
 """Why a request stopped where it did.
 
@@ -26,7 +27,9 @@ chain; max_escalations: the escalation cap; deadline: the next tier could not fi
 the request's deadline (or, with ``degraded``, not even the first could); band: complexity
 routing picked the tier; speculative_cheap / speculative_expensive: which of the two
 speculative tiers answered; max_tier: the request's ``max_tier`` kept it from the tier
-the routing would have sent it to next (or, under complexity routing, the band's tier).
+the routing would have sent it to next (or, under complexity routing, the band's tier);
+fallback: the tier it was sent to failed, timed out or had its circuit open, so it got the
+best answer already computed or the next cheaper tier's (always with ``degraded``).
 """
 
 
@@ -36,7 +39,7 @@ class Step:
 
     ``latency_ms`` is the wall time of the batched call this request was part of, and
     ``cost`` what this request was charged for it (a cancelled speculative call charges the
-    share of the work done).
+    share of the work done). ``error`` says why a call that gave no answer failed.
 
     Example::
 
@@ -49,6 +52,7 @@ class Step:
     accepted: bool
     latency_ms: float
     cost: float
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -119,15 +119,32 @@ class Engine:
             ) from None
 
     async def _call(
-        self, tier: str, rows: np.ndarray, started_s: float, *, policy: Policy
+        self,
+        tier: str,
+        rows: np.ndarray,
+        started_s: float,
+        budget_ms: float | None,
+        *,
+        policy: Policy,
     ) -> tuple[np.ndarray, float]:
-        """Run one batched call to ``tier``; the only way the engine reaches a backend."""
+        """Run one batched call to ``tier``; the only way the engine reaches a backend.
+
+        The call gets the tier's ``timeout_ms`` or what is left of the rows' deadline,
+        whichever is shorter; a deadline already passed fails it without calling.
+        """
         timeout_ms = policy.tiers[tier].timeout_ms if tier in policy.tiers else None
+        why = "its timeout"
+        if budget_ms is not None and (timeout_ms is None or budget_ms < timeout_ms):
+            timeout_ms, why = max(0.0, budget_ms), "the request's deadline"
+            if timeout_ms <= 0:
+                raise ModelTimeout(f"tier '{tier}': not called, the request's deadline passed")
         try:
             async with asyncio.timeout(None if timeout_ms is None else timeout_ms / 1000.0):
                 output = await self._backends[tier].predict(rows)
         except TimeoutError as exc:
-            raise ModelTimeout(f"tier '{tier}': no answer within {timeout_ms:g} ms") from exc
+            raise ModelTimeout(
+                f"tier '{tier}': no answer within {timeout_ms:g} ms ({why})"
+            ) from exc
         except CascadeError:
             raise
         except Exception as exc:
@@ -156,14 +173,12 @@ class Engine:
         if deadlines_ms is not None and len(deadlines_ms) != n:
             raise InputError(f"deadlines_ms: expected one per row ({n}), got {len(deadlines_ms)}")
         routing = policy.routing
-        if not isinstance(routing, SlaRouting):
-            return None
-        if deadlines_ms is None:
-            return np.full(n, routing.default_deadline_ms)
-        budgets = np.array(
-            [routing.default_deadline_ms if d is None else float(d) for d in deadlines_ms]
-        )
-        if not all(math.isfinite(b) for b in budgets):
+        default = routing.default_deadline_ms if isinstance(routing, SlaRouting) else math.inf
+        if deadlines_ms is None or all(d is None for d in deadlines_ms):
+            return None if math.isinf(default) else np.full(n, default)
+        budgets = np.array([default if d is None else d for d in deadlines_ms], dtype=float)
+        given = np.array([d is not None for d in deadlines_ms])
+        if not np.isfinite(budgets[given]).all():
             raise InputError("deadlines_ms: every deadline must be a finite number of ms")
         return budgets
 
@@ -201,11 +216,12 @@ class Engine:
     ) -> BatchResult:
         """Answer every row of the batch; ``deadlines_ms[i]`` is row i's budget from now.
 
-        A ``None`` deadline (or none given) takes the policy's default under SLA routing;
-        other routing kinds ignore deadlines. ``max_tiers[i]`` caps row i: it is sent to no
-        tier costing more than that one, and answered by the best it may reach (reason
-        ``max_tier`` where the cap changed the route). A batch that does not fit the first
-        tier's input raises ``InputError`` as a whole.
+        A ``None`` deadline (or none given) takes the policy's default under SLA routing and
+        means "no deadline" otherwise. No tier call outlives the deadlines of its rows, and no
+        escalation starts that its latency estimate says would end late. ``max_tiers[i]``
+        caps row i: it is sent to no tier costing more than that one, and answered by the
+        best it may reach (reason ``max_tier`` where the cap changed the route). A batch that
+        does not fit the first tier's input raises ``InputError`` as a whole.
         """
         start_s = self._clock()
         policy, router, tiers = self._policy, self._router, self._tiers

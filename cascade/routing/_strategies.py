@@ -49,8 +49,9 @@ __all__ = [
     "routed_tiers",
 ]
 
-TierCaller = Callable[[str, np.ndarray, float], Awaitable[tuple[np.ndarray, float]]]
-"""``(tier, rows, started_s) -> (probabilities, ended_s)``: the engine's one way to call a tier."""
+TierCaller = Callable[[str, np.ndarray, float, float | None], Awaitable[tuple[np.ndarray, float]]]
+"""``(tier, rows, started_s, budget_ms) -> (probabilities, ended_s)``: the engine's one way to
+call a tier; ``budget_ms`` (``None``: no deadline) caps the call's timeout."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Pending:
         self._ctx = ctx
         self.tier = tier
         self.idx = idx
-        self._started_s = started_s
+        self.started_s = started_s
         self._task = asyncio.create_task(ctx._run(tier, idx, started_s))
         self._task.add_done_callback(_retrieve)
 
@@ -113,14 +114,14 @@ class Pending:
         task.cancel()
         ctx = self._ctx
         now_s = ctx._clock()
-        elapsed_ms = (now_s - self._started_s) * 1000.0
+        elapsed_ms = (now_s - self.started_s) * 1000.0
         estimate = ctx.estimate(self.tier)
         share = 1.0 if estimate <= 0 else min(1.0, max(0.0, elapsed_ms / estimate))
         return TierCall(
             tier=self.tier,
             idx=self.idx,
             probabilities=None,
-            started_ms=ctx._ms(self._started_s),
+            started_ms=ctx._ms(self.started_s),
             ended_ms=ctx._ms(now_s),
             cost=ctx._costs[self.tier] * share,
         )
@@ -204,8 +205,23 @@ class RouteContext:
 
     # -- calling tiers ---------------------------------------------------------------------
 
-    async def _run(self, tier: str, idx: np.ndarray, started_s: float) -> TierCall:
-        probabilities, ended_s = await self._caller(tier, self.rows[idx], started_s)
+    @property
+    def has_deadlines(self) -> bool:
+        """Whether rows of this batch carry deadlines (always under SLA routing)."""
+        return self._budgets_ms is not None
+
+    def _budget_ms(self, idx: np.ndarray, started_s: float) -> float | None:
+        """What is left of the most generous deadline among rows ``idx`` at ``started_s``."""
+        if self._budgets_ms is None or idx.size == 0:
+            return None
+        latest = float(self._budgets_ms[idx].max())
+        return None if not np.isfinite(latest) else latest - self._ms(started_s)
+
+    async def _run(
+        self, tier: str, idx: np.ndarray, started_s: float, *, bounded: bool = True
+    ) -> TierCall:
+        budget_ms = self._budget_ms(idx, started_s) if bounded else None
+        probabilities, ended_s = await self._caller(tier, self.rows[idx], started_s, budget_ms)
         return TierCall(
             tier=tier,
             idx=idx,
@@ -215,9 +231,13 @@ class RouteContext:
             cost=self._costs[tier],
         )
 
-    async def call(self, tier: str, idx: np.ndarray) -> TierCall:
-        """Run ``tier`` on rows ``idx`` as one batched call and return it."""
-        return await self._run(tier, idx, self._clock())
+    async def call(self, tier: str, idx: np.ndarray, *, bounded: bool = True) -> TierCall:
+        """Run ``tier`` on rows ``idx`` as one batched call and return it.
+
+        ``bounded``: the call may not outlive the rows' deadlines (a floor tier, which
+        answers even rows already late, is called with ``bounded=False``).
+        """
+        return await self._run(tier, idx, self._clock(), bounded=bounded)
 
     def start(self, tier: str, idx: np.ndarray) -> Pending:
         """Start ``tier`` on rows ``idx`` in the background; the clock starts now.
@@ -240,6 +260,31 @@ class RouteContext:
             if error is not None:
                 raise error
         return [await p.result() for p in pendings]
+
+    async def try_call(self, tier: str, idx: np.ndarray) -> TierCall | BackendError:
+        """``call``, but a failed, timed-out or refused call is recorded in the trace of rows
+        ``idx`` (a step with its ``error``, charged the share of the estimate it ran) and
+        returned instead of raised, for the router to fall back."""
+        started_s = self._clock()
+        try:
+            return await self._run(tier, idx, started_s)
+        except BackendError as exc:
+            self.record_failure(tier, idx, started_s, exc)
+            return exc
+
+    def record_failure(
+        self, tier: str, idx: np.ndarray, started_s: float, error: BaseException
+    ) -> None:
+        """Add a failed step for ``tier`` to the trace of rows ``idx``."""
+        now_s = self._clock()
+        elapsed_ms = (now_s - started_s) * 1000.0
+        estimate = self.estimate(tier)
+        share = 1.0 if estimate <= 0 else min(1.0, max(0.0, elapsed_ms / estimate))
+        cost = self._costs[tier] * share
+        step = Step(tier=tier, confidence=None, threshold=None, accepted=False,
+                    latency_ms=elapsed_ms, cost=cost, error=str(error))  # fmt: skip
+        for row in idx.tolist():
+            self._steps[row].append(step)
 
     def cancel_pending(self) -> None:
         """Cancel the background calls that are still running (the engine's cleanup)."""
@@ -362,18 +407,27 @@ async def _chain(
     chain: Sequence[ChainStep],
     measure: ConfidenceMeasure,
     max_escalations: int | None,
-    *,
-    deadlines: bool,
 ) -> None:
     final = len(chain) - 1 if max_escalations is None else min(len(chain) - 1, max_escalations)
+    deadlines = ctx.has_deadlines
     open_rows = ctx.everyone()
     # The first tier is the floor: rows whose budget cannot even fit it still get its
     # answer, flagged degraded (shedding them is admission control's job, not routing's).
     late = np.zeros(ctx.n, dtype=bool)
     if deadlines:
         late = ctx.now_ms() + ctx.estimate(chain[0].tier) > ctx.deadline_ms(open_rows)
+    previous: TierCall | None = None
     for k, step in enumerate(chain[: final + 1]):
-        call = await ctx.call(step.tier, open_rows)
+        if previous is None:
+            # the floor: nothing to fall back to, so it raises, and it answers late rows too
+            call = await ctx.call(step.tier, open_rows, bounded=False)
+        else:
+            attempt = await ctx.try_call(step.tier, open_rows)
+            if isinstance(attempt, BackendError):
+                # the best answer already computed: the previous tier's, degraded
+                ctx.answer(previous, np.isin(previous.idx, open_rows), "fallback", degraded=True)
+                return
+            call = attempt
         conf = _confidences(call, measure, step)
         sure = conf >= step.threshold if step.threshold is not None else np.zeros(conf.size, bool)
         degraded = late[call.idx]
@@ -398,13 +452,17 @@ async def _chain(
         open_rows = call.idx[~stop]
         if open_rows.size == 0:
             return
+        previous = call
 
 
 class ConfidenceRouter:
     """Tiers in chain order; a row stops at the first tier whose confidence clears its threshold.
 
     Each tier runs once, on the rows still open. ``max_escalations`` = m answers the rows
-    still open after m + 1 tiers with the tier they reached.
+    still open after m + 1 tiers with the tier they reached. Rows that carry a deadline are
+    routed as under SLA routing: no escalation starts that its estimate says would end late.
+    When an escalation fails (error, timeout, open circuit) its rows keep the answer they
+    already had, ``degraded`` with reason ``fallback``.
     """
 
     def __init__(self, routing: ConfidenceRouting, *, scorer: Scorer | None = None) -> None:
@@ -412,7 +470,7 @@ class ConfidenceRouter:
 
     async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
         r = self.routing
-        await _chain(ctx, r.chain, r.measure, r.max_escalations, deadlines=False)
+        await _chain(ctx, r.chain, r.measure, r.max_escalations)
 
 
 class SlaRouter:
@@ -428,7 +486,7 @@ class SlaRouter:
 
     async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
         r = self.routing
-        await _chain(ctx, r.chain, r.measure, r.max_escalations, deadlines=True)
+        await _chain(ctx, r.chain, r.measure, r.max_escalations)
 
 
 class ComplexityRouter:
@@ -476,16 +534,61 @@ class ComplexityRouter:
             if over.any():  # the band's tier is past the row's max_tier: its cheapest allowed
                 tier_of_row[over] = _cheapest_allowed(ctx, bands, everyone[over])
                 capped |= over
+        by_cost = sorted(dict.fromkeys(band.tier for band in bands), key=ctx._costs.__getitem__)
+        late = np.zeros(ctx.n, dtype=bool)
+        hopeless = np.zeros(ctx.n, dtype=bool)  # not even the cheapest tier fits: degraded
+        if ctx.has_deadlines:
+            # a band tier that cannot finish in time gives way to the best cheaper one that can
+            deadline = ctx.deadline_ms(everyone)
+            for k, tier in enumerate(by_cost[1:], start=1):
+                misses = (tier_of_row == tier) & (ctx.now_ms() + ctx.estimate(tier) > deadline)
+                if misses.any():
+                    tier_of_row[misses] = _best_fitting(ctx, by_cost[:k], everyone[misses])
+                    late |= misses
+            cheapest = by_cost[0]
+            hopeless = (tier_of_row == cheapest) & (
+                ctx.now_ms() + ctx.estimate(cheapest) > deadline
+            )
         plan = []
         for tier in dict.fromkeys(band.tier for band in bands):  # one call per tier
             idx = np.flatnonzero(tier_of_row == tier)
             if idx.size:
                 plan.append((tier, idx))
-        for call in await ctx.call_many(plan):
-            ctx.record(call, accepted=True)
-            was_capped = capped[call.idx]
-            ctx.answer(call, ~was_capped, "band", scores=scores[call.idx])
-            ctx.answer(call, was_capped, "max_tier", scores=scores[call.idx])
+        failed = np.zeros(ctx.n, dtype=bool)
+        while plan:
+            calls = await asyncio.gather(*(ctx.try_call(tier, idx) for tier, idx in plan))
+            retry: dict[str, list[np.ndarray]] = {}
+            for (tier, idx), call in zip(plan, calls, strict=True):
+                if isinstance(call, BackendError):
+                    cheaper = by_cost[: by_cost.index(tier)]
+                    if not cheaper:
+                        raise call  # nothing cheaper to fall back to
+                    retry.setdefault(cheaper[-1], []).append(idx)
+                    failed[idx] = True
+                    continue
+                ctx.record(call, accepted=True)
+                row_failed = failed[call.idx]
+                row_late = (late | hopeless)[call.idx] & ~row_failed
+                row_capped = capped[call.idx] & ~row_failed & ~row_late
+                plain = ~(row_failed | row_late | row_capped)
+                row_scores = scores[call.idx]
+                ctx.answer(call, plain, "band", scores=row_scores)
+                ctx.answer(call, row_capped, "max_tier", scores=row_scores)
+                ctx.answer(call, row_late & ~hopeless[call.idx], "deadline", scores=row_scores)
+                ctx.answer(call, row_late & hopeless[call.idx], "deadline", scores=row_scores,
+                           degraded=True)  # fmt: skip
+                ctx.answer(call, row_failed, "fallback", scores=row_scores, degraded=True)
+            plan = [(tier, np.concatenate(parts)) for tier, parts in retry.items()]
+
+
+def _best_fitting(ctx: RouteContext, tiers: Sequence[str], idx: np.ndarray) -> np.ndarray:
+    """For rows ``idx``, the most expensive of ``tiers`` (cheapest first) that fits their
+    deadline by its estimate, or the cheapest when none does."""
+    best = np.full(len(idx), tiers[0], dtype=object)
+    deadline = ctx.deadline_ms(idx)
+    for tier in tiers[1:]:
+        best[ctx.now_ms() + ctx.estimate(tier) <= deadline] = tier
+    return best
 
 
 def _cheapest_allowed(ctx: RouteContext, bands: Sequence[Any], idx: np.ndarray) -> np.ndarray:
@@ -512,24 +615,36 @@ class SpeculativeRouter:
         r = self.routing
         everyone = ctx.everyone()
         capped = ~ctx.allowed(r.expensive, everyone)
+        late = np.zeros(ctx.n, dtype=bool)
+        if ctx.has_deadlines:
+            late = ctx.now_ms() + ctx.estimate(r.expensive) > ctx.deadline_ms(everyone)
+        skip = capped | late  # rows the expensive tier is never started for
         cheap_pending = ctx.start(r.cheap, everyone)
-        # rows whose max_tier rules the expensive tier out never start it
-        expensive_pending = ctx.start(r.expensive, everyone[~capped]) if not capped.all() else None
+        expensive_pending = ctx.start(r.expensive, everyone[~skip]) if not skip.all() else None
         cheap = await cheap_pending.result()
         assert cheap.probabilities is not None
         raw = confidence(cheap.probabilities, r.measure)
         conf = calibrate(cheap.probabilities, raw, r.calibration, r.measure)
         sure = conf >= r.threshold
-        ctx.record(cheap, confidences=conf, threshold=r.threshold, accepted=sure | capped)
+        ctx.record(cheap, confidences=conf, threshold=r.threshold, accepted=sure | skip)
         ctx.answer(cheap, sure, "speculative_cheap")
         ctx.answer(cheap, capped & ~sure, "max_tier")
+        ctx.answer(cheap, late & ~capped & ~sure, "deadline")
         if expensive_pending is None:
             return
         waiting = ~sure[expensive_pending.idx]
         if not waiting.any():
             expensive = expensive_pending.cancel()
         else:
-            expensive = await expensive_pending.result()
+            try:
+                expensive = await expensive_pending.result()
+            except BackendError as exc:
+                ctx.record_failure(r.expensive, expensive_pending.idx[waiting],
+                                   expensive_pending.started_s, exc)  # fmt: skip
+                fallback = np.zeros(ctx.n, dtype=bool)
+                fallback[expensive_pending.idx[waiting]] = True
+                ctx.answer(cheap, fallback, "fallback", degraded=True)
+                return
         ctx.record(expensive, accepted=waiting)
         ctx.answer(expensive, waiting, "speculative_expensive")
 

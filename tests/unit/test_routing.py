@@ -618,16 +618,35 @@ def test_speculative_cheap_failure_cancels_the_expensive_call() -> None:
 
 def test_backend_failure_names_the_tier() -> None:
     s = Setup(chain_routing())
-    s.models["large"].fail_with = RuntimeError("out of memory")
-    with pytest.raises(BackendError, match="tier 'large': RuntimeError: out of memory") as info:
+    s.models["tiny"].fail_with = RuntimeError("out of memory")
+    with pytest.raises(BackendError, match="tier 'tiny': RuntimeError: out of memory") as info:
         s.run()
     assert isinstance(info.value.__cause__, RuntimeError)
-    s.models["large"].fail_with = ModelUnavailable("large.onnx: cannot load")
-    with pytest.raises(ModelUnavailable, match=r"^large.onnx: cannot load$"):
+    s.models["tiny"].fail_with = ModelUnavailable("tiny.onnx: cannot load")
+    with pytest.raises(ModelUnavailable, match=r"^tiny.onnx: cannot load$"):
         s.run()
 
 
-def test_a_slow_tier_times_out() -> None:
+def test_a_failed_escalation_falls_back_to_the_answer_already_computed() -> None:
+    s = Setup(chain_routing())
+    s.models["large"].fail_with = RuntimeError("out of memory")
+    result = s.run()
+    assert [(d.answered_by, d.reason, d.degraded) for d in result.decisions] == [
+        ("tiny", "confident", False),
+        ("small", "confident", False),
+        ("small", "fallback", True),  # large failed: small's answer, flagged
+        ("tiny", "confident", False),
+        ("small", "confident", False),
+        ("small", "fallback", True),
+    ]
+    assert result.labels.tolist() == [1, 2, 2, 1, 2, 2]
+    failed = result.decisions[2].steps[-1]
+    assert (failed.tier, failed.accepted) == ("large", False)
+    assert failed.error == "tier 'large': RuntimeError: out of memory"
+    assert result.decisions[2].to_dict()["steps"][-1]["error"] == failed.error
+
+
+def test_a_slow_tier_times_out_and_the_row_falls_back() -> None:
     clock = FakeClock()
     models = {
         "tiny": backend(TINY, clock, 1.0),
@@ -644,36 +663,109 @@ def test_a_slow_tier_times_out() -> None:
         latency_ms=TIMES,
         clock=clock,
     )
-    with pytest.raises(ModelTimeout, match="tier 'large': no answer within 20 ms"):
-        asyncio.run(engine.run(rows_for(6)))
+    result = asyncio.run(engine.run(rows_for(6)))
+    escalated = [d for d in result.decisions if d.reason == "fallback"]
+    assert len(escalated) == 4 and {d.answered_by for d in escalated} == {"tiny"}
+    assert escalated[0].steps[-1].error == "tier 'large': no answer within 20 ms (its timeout)"
+
+
+def test_a_deadline_caps_the_call_and_applies_to_confidence_routing() -> None:
+    clock = FakeClock()
+    models = {
+        "tiny": backend(TINY, clock, 1.0),
+        "large": backend(LARGE, clock, 1.0, latency_s=5.0),
+    }
+    routing = {
+        "kind": "confidence",
+        "chain": [{"tier": "tiny", "threshold": 0.9}, {"tier": "large"}],
+    }
+    engine = Engine(policy(routing, tiers=("tiny", "large")), models, costs=COSTS,
+                    latency_ms={"tiny": 1.0, "large": 2.0}, clock=clock)  # fmt: skip
+    # rows 0-2: 50 ms (large fits its 2 ms estimate, then hangs: cut at the deadline);
+    # rows 3-5: 2.5 ms (after tiny's 1 ms, large's 2 ms does not fit: not started)
+    result = asyncio.run(engine.run(rows_for(6), deadlines_ms=[50.0] * 3 + [2.5] * 3))
+    reasons = [(d.answered_by, d.reason) for d in result.decisions]
+    assert reasons == [
+        ("tiny", "confident"),
+        ("tiny", "fallback"),
+        ("tiny", "fallback"),
+        ("tiny", "confident"),
+        ("tiny", "deadline"),
+        ("tiny", "deadline"),
+    ]
+    error = result.decisions[1].steps[-1].error
+    assert error is not None and "(the request's deadline)" in error
+    assert models["large"].calls == []  # cancelled while it hung, never answered
 
 
 @pytest.mark.parametrize(
-    ("output", "match"),
+    ("tier", "output", "match"),
     [
         (
+            "tiny",
             lambda rows: np.ones((len(rows) + 1, 3)),
-            r"expected probabilities of shape \[4, n_classes\], got \[5, 3\]",
+            r"expected probabilities of shape \[6, n_classes\], got \[7, 3\]",
         ),
-        (lambda rows: np.full((len(rows), 3), np.nan), "non-finite probabilities"),
+        ("tiny", lambda rows: np.full((len(rows), 3), np.nan), "non-finite probabilities"),
         (
+            "large",
             lambda rows: np.full((len(rows), 4), 0.25),
             "tier 'large' returns 4 classes, tier 'tiny' 3",
         ),
     ],
 )
 def test_bad_backend_output_is_a_backend_error(
-    output: Callable[[np.ndarray], np.ndarray], match: str
+    tier: str, output: Callable[[np.ndarray], np.ndarray], match: str
 ) -> None:
     routing = {
         "kind": "confidence",
         "chain": [{"tier": "tiny", "threshold": 0.9}, {"tier": "large"}],
     }
     s = Setup(routing, tables={"tiny": TINY, "large": LARGE})
-    s.models["large"] = FakeModel(output, width=2)
+    s.models[tier] = FakeModel(output, width=2)
     engine = Engine(s.policy, s.models, costs=COSTS, latency_ms=TIMES, clock=s.clock)
     with pytest.raises(BackendError, match=match):
         asyncio.run(engine.run(rows_for(6)))
+
+
+def test_complexity_falls_back_to_the_next_cheaper_tier_and_honours_deadlines() -> None:
+    tables = {t: peaked([0.5] * 3, label=i) for i, t in enumerate(["tiny", "small", "large"])}
+    s = Setup(COMPLEXITY, tables=tables, base_dir=Path("."))
+    s.models["large"].fail_with = RuntimeError("replica died")
+    rows = rows_for(3, [0.0, 5.0, 8.0])  # bands: tiny, small, large
+    result = asyncio.run(s.engine.run(rows))
+    assert [(d.answered_by, d.reason, d.degraded) for d in result.decisions] == [
+        ("tiny", "band", False),
+        ("small", "band", False),
+        ("small", "fallback", True),
+    ]
+    assert result.decisions[2].steps[0].error == "tier 'large': RuntimeError: replica died"
+    s.models["large"].fail_with = None
+    # large (10 ms estimate) does not fit 5 ms: small (3 ms) does; 0.5 ms fits nothing
+    result = asyncio.run(s.engine.run(rows, deadlines_ms=[None, 0.5, 5.0]))
+    assert [(d.answered_by, d.reason, d.degraded) for d in result.decisions] == [
+        ("tiny", "band", False),
+        ("tiny", "deadline", True),
+        ("small", "deadline", False),
+    ]
+    assert s.models["large"].calls == [1]  # only the failed call of the first run
+
+
+def test_speculative_falls_back_to_the_cheap_answer() -> None:
+    engine, models = speculative_setup(peaked([0.95, 0.5], label=1), large_latency_s=0.0)
+    models["large"].fail_with = RuntimeError("replica died")
+    result = asyncio.run(engine.run(rows_for(2)))
+    assert [(d.answered_by, d.reason, d.degraded) for d in result.decisions] == [
+        ("tiny", "speculative_cheap", False),
+        ("tiny", "fallback", True),
+    ]
+    models["large"].fail_with = None
+    result = asyncio.run(engine.run(rows_for(2), deadlines_ms=[50.0, 5.0]))
+    assert [(d.answered_by, d.reason) for d in result.decisions] == [
+        ("tiny", "speculative_cheap"),
+        ("tiny", "deadline"),  # large's 10 ms estimate never fitted: not started for it
+    ]
+    assert models["large"].calls[-1] == 1  # started for row 0 only
 
 
 def test_input_is_validated_once_for_the_whole_batch() -> None:

@@ -172,7 +172,8 @@ def test_confidence_routing_stops_at_the_first_confident_tier(case: Case) -> Non
             sure = threshold is not None and raw[0] >= threshold
             assert step.accepted == (sure or k == len(d.steps) - 1)
             if k == len(d.steps) - 1 and d.reason != "confident":
-                assert not sure
+                # a confident answer is only ever overruled by a deadline the row had missed
+                assert not sure or (d.reason == "deadline" and d.degraded)
 
 
 @settings(max_examples=60, deadline=None)
