@@ -320,14 +320,23 @@ Routing = Annotated[
 
 
 class Gear(_Strict):
-    """A degradation gear: under this much load, cap the tiers and loosen thresholds."""
+    """A degradation gear: at this load, cap the tiers and lower the thresholds.
+
+    The load is the number of requests the serving replica holds at once (admitted, not yet
+    answered). Gears engage in order as it rises, and disengage one at a time after it has
+    stayed below ``(1 - gear_hysteresis)`` of their level for ``gear_hold_s``.
+    """
 
     name: str = Field(min_length=1, description="shown in decision traces")
-    queue_depth_at_least: int | None = Field(None, ge=0, description="engage at this queue depth")
-    p95_ms_at_least: float | None = Field(None, gt=0, description="engage at this p95 latency")
+    queue_depth_at_least: int = Field(
+        ge=1, description="engage when the replica holds at least this many requests"
+    )
     max_tier: TierName | None = Field(None, description="highest tier allowed in this gear")
     threshold_shift: float = Field(
-        0.0, ge=-1, le=1, description="added to every threshold (negative: escalate less)"
+        0.0,
+        ge=0,
+        le=1,
+        description="subtracted from every confidence threshold in this gear: fewer rows escalate",
     )
 
 
@@ -395,7 +404,17 @@ class Policy(_Strict):
     tiers: dict[TierName, Tier] = Field(min_length=1, description="the models, by name")
     routing: Routing = Field(description="how requests move through the tiers")
     gears: list[Gear] = Field(
-        default_factory=list, description="degradation gears (not active in this release)"
+        default_factory=list,
+        description="degradation gears, by rising queue_depth_at_least; none: always full quality",
+    )
+    gear_hysteresis: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="a gear disengages only once the load is below (1 - this) of its level",
+    )
+    gear_hold_s: float = Field(
+        2.0, ge=0, le=600, description="...and has stayed there this many seconds"
     )
     cache: CacheSection | None = Field(None, description="caches (not active in this release)")
     stages: list[Stage] = Field(
@@ -404,6 +423,18 @@ class Policy(_Strict):
     provenance: Provenance | None = Field(
         None, description="written by `cascade calibrate`: how the thresholds were fitted"
     )
+
+    @model_validator(mode="after")
+    def _gear_order(self) -> Policy:
+        depths = [g.queue_depth_at_least for g in self.gears]
+        if any(b <= a for a, b in pairwise(depths)):
+            raise ValueError(
+                f"gears: queue_depth_at_least must rise strictly from gear to gear, got {depths}"
+            )
+        names = [g.name for g in self.gears]
+        if len(set(names)) != len(names) or "normal" in names:
+            raise ValueError(f"gears: names must be unique and not 'normal', got {names}")
+        return self
 
     @model_validator(mode="after")
     def _tier_references(self) -> Policy:

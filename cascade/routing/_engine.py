@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -207,12 +208,23 @@ class Engine:
             self.check_max_tier(tier)
         return np.array([np.inf if t is None else self._costs[t] for t in max_tiers])
 
+    def _gear(self, policy: Policy, name: str | None) -> dict[str, Any]:
+        if name is None or name == "normal":
+            return {}
+        gear = next((g for g in policy.gears if g.name == name), None)
+        if gear is None:
+            known = ", ".join(["normal", *(g.name for g in policy.gears)])
+            raise PolicyError(f"policy '{policy.name}': no gear '{name}' (gears: {known})")
+        cap = math.inf if gear.max_tier is None else self._costs[gear.max_tier]
+        return {"gear": gear.name, "gear_cap": cap, "threshold_shift": gear.threshold_shift}
+
     async def run(
         self,
         rows: np.ndarray,
         *,
         deadlines_ms: Sequence[float | None] | None = None,
         max_tiers: Sequence[str | None] | None = None,
+        gear: str | None = None,
     ) -> BatchResult:
         """Answer every row of the batch; ``deadlines_ms[i]`` is row i's budget from now.
 
@@ -220,8 +232,11 @@ class Engine:
         means "no deadline" otherwise. No tier call outlives the deadlines of its rows, and no
         escalation starts that its latency estimate says would end late. ``max_tiers[i]``
         caps row i: it is sent to no tier costing more than that one, and answered by the
-        best it may reach (reason ``max_tier`` where the cap changed the route). A batch that
-        does not fit the first tier's input raises ``InputError`` as a whole.
+        best it may reach (reason ``max_tier`` where the cap changed the route). ``gear``
+        names one of the policy's degradation gears (``None`` or ``"normal"``: full quality):
+        its ``max_tier`` caps every row and its ``threshold_shift`` lowers every threshold;
+        answers that differ from full quality because of it are flagged ``degraded``. A batch
+        that does not fit the first tier's input raises ``InputError`` as a whole.
         """
         start_s = self._clock()
         policy, router, tiers = self._policy, self._router, self._tiers
@@ -235,6 +250,7 @@ class Engine:
             estimate=self.latency_estimate,
             costs=self._costs,
             caps=self._caps(len(batch), max_tiers),
+            **self._gear(policy, gear),
         )
         try:
             await router.route(ctx, batch)

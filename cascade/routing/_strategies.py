@@ -152,11 +152,22 @@ class RouteContext:
         estimate: Callable[[str], float],
         costs: Mapping[str, float],
         caps: np.ndarray | None = None,
+        gear: str | None = None,
+        gear_cap: float = np.inf,
+        threshold_shift: float = 0.0,
     ) -> None:
         self.rows = rows
         self.n = len(rows)
         self._budgets_ms = budgets_ms
-        self._caps = caps
+        self._row_caps = caps
+        # the gear's cap binds every row; where it is below a row's own, the answer is degraded
+        self._caps = (
+            caps
+            if np.isinf(gear_cap)
+            else np.minimum(np.full(self.n, np.inf) if caps is None else caps, gear_cap)
+        )
+        self.gear = gear
+        self.threshold_shift = threshold_shift
         self._caller = call
         self._clock = clock
         self._start_s = start_s
@@ -196,12 +207,20 @@ class RouteContext:
         """The engine's current latency estimate of one call to ``tier``, in ms."""
         return self._estimate(tier)
 
-    def allowed(self, tier: str, idx: np.ndarray) -> np.ndarray:
-        """Which rows ``idx`` may go to ``tier``: its cost is within their ``max_tier``'s."""
-        if self._caps is None:
+    def allowed(self, tier: str, idx: np.ndarray, *, gear: bool = True) -> np.ndarray:
+        """Which rows ``idx`` may go to ``tier``: its cost is within their ``max_tier``'s and
+        the gear's (``gear=False``: their own cap alone)."""
+        caps = self._caps if gear else self._row_caps
+        if caps is None:
             return np.ones(len(idx), dtype=bool)
-        allowed: np.ndarray = self._costs[tier] <= self._caps[idx]
+        allowed: np.ndarray = self._costs[tier] <= caps[idx]
         return allowed
+
+    def shifted(self, threshold: float | None) -> float | None:
+        """``threshold`` as the current gear applies it (lowered by its shift, at least 0)."""
+        if threshold is None or self.threshold_shift == 0:
+            return threshold
+        return max(0.0, threshold - self.threshold_shift)
 
     # -- calling tiers ---------------------------------------------------------------------
 
@@ -326,12 +345,13 @@ class RouteContext:
         which: np.ndarray | None,
         reason: Reason,
         *,
-        degraded: bool = False,
+        degraded: bool | np.ndarray = False,
         scores: np.ndarray | None = None,
     ) -> None:
         """Answer the rows of ``call`` selected by the mask ``which`` (``None``: all of them).
 
-        Their answer is the call's probabilities, known when the call ended.
+        Their answer is the call's probabilities, known when the call ended. ``degraded``:
+        one flag for all, or a mask over the call's rows like ``which``.
         """
         mask = np.ones(len(call.idx), dtype=bool) if which is None else which
         if not mask.any():
@@ -358,7 +378,7 @@ class RouteContext:
             self._reason[row] = reason
         self._probabilities[rows] = answers
         self._latency_ms[rows] = call.ended_ms
-        self._degraded[rows] = degraded
+        self._degraded[rows] = degraded if isinstance(degraded, bool) else degraded[mask]
         if scores is not None:
             if self._scores is None:
                 self._scores = np.full(self.n, np.nan)
@@ -384,6 +404,7 @@ class RouteContext:
                     latency_ms=float(self._latency_ms[i]),
                     deadline_ms=None if self._budgets_ms is None else float(self._budgets_ms[i]),
                     degraded=bool(self._degraded[i]),
+                    gear=self.gear,
                     score=None if score is None or np.isnan(score) else score,
                 )
             )
@@ -429,21 +450,26 @@ async def _chain(
                 return
             call = attempt
         conf = _confidences(call, measure, step)
-        sure = conf >= step.threshold if step.threshold is not None else np.zeros(conf.size, bool)
+        threshold = ctx.shifted(step.threshold)
+        none = np.zeros(conf.size, dtype=bool)
+        sure = conf >= threshold if threshold is not None else none
+        # answers the gear let through that full quality would have escalated
+        loosened = sure & ~(conf >= step.threshold) if threshold != step.threshold else none
         degraded = late[call.idx]
-        capped = np.zeros(conf.size, dtype=bool)
+        capped = geared = none  # geared: stopped by the gear's cap, not the row's own
         if k == final:
             stop = np.ones(conf.size, dtype=bool)
         else:
             capped = ~ctx.allowed(chain[k + 1].tier, call.idx)
+            geared = capped & ctx.allowed(chain[k + 1].tier, call.idx, gear=False)
             stop = sure | capped
             if deadlines:
                 fits = ctx.now_ms() + ctx.estimate(chain[k + 1].tier) <= ctx.deadline_ms(call.idx)
                 stop |= degraded | ~fits
-        ctx.record(call, confidences=conf, threshold=step.threshold, accepted=stop)
+        ctx.record(call, confidences=conf, threshold=threshold, accepted=stop)
         ctx.answer(call, degraded, "deadline", degraded=True)
-        ctx.answer(call, stop & sure & ~degraded, "confident")
-        ctx.answer(call, stop & capped & ~sure & ~degraded, "max_tier")
+        ctx.answer(call, stop & sure & ~degraded, "confident", degraded=loosened)
+        ctx.answer(call, stop & capped & ~sure & ~degraded, "max_tier", degraded=geared)
         rest = stop & ~sure & ~degraded & ~capped
         if k < final:
             ctx.answer(call, rest, "deadline")
@@ -528,12 +554,14 @@ class ComplexityRouter:
             np.searchsorted(np.asarray(bounds, dtype=np.float64), scores, side="right")
         ]
         capped = np.zeros(ctx.n, dtype=bool)
+        geared = np.zeros(ctx.n, dtype=bool)  # capped by the gear, not by the row's own cap
         everyone = ctx.everyone()
         for tier in dict.fromkeys(band.tier for band in bands):
             over = (tier_of_row == tier) & ~ctx.allowed(tier, everyone)
             if over.any():  # the band's tier is past the row's max_tier: its cheapest allowed
                 tier_of_row[over] = _cheapest_allowed(ctx, bands, everyone[over])
                 capped |= over
+                geared |= over & ctx.allowed(tier, everyone, gear=False)
         by_cost = sorted(dict.fromkeys(band.tier for band in bands), key=ctx._costs.__getitem__)
         late = np.zeros(ctx.n, dtype=bool)
         hopeless = np.zeros(ctx.n, dtype=bool)  # not even the cheapest tier fits: degraded
@@ -573,7 +601,8 @@ class ComplexityRouter:
                 plain = ~(row_failed | row_late | row_capped)
                 row_scores = scores[call.idx]
                 ctx.answer(call, plain, "band", scores=row_scores)
-                ctx.answer(call, row_capped, "max_tier", scores=row_scores)
+                ctx.answer(call, row_capped, "max_tier", scores=row_scores,
+                           degraded=geared[call.idx])  # fmt: skip
                 ctx.answer(call, row_late & ~hopeless[call.idx], "deadline", scores=row_scores)
                 ctx.answer(call, row_late & hopeless[call.idx], "deadline", scores=row_scores,
                            degraded=True)  # fmt: skip
@@ -625,10 +654,14 @@ class SpeculativeRouter:
         assert cheap.probabilities is not None
         raw = confidence(cheap.probabilities, r.measure)
         conf = calibrate(cheap.probabilities, raw, r.calibration, r.measure)
-        sure = conf >= r.threshold
-        ctx.record(cheap, confidences=conf, threshold=r.threshold, accepted=sure | skip)
-        ctx.answer(cheap, sure, "speculative_cheap")
-        ctx.answer(cheap, capped & ~sure, "max_tier")
+        threshold = ctx.shifted(r.threshold)
+        assert threshold is not None
+        sure = conf >= threshold
+        loosened = sure & ~(conf >= r.threshold)
+        geared = capped & ctx.allowed(r.expensive, everyone, gear=False)
+        ctx.record(cheap, confidences=conf, threshold=threshold, accepted=sure | skip)
+        ctx.answer(cheap, sure, "speculative_cheap", degraded=loosened)
+        ctx.answer(cheap, capped & ~sure, "max_tier", degraded=geared)
         ctx.answer(cheap, late & ~capped & ~sure, "deadline")
         if expensive_pending is None:
             return

@@ -499,7 +499,7 @@ def test_several_errors_are_reported_together_in_line_order(folder: Path) -> Non
         .replace("threshold: 0.9", "threshold: 2")
         .replace("{tier: large}", "{tier: large, calibrate: true}")
     )
-    path = _write(folder, text + "gears:\n  - {name: busy, queue_depth_at_least: 100}\n")
+    path = _write(folder, text + "stages:\n  - {name: filter, tier: tiny, keep: 100}\n")
     match = _exactly(
         path,
         "3 tiers.tiny.cost: must be > 0, got -1",
@@ -507,7 +507,7 @@ def test_several_errors_are_reported_together_in_line_order(folder: Path) -> Non
         "9 routing.chain[0].threshold: must be <= 1, got 2",
         "10 routing.chain[1].calibrate: unknown key 'calibrate' (allowed: tier, threshold, "
         "calibration)",
-        "11 gears: not active in this release (remove the section)",
+        "11 stages: not active in this release (remove the section)",
     )
     with pytest.raises(PolicyError, match=match):
         load_policy(path)
@@ -516,7 +516,6 @@ def test_several_errors_are_reported_together_in_line_order(folder: Path) -> Non
 @pytest.mark.parametrize(
     ("section", "key"),
     [
-        ("gears:\n  - {name: busy, queue_depth_at_least: 100}\n", "gears"),
         ("cache: {exact_max_entries: 1000}\n", "cache"),
         ("cache: {}\n", "cache"),
         ("stages:\n  - {name: filter, tier: tiny, keep: 100}\n", "stages"),
@@ -527,6 +526,21 @@ def test_sections_not_active_in_this_release(folder: Path, section: str, key: st
     match = _exactly(path, f"11 {key}: not active in this release (remove the section)")
     with pytest.raises(PolicyError, match=match):
         load_policy(path)
+
+
+def test_gears_must_rise_and_name_known_tiers(folder: Path) -> None:
+    ok = "gears:\n  - {name: busy, queue_depth_at_least: 8, threshold_shift: 0.1}\n"
+    ok += "  - {name: swamped, queue_depth_at_least: 32, max_tier: tiny}\n"
+    assert [g.name for g in load_policy(_write(folder, CONFIDENCE + ok)).policy.gears] == [
+        "busy",
+        "swamped",
+    ]
+    falling = ok.replace("32", "4")
+    with pytest.raises(PolicyError, match=r"must rise strictly from gear to gear, got \[8, 4\]"):
+        load_policy(_write(folder, CONFIDENCE + falling))
+    unknown = ok.replace("max_tier: tiny", "max_tier: huge")
+    with pytest.raises(PolicyError, match=r"gears\[1\]\.max_tier: unknown tier 'huge'"):
+        load_policy(_write(folder, CONFIDENCE + unknown))
 
 
 def test_empty_inactive_sections_are_fine(folder: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cascade.backends import FakeModel
-from cascade.errors import BackendError, InputError, ModelTimeout, ModelUnavailable, PolicyError
+from cascade.errors import BackendError, InputError, ModelUnavailable, PolicyError
 from cascade.policy import Calibration, Policy
 from cascade.policy import Scorer as ScorerSpec
 from cascade.routing import (
@@ -766,6 +766,51 @@ def test_speculative_falls_back_to_the_cheap_answer() -> None:
         ("tiny", "deadline"),  # large's 10 ms estimate never fitted: not started for it
     ]
     assert models["large"].calls[-1] == 1  # started for row 0 only
+
+
+def test_a_gear_caps_tiers_and_lowers_thresholds_and_flags_what_it_changed() -> None:
+    routing = chain_routing()
+    p = policy(routing)
+    geared = Policy.model_validate(
+        {
+            **p.model_dump(),
+            "gears": [
+                {"name": "busy", "queue_depth_at_least": 8, "threshold_shift": 0.15},
+                {"name": "swamped", "queue_depth_at_least": 32, "max_tier": "small"},
+            ],
+        }
+    )
+    s = Setup(routing)
+    s.engine.replace_policy(geared)
+    normal = s.run()
+    busy = s.run(gear="busy")  # thresholds 0.9 -> 0.75 and 0.8 -> 0.65
+    swamped = s.run(gear="swamped")
+    assert [d.answered_by for d in normal.decisions] == [
+        "tiny", "small", "large", "tiny", "small", "large",
+    ]  # fmt: skip
+    # tiny 0.6 (row 2) still escalates; small 0.6 < 0.65 too: large. Row 5: tiny 0.7 < 0.75,
+    # small 0.6: large. So "busy" changes nothing here but the thresholds it records.
+    assert [d.answered_by for d in busy.decisions] == [d.answered_by for d in normal.decisions]
+    assert {d.gear for d in busy.decisions} == {"busy"}
+    assert busy.decisions[2].steps[0].threshold == pytest.approx(0.75)
+    assert [(d.answered_by, d.reason, d.degraded) for d in swamped.decisions] == [
+        ("tiny", "confident", False),
+        ("small", "confident", False),
+        ("small", "max_tier", True),  # large was out of the gear's reach
+        ("tiny", "confident", False),
+        ("small", "confident", False),
+        ("small", "max_tier", True),
+    ]
+    gear = {"name": "busy", "queue_depth_at_least": 8, "threshold_shift": 0.35}
+    shifted = Policy.model_validate({**p.model_dump(), "gears": [gear]})
+    s.engine.replace_policy(shifted)
+    loose = s.run(gear="busy")  # tiny accepts >= 0.55: rows 2 (0.6) and 5 (0.7) stop there
+    assert [(d.answered_by, d.degraded) for d in loose.decisions] == [
+        ("tiny", False), ("small", False), ("tiny", True),
+        ("tiny", False), ("small", False), ("tiny", True),
+    ]  # fmt: skip
+    with pytest.raises(PolicyError, match="no gear 'idle' \\(gears: normal, busy\\)"):
+        s.run(gear="idle")
 
 
 def test_input_is_validated_once_for_the_whole_batch() -> None:
