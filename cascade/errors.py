@@ -11,6 +11,7 @@ All of them derive from one root, so ``except CascadeError`` catches everything 
     ├── BackendError                            a model could not answer
     │   ├── ModelTimeout
     │   └── ModelUnavailable
+    │       └── CircuitOpen                     a circuit breaker refuses calls to a tier
     └── OverloadedError                         the service sheds load (HTTP 503)
 
 Lower-library errors (onnxruntime, skl2onnx, httpx, Ray) are translated where they cross into
@@ -19,10 +20,14 @@ cascade and re-raised ``from`` the original, so the cause stays visible.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 __all__ = [
     "BackendError",
     "BuildError",
     "CascadeError",
+    "CircuitOpen",
     "DatasetError",
     "FidelityError",
     "InputError",
@@ -67,6 +72,24 @@ class ModelTimeout(BackendError):
 
 class ModelUnavailable(BackendError):
     """A model cannot be loaded or reached."""
+
+
+class CircuitOpen(ModelUnavailable):
+    """A tier's circuit breaker refuses calls after consecutive failures; fail fast, retry later.
+
+    ``retry_after_s`` is the time until the breaker lets a probe call through (0 while a
+    probe is already in flight).
+    """
+
+    def __init__(self, message: str, *, tier: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.tier = tier
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Ray pickles exceptions between processes; the keyword-only fields must survive it.
+        rebuild = functools.partial(type(self), tier=self.tier, retry_after_s=self.retry_after_s)
+        return rebuild, self.args
 
 
 class OverloadedError(CascadeError):

@@ -79,6 +79,18 @@ class Autoscaling(_Strict):
         return self
 
 
+class Breaker(_Strict):
+    """A tier's circuit breaker: after consecutive failures, stop calling it for a while."""
+
+    enabled: bool = Field(True, description="false: always call the tier")
+    failure_threshold: int = Field(
+        5, ge=1, le=10_000, description="consecutive failures or timeouts that open it"
+    )
+    reset_after_s: float = Field(
+        5.0, gt=0, le=3600, description="seconds open before one probe call may try the tier"
+    )
+
+
 class Tier(_Strict):
     """One model of the cascade."""
 
@@ -113,6 +125,11 @@ class Tier(_Strict):
     )
     timeout_ms: float = Field(
         1000.0, gt=0, le=600_000, description="longest one call to this tier may take, in ms"
+    )
+    breaker: Breaker = Field(
+        default_factory=lambda: Breaker.model_validate({}),
+        description="circuit breaker: a failing tier is skipped (answers fall back, degraded) "
+        "until a probe call succeeds",
     )
     latency_ms: float | None = Field(
         None,

@@ -9,6 +9,7 @@ tier's latency estimate and has its failures translated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import time
@@ -20,12 +21,30 @@ import numpy as np
 
 from cascade.backends import Model, validate_batch
 from cascade.errors import BackendError, CascadeError, InputError, ModelTimeout, PolicyError
+from cascade.load import CircuitBreaker, LoadSignals, Outcome
 from cascade.policy import ComplexityRouting, Policy, SlaRouting
 from cascade.routing._decision import BatchResult
 from cascade.routing._scorers import Scorer, make_scorer
 from cascade.routing._strategies import RouteContext, Router, make_router, routed_tiers
 
 __all__ = ["Engine"]
+
+
+class _DeadlineCut(Exception):
+    """A call cut short by its request's deadline, on its way through the breaker."""
+
+
+def _checked(tier: str, output: object, n: int) -> np.ndarray:
+    """A backend's output as float32 probabilities ``[n, n_classes]``, or ``BackendError``."""
+    probabilities = np.asarray(output, dtype=np.float32)
+    if probabilities.ndim != 2 or probabilities.shape[0] != n or probabilities.shape[1] < 1:
+        raise BackendError(
+            f"tier '{tier}': expected probabilities of shape [{n}, n_classes], "
+            f"got {list(probabilities.shape)}"
+        )
+    if not np.isfinite(probabilities).all():
+        raise BackendError(f"tier '{tier}': returned non-finite probabilities")
+    return probabilities
 
 
 class Engine:
@@ -70,6 +89,33 @@ class Engine:
         self._base_dir = base_dir
         self._ewma = ewma
         self._policy, self._router, self._tiers = self._prepare(policy, scorer)
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._sync_breakers(policy)
+        self.signals = LoadSignals(list(self._backends), clock=clock)
+
+    def _sync_breakers(self, policy: Policy) -> None:
+        """One breaker per tier of the policy that has one; a tier's survives a reload
+        unless its settings changed."""
+        wanted = {t: tier.breaker for t, tier in policy.tiers.items() if tier.breaker.enabled}
+        for tier, spec in wanted.items():
+            current = self._breakers.get(tier)
+            if (
+                current is None
+                or current.failure_threshold != spec.failure_threshold
+                or current.reset_after_s != spec.reset_after_s
+            ):
+                self._breakers[tier] = CircuitBreaker(
+                    tier,
+                    failure_threshold=spec.failure_threshold,
+                    reset_after_s=spec.reset_after_s,
+                    clock=self._clock,
+                )
+        for tier in [t for t in self._breakers if t not in wanted]:
+            del self._breakers[tier]
+
+    def breaker(self, tier: str) -> CircuitBreaker | None:
+        """The circuit breaker guarding ``tier``, if the policy gives it one."""
+        return self._breakers.get(tier)
 
     @property
     def policy(self) -> Policy:
@@ -109,6 +155,7 @@ class Engine:
         ``PolicyError`` and leaves the old one in place.
         """
         self._policy, self._router, self._tiers = self._prepare(policy, scorer)
+        self._sync_breakers(policy)
 
     def latency_estimate(self, tier: str) -> float:
         """The current estimate of one call to ``tier``, in ms."""
@@ -139,30 +186,39 @@ class Engine:
             timeout_ms, why = max(0.0, budget_ms), "the request's deadline"
             if timeout_ms <= 0:
                 raise ModelTimeout(f"tier '{tier}': not called, the request's deadline passed")
+        breaker = self._breakers.get(tier)
+        load = self.signals.tier(tier)
+        outcome: Outcome | None = None  # None: never called (refused by the breaker)
         try:
-            async with asyncio.timeout(None if timeout_ms is None else timeout_ms / 1000.0):
-                output = await self._backends[tier].predict(rows)
-        except TimeoutError as exc:
+            # a tier that failed only because the request's deadline was short is not ill:
+            # that timeout leaves the breaker's count alone (_DeadlineCut is no BackendError)
+            async with breaker.guard() if breaker is not None else contextlib.nullcontext():
+                load.started(len(rows))
+                outcome = "error"
+                try:
+                    async with asyncio.timeout(None if timeout_ms is None else timeout_ms / 1e3):
+                        output = await self._backends[tier].predict(rows)
+                except TimeoutError as exc:
+                    outcome = "timeout"
+                    if why != "its timeout":
+                        raise _DeadlineCut from exc
+                    raise ModelTimeout(
+                        f"tier '{tier}': no answer within {timeout_ms:g} ms ({why})"
+                    ) from exc
+                except CascadeError:
+                    raise
+                except Exception as exc:
+                    raise BackendError(f"tier '{tier}': {type(exc).__name__}: {exc}") from exc
+                probabilities = _checked(tier, output, len(rows))
+                outcome = "ok"
+        except _DeadlineCut as cut:
             raise ModelTimeout(
                 f"tier '{tier}': no answer within {timeout_ms:g} ms ({why})"
-            ) from exc
-        except CascadeError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"tier '{tier}': {type(exc).__name__}: {exc}") from exc
+            ) from cut.__cause__
+        finally:
+            if outcome is not None:
+                load.finished(len(rows), (self._clock() - started_s) * 1000.0, outcome=outcome)
         ended_s = self._clock()
-        probabilities = np.asarray(output, dtype=np.float32)
-        if (
-            probabilities.ndim != 2
-            or probabilities.shape[0] != len(rows)
-            or probabilities.shape[1] < 1
-        ):
-            raise BackendError(
-                f"tier '{tier}': expected probabilities of shape [{len(rows)}, n_classes], "
-                f"got {list(probabilities.shape)}"
-            )
-        if not np.isfinite(probabilities).all():
-            raise BackendError(f"tier '{tier}': returned non-finite probabilities")
         observed_ms = (ended_s - started_s) * 1000.0
         old = self._estimates[tier]
         self._estimates[tier] = (1.0 - self._ewma) * old + self._ewma * observed_ms

@@ -34,7 +34,8 @@ SCHEMA_FILE = POLICIES / "policy.schema.json"
 SCHEMA_LINE = "# yaml-language-server: $schema=policy.schema.json"
 
 TIER_KEYS = (
-    "model, cost, placement, batching, replicas, autoscaling, providers, timeout_ms, latency_ms"
+    "model, cost, placement, batching, replicas, autoscaling, providers, timeout_ms, breaker, "
+    "latency_ms"
 )
 
 CONFIDENCE = """\

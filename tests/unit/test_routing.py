@@ -813,6 +813,36 @@ def test_a_gear_caps_tiers_and_lowers_thresholds_and_flags_what_it_changed() -> 
         s.run(gear="idle")
 
 
+def test_a_failing_tier_opens_its_breaker_and_rows_fall_back_fast() -> None:
+    routing = {"kind": "confidence", "chain": [{"tier": "tiny", "threshold": 0.9},
+                                               {"tier": "large"}]}  # fmt: skip
+    s = Setup(routing, tables={"tiny": TINY, "large": LARGE})
+    p = Policy.model_validate(
+        {**s.policy.model_dump(), "tiers": {
+            "tiny": {"model": "tiny.onnx"},
+            "large": {"model": "large.onnx", "breaker": {"failure_threshold": 2,
+                                                         "reset_after_s": 1.0}}}}
+    )  # fmt: skip
+    s.engine.replace_policy(p)
+    s.models["large"].fail_with = RuntimeError("replica died")
+    for _ in range(2):
+        s.run()
+    breaker = s.engine.breaker("large")
+    assert breaker is not None and breaker.state == "open"
+    calls = len(s.models["large"].calls)
+    result = s.run()  # refused at once: large is not called
+    assert len(s.models["large"].calls) == calls
+    error = result.decisions[2].steps[-1].error
+    assert error is not None and error.startswith("tier 'large': circuit open after 2")
+    assert {d.reason for d in result.decisions if d.degraded} == {"fallback"}
+    s.models["large"].fail_with = None
+    s.clock.advance_ms(1000)  # half-open: one probe goes through and closes it
+    assert {d.answered_by for d in s.run().decisions} == {"tiny", "large"}
+    assert breaker.state == "closed"
+    snapshot = s.engine.signals.snapshot()["large"]
+    assert snapshot.calls_seen == 3 and snapshot.error_rate == pytest.approx(2 / 3)
+
+
 def test_input_is_validated_once_for_the_whole_batch() -> None:
     s = Setup(chain_routing())
     with pytest.raises(InputError, match="expected 2 features per row, got 3"):
