@@ -5,6 +5,7 @@ cascade models card DIR [--json]
 cascade datasets
 cascade policy schema [--out policies/policy.schema.json]
 cascade policy validate FILE...
+cascade bench URL --model NAME [--rate RPS | --ramp START:END] [--duration S] [options]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cascade._cli_bench import add_bench_command, run_bench
 from cascade._cli_evaluate import add_evaluate_commands, run_calibrate, run_evaluate
 from cascade._cli_serve import add_serve_command, run_config, run_reload, run_serve
 from cascade.errors import CascadeError
@@ -107,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("datasets", help="list the built-in datasets")
     add_evaluate_commands(commands)
     add_serve_command(commands)
+    add_bench_command(commands)
     _add_policy_commands(commands)
     return parser
 
@@ -218,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_reload(args)
         if args.command == "config":
             return run_config(args)
+        if args.command == "bench":
+            return run_bench(args)
         if args.command == "evaluate":
             return run_evaluate(args)
         if args.command == "calibrate":

@@ -1,0 +1,41 @@
+"""`cascade bench`: an open-loop HTTP load generator for a local cascade server.
+
+Schedules say when requests leave (Poisson at a fixed rate, or a linear ramp), the runner
+replays labelled rows against ``/v2/models/{name}/infer`` on this machine and records every
+request, and the report turns the records into latency percentiles, goodput, shedding,
+errors, accuracy and a per-second timeline (JSON, a table, a PNG).
+
+Example::
+
+    import asyncio
+    from cascade.bench import poisson_arrivals, run_load
+    from cascade.zoo import load_dataset
+
+    split = load_dataset("digits").test
+    report = asyncio.run(run_load(
+        "http://127.0.0.1:8000", "digits", split.X, split.y,
+        poisson_arrivals(100, duration_s=30, seed=0), duration_s=30, deadline_ms=50,
+    ))
+    print(report.summary())
+    report.plot("bench-results/bench.png")
+"""
+
+from __future__ import annotations
+
+from cascade.bench._loadgen import LOOPBACK_HOSTS, ModelInfo, fetch_metadata, loopback_url, run_load
+from cascade.bench._report import BenchReport, Outcome, RequestRecord, SecondStats
+from cascade.bench._schedule import poisson_arrivals, ramp_arrivals
+
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "BenchReport",
+    "ModelInfo",
+    "Outcome",
+    "RequestRecord",
+    "SecondStats",
+    "fetch_metadata",
+    "loopback_url",
+    "poisson_arrivals",
+    "ramp_arrivals",
+    "run_load",
+]

@@ -1,0 +1,381 @@
+"""The open-loop load generator: labelled rows sent to a local v2 endpoint on a schedule.
+
+Open loop means the schedule alone decides when a request leaves: each request is its own
+asyncio task, so a slow server never slows the sender. Requests that would exceed the
+in-flight cap are recorded as ``client_dropped`` instead of being sent late.
+
+Only this machine is a valid target (127.0.0.1, localhost, ::1): a load generator pointed
+at someone else's server is a denial of service.
+
+Example::
+
+    split = cascade.load_dataset("digits").test
+    offsets = poisson_arrivals(100, duration_s=30, seed=0)
+    report = asyncio.run(run_load("http://127.0.0.1:8000", "digits", split.X, split.y,
+                                  offsets, deadline_ms=50))
+    print(report.summary())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from cascade.bench._report import BenchReport, RequestRecord
+from cascade.errors import InputError, ModelUnavailable
+
+__all__ = ["LOOPBACK_HOSTS", "ModelInfo", "fetch_metadata", "loopback_url", "run_load"]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""The only hosts :func:`run_load` sends to."""
+
+_JSON = {"content-type": "application/json"}
+
+
+def loopback_url(url: str) -> str:
+    """Check that ``url`` is an http(s) URL of this machine; return it without a trailing /.
+
+    Example::
+
+        >>> loopback_url("http://127.0.0.1:8000/")
+        'http://127.0.0.1:8000'
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InputError(f"bench URL {url!r} is not a valid URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise InputError(f"bench URL {url!r} must start with http:// or https://")
+    if parsed.host not in LOOPBACK_HOSTS:
+        raise InputError(
+            f"bench URL {url!r}: host {parsed.host!r} is not this machine; cascade bench "
+            f"only sends load to loopback (allowed hosts: {', '.join(LOOPBACK_HOSTS)})"
+        )
+    if parsed.query or parsed.fragment:
+        raise InputError(f"bench URL {url!r} must not hold a query or fragment")
+    return str(parsed).rstrip("/")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the bench needs from the v2 model metadata (``GET /v2/models/{name}``).
+
+    Example::
+
+        ModelInfo(name="digits", input_name="input", width=64, classes=None)
+    """
+
+    name: str
+    input_name: str
+    width: int
+    classes: tuple[str, ...] | None
+
+
+def _model_path(model: str) -> str:
+    return f"/v2/models/{quote(model, safe='')}"
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return response.text[:200]
+
+
+async def fetch_metadata(client: httpx.AsyncClient, base: str, model: str) -> ModelInfo:
+    """Read the model's input name, width and classes; fail clearly if it is not there.
+
+    Example::
+
+        async with httpx.AsyncClient() as client:
+            info = await fetch_metadata(client, "http://127.0.0.1:8000", "digits")
+    """
+    url = base + _model_path(model)
+    try:
+        response = await client.get(url)
+    except httpx.HTTPError as exc:
+        raise ModelUnavailable(
+            f"cannot reach {url}: {type(exc).__name__} {exc} (is `cascade serve` running?)"
+        ) from exc
+    if response.status_code == 404:
+        raise ModelUnavailable(
+            f"{url}: no model {model!r} there (HTTP 404: {_error_text(response)})"
+        )
+    if response.status_code != 200:
+        raise ModelUnavailable(
+            f"{url}: metadata request failed with HTTP {response.status_code}: "
+            f"{_error_text(response)}"
+        )
+    try:
+        meta = response.json()
+        tensor = meta["inputs"][0]
+        name, shape = tensor["name"], tensor["shape"]
+        classes = (meta.get("parameters") or {}).get("classes")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ModelUnavailable(
+            f"{url}: not v2 model metadata ({type(exc).__name__}: {exc})"
+        ) from exc
+    valid_shape = (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and shape[0] == -1
+        and isinstance(shape[1], int)
+        and shape[1] > 0
+    )
+    if not isinstance(name, str) or not valid_shape:
+        raise ModelUnavailable(
+            f"{url}: expected inputs[0] with a name and shape [-1, width], got {json.dumps(tensor)}"
+        )
+    if classes is not None and not (
+        isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    ):
+        raise ModelUnavailable(
+            f"{url}: parameters.classes must be a list of strings or null, got {classes!r}"
+        )
+    return ModelInfo(model, name, shape[1], None if classes is None else tuple(classes))
+
+
+def _expected_labels(y: npt.NDArray[Any], info: ModelInfo) -> list[str]:
+    """The label output each row should get, as text (class names, or indices)."""
+    if y.dtype.kind in "iu":
+        if info.classes is None:
+            return [str(int(v)) for v in y]
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(info.classes):
+            raise InputError(
+                f"labels run from {int(y.min())} to {int(y.max())} but model {info.name!r} "
+                f"has {len(info.classes)} classes"
+            )
+        return [info.classes[int(v)] for v in y]
+    return [str(v) for v in y]
+
+
+def _check_rows(X: npt.ArrayLike, y: npt.ArrayLike, info: ModelInfo) -> npt.NDArray[np.float32]:
+    features = np.asarray(X)
+    if features.ndim != 2 or features.dtype.kind not in "fiub":
+        raise InputError(
+            f"bench replays numeric tables of shape (rows, features); got an array of shape "
+            f"{features.shape} and dtype {features.dtype}"
+        )
+    if len(features) == 0 or len(features) != len(np.asarray(y)):
+        raise InputError(
+            f"need as many labels as rows (>= 1), got {len(features)} rows and "
+            f"{len(np.asarray(y))} labels"
+        )
+    if features.shape[1] != info.width:
+        raise InputError(
+            f"the rows have {features.shape[1]} features but model {info.name!r} takes "
+            f"{info.width} (input {info.input_name!r})"
+        )
+    return features.astype(np.float32)
+
+
+class _BadResponse(Exception):
+    pass
+
+
+def _score(body: Any, expected: list[str]) -> tuple[int, int, tuple[str, ...], str | None]:
+    """Correct rows, degraded rows, answering tiers and the main gear of a 200 body."""
+    try:
+        outputs = {tensor["name"]: tensor for tensor in body["outputs"]}
+        labels = outputs["label"]["data"]
+        decisions = (body.get("parameters") or {}).get("decisions") or []
+        degraded = sum(bool(d.get("degraded")) for d in decisions)
+        tiers = tuple(str(d["answered_by"]) for d in decisions)
+        gears = Counter(str(d["gear"]) for d in decisions if d.get("gear") is not None)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise _BadResponse(f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(labels, list) or len(labels) != len(expected):
+        raise _BadResponse(f"expected {len(expected)} labels, got {labels!r:.80}")
+    correct = sum(str(got) == want for got, want in zip(labels, expected, strict=True))
+    gear = gears.most_common(1)[0][0] if gears else None
+    return correct, degraded, tiers, gear
+
+
+class _Run:
+    """The state of one run: the client, the in-flight count and a record per request."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        bodies: list[bytes],
+        expected: list[list[str]],
+        *,
+        timeout_s: float,
+        max_in_flight: int,
+    ) -> None:
+        self.client = client
+        self.url = url
+        self.bodies = bodies
+        self.expected = expected
+        self.timeout_s = timeout_s
+        self.max_in_flight = max_in_flight
+        self.rows = len(expected[0])
+        self.in_flight = 0
+        self.loop = asyncio.get_running_loop()
+        self.start = self.loop.time()
+
+    async def send(self, index: int, offset: float) -> RequestRecord:
+        """Post request ``index`` now; record what came back, whatever it was."""
+        slot = index % len(self.bodies)
+        body, expected = self.bodies[slot], self.expected[slot]
+        done = partial(RequestRecord, offset, self.loop.time() - self.start, rows=len(expected))
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                response = await self.client.post(self.url, content=body, headers=_JSON)
+                payload = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, TimeoutError) as exc:
+            return done(self._since(offset), error=type(exc).__name__)
+        except ValueError:  # a 200 whose body is not JSON
+            return done(self._since(offset), 200, error="BadResponse")
+        finally:
+            self.in_flight -= 1
+        latency = self._since(offset)
+        if payload is None:
+            return done(latency, response.status_code)
+        try:
+            correct, degraded, tiers, gear = _score(payload, expected)
+        except _BadResponse:
+            return done(latency, 200, error="BadResponse")
+        return done(latency, 200, correct=correct, degraded=degraded, answered_by=tiers, gear=gear)
+
+    def _since(self, offset: float) -> float:
+        return 1000.0 * (self.loop.time() - self.start - offset)
+
+    async def run(self, offsets: npt.NDArray[np.float64], progress: bool) -> list[RequestRecord]:
+        from tqdm import tqdm
+
+        records: list[RequestRecord | None] = [None] * len(offsets)
+        tasks: list[tuple[int, asyncio.Task[RequestRecord]]] = []
+        with tqdm(total=len(offsets), disable=not progress, unit="req", leave=False) as bar:
+            for index, offset in enumerate(offsets.tolist()):
+                delay = self.start + offset - self.loop.time()
+                # Yield even when late, so sent requests get written while the sender catches up.
+                await asyncio.sleep(max(delay, 0.0))
+                bar.update(1)
+                if self.in_flight >= self.max_in_flight:
+                    records[index] = RequestRecord(offset, rows=self.rows, dropped=True)
+                    continue
+                self.in_flight += 1  # now, not when the task starts: the cap holds in bursts
+                tasks.append((index, asyncio.create_task(self.send(index, offset))))
+            for index, task in tasks:
+                records[index] = await task
+        return [record for record in records if record is not None]
+
+
+async def run_load(
+    url: str,
+    model: str,
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
+    offsets: npt.ArrayLike,
+    *,
+    rows_per_request: int = 1,
+    deadline_ms: float | None = None,
+    timeout_s: float = 30.0,
+    max_in_flight: int = 1024,
+    max_connections: int = 256,
+    duration_s: float | None = None,
+    schedule: str = "",
+    progress: bool = True,
+) -> BenchReport:
+    """Send the labelled rows to ``{url}/v2/models/{model}/infer`` at ``offsets`` (seconds).
+
+    Rows are replayed in order and cycled, ``rows_per_request`` per request, with
+    ``parameters.trace`` on (and ``deadline_ms`` when given). Each request may take
+    ``timeout_s`` (connection wait included) before it counts as an error; at most
+    ``max_in_flight`` are outstanding, over at most ``max_connections`` connections.
+    ``duration_s`` is the window the rates in the report are per (default: the last offset);
+    ``schedule`` describes the schedule in the report.
+
+    Raises ``InputError`` for a host other than this machine or rows that do not fit the
+    model, and ``ModelUnavailable`` when the server or the model cannot be reached.
+
+    Example::
+
+        report = await run_load("http://127.0.0.1:8000", "digits", X, y,
+                                poisson_arrivals(100, duration_s=10), deadline_ms=50)
+    """
+    base = loopback_url(url)
+    times = np.asarray(offsets, dtype=np.float64)
+    if times.ndim != 1 or len(times) == 0 or not np.isfinite(times).all() or (times < 0).any():
+        raise InputError("offsets must be a non-empty list of finite seconds >= 0")
+    times = np.sort(times)
+    counts = {"rows_per_request": rows_per_request, "max_in_flight": max_in_flight,
+              "max_connections": max_connections}  # fmt: skip
+    for name, value in counts.items():
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
+    for name, number in (("timeout_s", timeout_s), ("deadline_ms", deadline_ms)):
+        if number is not None and not (math.isfinite(number) and number > 0):
+            raise InputError(f"{name} must be a finite number > 0, got {number}")
+    window = duration_s if duration_s is not None else max(float(times[-1]), 1e-3)
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    # trust_env=False: an HTTP(S)_PROXY in the environment must not carry loopback traffic away.
+    async with httpx.AsyncClient(
+        limits=limits, timeout=httpx.Timeout(timeout_s, pool=None), trust_env=False
+    ) as client:
+        info = await fetch_metadata(client, base, model)
+        features = _check_rows(X, y, info)
+        labels = _expected_labels(np.asarray(y), info)
+        bodies, expected = _requests(
+            features, labels, info, rows_per_request, deadline_ms, count=len(times)
+        )
+        run = _Run(client, f"{base}{_model_path(model)}/infer", bodies, expected,
+                   timeout_s=timeout_s, max_in_flight=max_in_flight)  # fmt: skip
+        records = await run.run(times, progress)
+    return BenchReport.from_records(
+        records,
+        duration_s=window,
+        deadline_ms=deadline_ms,
+        target=f"{base}{_model_path(model)}/infer",
+        schedule=schedule,
+    )
+
+
+def _requests(
+    features: npt.NDArray[np.float32],
+    labels: list[str],
+    info: ModelInfo,
+    rows_per_request: int,
+    deadline_ms: float | None,
+    *,
+    count: int,
+) -> tuple[list[bytes], list[list[str]]]:
+    """Every distinct request body of the cycle through the rows, with its expected labels.
+
+    Request ``i`` starts at row ``i * rows_per_request`` (mod the row count), so the bodies
+    repeat after ``n / gcd(n, rows_per_request)`` requests. The first ``count`` of them are
+    encoded up front, to keep JSON encoding off the sender's clock.
+    """
+    n = len(features)
+    parameters: dict[str, Any] = {"trace": True}
+    if deadline_ms is not None:
+        parameters["deadline_ms"] = deadline_ms
+    bodies, expected = [], []
+    for i in range(min(n // math.gcd(n, rows_per_request), count)):
+        rows = [(i * rows_per_request + j) % n for j in range(rows_per_request)]
+        tensor = {
+            "name": info.input_name,
+            "shape": [rows_per_request, info.width],
+            "datatype": "FP32",
+            "data": features[rows].ravel().tolist(),
+        }
+        bodies.append(json.dumps({"inputs": [tensor], "parameters": parameters}).encode())
+        expected.append([labels[r] for r in rows])
+    return bodies, expected
