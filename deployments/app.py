@@ -11,6 +11,7 @@ object in ``__init__`` and delegates.
 # time, and string annotations made it take `request: Request` for a query parameter.
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from cascade.backends import InputSpec, OnnxModel
-from cascade.errors import CascadeError, InputError
+from cascade.errors import CascadeError, CircuitOpen, InputError
 from cascade.evaluate import ensure_models, resolve_tiers
+from cascade.load import Gear, GearShifter
 from cascade.policy import LoadedPolicy, load_policy, parse_policy
 from cascade.routing import Engine
 from cascade.serving import (
@@ -123,12 +125,43 @@ class _Served:
         )
         self.coalescer = Coalescer(
             lambda rows, deadlines, caps: self.engine.run(
-                rows, deadlines_ms=deadlines, max_tiers=caps
+                rows, deadlines_ms=deadlines, max_tiers=caps, gear=self.shifter.gear.name
             ),
             max_wait_ms=args.coalesce_ms,
         )
+        self.in_flight = 0  # requests inside this replica: the load the gears follow
+        self.set_policy(policy)
+
+    def set_policy(self, policy: Any) -> None:
+        """Take ``policy`` (same tiers) from the next batch on; the gear restarts at normal."""
+        if getattr(self, "policy", None) is not None:
+            self.engine.replace_policy(policy)
         self.policy = policy
         self.version = policy_hash(policy)
+        gears = [Gear("normal", 0.0)] + [
+            Gear(g.name, float(g.queue_depth_at_least), g.max_tier, g.threshold_shift)
+            for g in policy.gears
+        ]
+        self.shifter = GearShifter(
+            gears, hysteresis=policy.gear_hysteresis, hold_s=policy.gear_hold_s
+        )
+
+    def admit(self, deadline_ms: float | None) -> str | None:
+        """Why a request with this deadline cannot be answered in time now, or ``None``.
+
+        The cheapest path is the first tier, after the batch running now (if any): when even
+        that is predicted to end past the deadline, shedding at once beats answering late.
+        """
+        if deadline_ms is None:
+            return None
+        first = self.engine.latency_estimate(self.engine.first_tier)
+        wait = (self.coalescer.batch_ms or 0.0) if self.coalescer.busy else 0.0
+        if first + wait <= deadline_ms:
+            return None
+        return (
+            f"cannot answer within deadline_ms={deadline_ms:g}: the cheapest path "
+            f"('{self.engine.first_tier}') needs about {first + wait:.1f} ms now"
+        )
 
 
 class _Metrics:
@@ -138,7 +171,9 @@ class _Metrics:
     per tier); ``cascade_escalations_total{model}`` (rows answered past their entry tier);
     ``cascade_degraded_total{model}``; ``cascade_request_rows{model}`` (rows per request);
     ``cascade_tier_latency_ms{model,tier}`` (calls as the engine timed them);
-    ``cascade_request_latency_ms{model}`` (end to end inside the ingress).
+    ``cascade_request_latency_ms{model}`` (end to end inside the ingress);
+    ``cascade_shed_total{model,why}`` (503s: ``admission``, a deadline out of reach on
+    arrival; ``late``, an answer that came past its deadline); ``cascade_gear{model}``.
     """
 
     def __init__(self) -> None:
@@ -161,6 +196,9 @@ class _Metrics:
                                               boundaries=buckets_ms, tag_keys=tier)  # fmt: skip
         self.latency = metrics.Histogram("cascade_request_latency_ms", "request latency",
                                          boundaries=buckets_ms, tag_keys=model)  # fmt: skip
+        self.shed = metrics.Counter("cascade_shed_total", "requests refused with a 503",
+                                    tag_keys=("model", "why"))  # fmt: skip
+        self.gear = metrics.Gauge("cascade_gear", "engaged gear (0: normal)", tag_keys=model)
 
     def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
         tags = {"model": model}
@@ -176,6 +214,14 @@ class _Metrics:
         seen = {(s.tier, s.latency_ms) for d in decisions for s in d.steps}
         for tier, latency_ms in seen:  # one observation per batched call, not per row
             self.tier_latency.observe(latency_ms, {"model": model, "tier": tier})
+
+
+def _unavailable(message: str, *, retry_after_s: float = 1.0) -> JSONResponse:
+    """A 503 with Retry-After: overload, a failed first tier, or a deadline out of reach."""
+    # Defined above the ingress on purpose: Serve pickles the FastAPI app, routes and their
+    # globals, when the class is decorated; names defined below it do not exist in replicas.
+    retry = str(max(1, math.ceil(retry_after_s)))
+    return JSONResponse(error_body(message), 503, headers={"Retry-After": retry})
 
 
 fastapi_app = FastAPI(title="cascade", description="Open Inference Protocol v2 over a cascade")
@@ -211,9 +257,7 @@ class Ingress:
                 name = loaded.policy.name
                 current = self.served.get(name)
                 if current is not None and current.policy.tiers == loaded.policy.tiers:
-                    current.engine.replace_policy(loaded.policy)
-                    current.policy = loaded.policy
-                    current.version = policy_hash(loaded.policy)
+                    current.set_policy(loaded.policy)
                 else:
                     self.served[name] = _Served(loaded, self.handles.get(name, {}), self.args)
                 self.reload_errors.pop(str(path), None)
@@ -259,11 +303,21 @@ class Ingress:
                 "routing": served.policy.routing.kind,
                 "tiers": list(served.policy.tiers),
                 "reload_errors": sorted(self.reload_errors.values()),
+                "load": {
+                    "gear": served.shifter.gear.name,
+                    "in_flight": served.in_flight,
+                    "breakers": {
+                        tier: breaker.state
+                        for tier in served.policy.tiers
+                        if (breaker := served.engine.breaker(tier)) is not None
+                    },
+                },
             },
         )
 
     @fastapi_app.post("/v2/models/{name}/infer", response_model=None)
     async def infer(self, name: str, request: Request) -> Response:
+        began = time.perf_counter()
         served = self._model(name)
         if isinstance(served, JSONResponse):
             return served
@@ -281,17 +335,33 @@ class Ingress:
                 served.engine.check_max_tier(parsed.max_tier)
         except InputError as exc:
             return JSONResponse(error_body(str(exc)), 400)
-        began = time.perf_counter()
+        refusal = served.admit(parsed.deadline_ms)
+        if refusal is not None:
+            self.metrics.shed.inc(1, {"model": name, "why": "admission"})
+            return _unavailable(refusal)
+        served.in_flight += 1
+        served.shifter.update(served.in_flight)
         try:
             probabilities, decisions = await served.coalescer.submit(
                 parsed.rows, deadline_ms=parsed.deadline_ms, max_tier=parsed.max_tier
             )
         except InputError as exc:
             return JSONResponse(error_body(str(exc)), 400)
+        except CircuitOpen as exc:
+            return _unavailable(f"model '{name}' failed: {exc}", retry_after_s=exc.retry_after_s)
         except (TimeoutError, CascadeError) as exc:
-            return JSONResponse(error_body(f"model '{name}' failed: {exc}"), 503,
-                                headers={"Retry-After": "1"})  # fmt: skip
-        self.metrics.record(name, decisions, (time.perf_counter() - began) * 1000)
+            return _unavailable(f"model '{name}' failed: {exc}")
+        finally:
+            served.in_flight -= 1
+        elapsed_ms = (time.perf_counter() - began) * 1000
+        if parsed.deadline_ms is not None and elapsed_ms > parsed.deadline_ms:
+            # never a late answer as a normal 200: the client has given up on it by now
+            self.metrics.shed.inc(1, {"model": name, "why": "late"})
+            return _unavailable(
+                f"deadline_ms={parsed.deadline_ms:g} passed: the answer took {elapsed_ms:.1f} ms"
+            )
+        self.metrics.gear.set(served.shifter.state.index, {"model": name})
+        self.metrics.record(name, decisions, elapsed_ms)
         body = build_infer_response(
             model_name=name,
             model_version=served.version,

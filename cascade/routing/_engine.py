@@ -118,6 +118,11 @@ class Engine:
         return self._breakers.get(tier)
 
     @property
+    def first_tier(self) -> str:
+        """The cheapest tier this policy routes to: the floor every path can fall back to."""
+        return min(self._tiers, key=self._costs.__getitem__)
+
+    @property
     def policy(self) -> Policy:
         """The policy the engine routes by now."""
         return self._policy

@@ -71,6 +71,7 @@ class Coalescer:
         self._max_wait_s = max_wait_ms / 1000.0
         self._pending: list[_Waiting] = []
         self._pending_rows = 0
+        self._batch_ms: float | None = None  # EWMA of how long a batch run takes
         self._timer: asyncio.TimerHandle | None = None
         # strong references: the event loop keeps only weak ones to running tasks
         self._batches: set[asyncio.Task[None]] = set()
@@ -79,6 +80,16 @@ class Coalescer:
     def pending_rows(self) -> int:
         """Rows waiting for their batch to start."""
         return self._pending_rows
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is running (a request arriving now waits for it)."""
+        return bool(self._batches)
+
+    @property
+    def batch_ms(self) -> float | None:
+        """A moving average of how long recent batch runs took (``None`` before the first)."""
+        return self._batch_ms
 
     async def submit(
         self, rows: np.ndarray, *, deadline_ms: float | None = None, max_tier: str | None = None
@@ -163,6 +174,10 @@ class Coalescer:
             deadlines.extend([remaining] * len(w.rows))
         try:
             result = await self._run(rows, deadlines, max_tiers)
+            took_ms = (asyncio.get_running_loop().time() - now_s) * 1000.0
+            self._batch_ms = (
+                took_ms if self._batch_ms is None else 0.8 * self._batch_ms + 0.2 * took_ms
+            )
             if len(result.decisions) != len(rows) or len(result.probabilities) != len(rows):
                 raise BackendError(
                     f"the batch run answered {len(result.decisions)} of {len(rows)} rows"

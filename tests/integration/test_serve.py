@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -277,3 +279,114 @@ def test_backpressure_is_a_503_with_retry_after_and_serving_goes_on(
             assert client.post(url, json=_body(rows[:3])).status_code == 200
     finally:
         serve.delete("pressure")
+
+
+def _resilient_policy(directory: Path, *, extra: str = "") -> Path:
+    """digits, tiny inline and large as a deployment, with a quick breaker on large."""
+    models = ROOT / "policies" / "models" / "digits"
+    path = directory / "resilient.yaml"
+    path.write_text(
+        "name: resilient\nallow_outside_paths: true\ntiers:\n"
+        f"  tiny: {{model: {models / 'tiny.onnx'}}}\n"
+        f"  large: {{model: {models / 'large.onnx'}, placement: deployment, timeout_ms: 2000,\n"
+        "          breaker: {failure_threshold: 3, reset_after_s: 1}}\n"
+        "routing:\n  kind: confidence\n  chain:\n"
+        "    - {tier: tiny, threshold: 0.99}\n    - {tier: large}\n" + extra
+    )
+    return path
+
+
+def test_a_killed_tier_degrades_answers_until_serve_restarts_it(
+    base_url: str, tmp_path: Path
+) -> None:
+    from deployments.app import build_app
+
+    serve.run(build_app({"policies": [str(_resilient_policy(tmp_path))]}), name="resilient",
+              route_prefix="/resilient")  # fmt: skip
+    url = "/resilient/v2/models/resilient/infer"
+    rows = load_dataset("digits").test.X[:30]  # threshold 0.99: several rows escalate
+
+    def replica() -> Any:
+        names = ray.util.list_named_actors(all_namespaces=True)
+        (found,) = [a for a in names if "resilient-large" in a["name"]]
+        return ray.get_actor(found["name"], namespace=found["namespace"])
+
+    async def scenario() -> tuple[list[int], list[list[dict[str, Any]]], int]:
+        codes: list[int] = []
+        answers: list[list[dict[str, Any]]] = []
+        killed_at = -1
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+
+            async def one() -> None:
+                response = await client.post(url, json=_body(rows))
+                codes.append(response.status_code)
+                if response.status_code == 200:
+                    answers.append(response.json()["parameters"]["decisions"])
+
+            await asyncio.gather(*(one() for _ in range(4)))
+            ray.kill(replica(), no_restart=True)
+            killed_at = len(answers)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # until Serve has a new replica answering
+                await asyncio.gather(*(one() for _ in range(4)))
+                last = answers[-1] if answers else []
+                if len(answers) > killed_at + 8 and any(
+                    d["answered_by"] == "large" and not d["degraded"] for d in last
+                ):
+                    break
+                await asyncio.sleep(0.2)
+        return codes, answers, killed_at
+
+    try:
+        codes, answers, killed_at = asyncio.run(scenario())
+        assert set(codes) <= {200, 503}, codes  # never a 500, whatever the tier does
+        before, after = answers[:killed_at], answers[killed_at:]
+        assert any(d["answered_by"] == "large" for batch in before for d in batch)
+        fell_back = [d for batch in after for d in batch if d["reason"] == "fallback"]
+        assert fell_back and all(d["degraded"] and d["answered_by"] == "tiny" for d in fell_back)
+        assert any(d["answered_by"] == "large" and not d["degraded"] for d in after[-1])
+    finally:
+        serve.delete("resilient")
+
+
+def test_deadlines_are_never_answered_late_and_gears_engage_under_load(
+    base_url: str, tmp_path: Path
+) -> None:
+    from deployments.app import build_app
+
+    gears = "gears:\n  - {name: swamped, queue_depth_at_least: 4, max_tier: tiny}\n"
+    policy = _resilient_policy(tmp_path, extra=gears)
+    serve.run(build_app({"policies": [str(policy)]}), name="resilient", route_prefix="/resilient")
+    url = "/resilient/v2/models/resilient/infer"
+    rows = load_dataset("digits").test.X[:30]
+    try:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            for deadline in (0.001, 0.5, 5.0, 60_000.0):
+                response = client.post(url, json=_body(rows, deadline_ms=deadline))
+                if response.status_code == 200:  # an answer in time, or none at all
+                    decisions = response.json()["parameters"]["decisions"]
+                    assert all(d["latency_ms"] <= deadline for d in decisions)
+                else:
+                    assert response.status_code == 503, response.text
+                    assert response.headers["retry-after"] == "1"
+                    assert "deadline_ms=" in response.json()["error"]
+            impossible = client.post(url, json=_body(rows, deadline_ms=0.001))
+            assert impossible.status_code == 503
+            assert "cannot answer within deadline_ms=0.001" in impossible.json()["error"]
+
+        async def burst() -> list[dict[str, Any]]:
+            async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+                replies = await asyncio.gather(
+                    *(client.post(url, json=_body(rows[i : i + 1])) for i in range(30))
+                )
+            return [d for r in replies for d in r.json()["parameters"]["decisions"]]
+
+        decisions = asyncio.run(burst())
+        swamped = [d for d in decisions if d["gear"] == "swamped"]
+        assert swamped, "32 requests at once never reached a queue depth of 4"
+        assert all(d["answered_by"] == "tiny" for d in swamped)
+        assert any(d["reason"] == "max_tier" and d["degraded"] for d in swamped) or all(
+            d["reason"] == "confident" for d in swamped
+        )
+    finally:
+        serve.delete("resilient")
