@@ -89,6 +89,20 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     calibrate.add_argument("--dry-run", action="store_true", help="do not write the policy")
     calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
+    gears = calibrate.add_argument_group(
+        "degradation gears (--gears: plan gears instead of fitting thresholds)"
+    )
+    gears.add_argument("--gears", action="store_true",
+                       help="replay candidate gears on the calibration split, choose a ladder "
+                       "and write it into the policy's `gears`")  # fmt: skip
+    gears.add_argument(
+        "--capacity",
+        type=_positive,
+        metavar="RPS",
+        help="measured requests/s of the full-quality service (cascade bench)",
+    )
+    gears.add_argument("--deadline-ms", type=_positive, metavar="MS",
+                       help="the deadline requests carry")  # fmt: skip
     calibrate.set_defaults(subparser=calibrate)
 
 
@@ -121,7 +135,45 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_gears(args: argparse.Namespace) -> int:
+    from cascade.evaluate import edit_policy_file, labelled_split, plan_gears
+    from cascade.policy import parse_policy
+    from cascade.zoo.cards import table
+
+    if args.capacity is None or args.deadline_ms is None:
+        args.subparser.error("--gears needs --capacity RPS and --deadline-ms MS")
+    loaded = _prepare(args)
+    X, y, label = labelled_split(
+        loaded, split="calibration", data=args.data, label_column=args.label_column
+    )
+    plan = plan_gears(loaded, X, y, capacity_rps=args.capacity, deadline_ms=args.deadline_ms)
+    chosen = {c.name for c in plan.chosen}
+    rows = [[c.name, f"{c.relative_cost:.3f}", f"{c.accuracy:.4f}", "*" if c.name in chosen
+             else ""] for c in (plan.full, *plan.candidates)]  # fmt: skip
+    print(f"candidate gears replayed on {label} ({len(y)} rows; * = chosen)")
+    print(table(["gear", "cost vs normal", "accuracy", ""], rows))
+    for note in plan.notes:
+        print(f"note: {note}")
+    if args.json:
+        print(json.dumps({"gears": list(plan.gears), "notes": list(plan.notes)}))
+    if not plan.gears or args.dry_run:
+        print(f"\ngears not written{' (--dry-run)' if args.dry_run else ''}: {list(plan.gears)}")
+        return 0 if plan.gears else 1
+
+    def edit(document: Any) -> None:
+        document["gears"] = [dict(g) for g in plan.gears]
+
+    edit_policy_file(args.policy, edit, validate=lambda text: parse_policy(
+        text, source=str(args.policy), base_dir=args.policy.parent))  # fmt: skip
+    print(f"\ngears written to {args.policy}:")
+    for gear in plan.gears:
+        print(f"  {gear}")
+    return 0
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
+    if args.gears:
+        return run_gears(args)
     from cascade.evaluate import (
         Evaluator,
         Point,

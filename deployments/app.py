@@ -321,7 +321,13 @@ class Ingress:
         served = self._model(name)
         if isinstance(served, JSONResponse):
             return served
-        body = await request.body()
+        try:
+            body = await request.body()
+        except Exception as exc:  # Ray's TaskCancelledError, under overload
+            # Under overload the proxy may give up streaming a body it no longer has a client
+            # for; that is the service's state, not the client's mistake, and no 500.
+            self.metrics.shed.inc(1, {"model": name, "why": "body"})
+            return _unavailable(f"request body could not be read: {type(exc).__name__}")
         try:
             parsed = parse_infer_request(
                 body,
@@ -371,6 +377,11 @@ class Ingress:
             classes=served.classes,
             decisions=[d.to_dict() for d in decisions] if parsed.trace else None,
             output_names=parsed.output_names,
+            summary={
+                "answered_by": [d.answered_by for d in decisions],
+                "degraded": [d.degraded for d in decisions],
+                "gear": decisions[0].gear or "normal",
+            },
         )
         # Serialised here: FastAPI's encoder would walk every float again (~50 µs a request).
         return Response(json.dumps(body).encode(), media_type="application/json")

@@ -9,6 +9,8 @@ from cascade.evaluate._calibrate import (
 )
 from cascade.evaluate._data import labelled_split
 from cascade.evaluate._frontier import Point, format_frontier, pareto_front, plot_frontier
+from cascade.evaluate._gears import GearCandidate, GearPlan, plan_gears
+from cascade.evaluate._policy_edit import edit_policy_file
 from cascade.evaluate._replay import EvalRow, Evaluator
 from cascade.evaluate._report import format_rows
 from cascade.evaluate._tiers import (
@@ -23,6 +25,8 @@ __all__ = [
     "CalibrationResult",
     "EvalRow",
     "Evaluator",
+    "GearCandidate",
+    "GearPlan",
     "ModelDriftWarning",
     "Point",
     "Target",
@@ -30,12 +34,14 @@ __all__ = [
     "calibrate_policy",
     "calibration_provenance",
     "check_provenance",
+    "edit_policy_file",
     "ensure_models",
     "format_frontier",
     "format_rows",
     "labelled_split",
     "loss_upper_bound",
     "pareto_front",
+    "plan_gears",
     "plot_frontier",
     "resolve_tiers",
 ]

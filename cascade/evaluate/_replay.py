@@ -100,8 +100,9 @@ class Evaluator:
     def latencies(self) -> dict[str, float]:
         return {name: info.latency_ms for name, info in self.tiers.items()}
 
-    def run(self, policy: Policy, X: np.ndarray) -> BatchResult:
-        """Route ``X`` through ``policy`` with this evaluator's backends, as one batch."""
+    def run(self, policy: Policy, X: np.ndarray, *, gear: str | None = None) -> BatchResult:
+        """Route ``X`` through ``policy`` with this evaluator's backends, as one batch
+        (in one of the policy's degradation gears when ``gear`` names one)."""
         engine = Engine(
             policy,
             self.backends,
@@ -113,11 +114,11 @@ class Evaluator:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(engine.run(X))
+            return asyncio.run(engine.run(X, gear=gear))
         # Called from inside an event loop (a notebook, a server): asyncio.run would refuse,
         # so the replay gets an event loop of its own in a worker thread.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, engine.run(X)).result()
+            return pool.submit(asyncio.run, engine.run(X, gear=gear)).result()
 
     def probabilities(self, tier: str, X: np.ndarray) -> np.ndarray:
         return self.backends[tier].predict_sync(X)

@@ -319,12 +319,15 @@ def build_infer_response(
     classes: Sequence[str] | None,
     decisions: Sequence[dict[str, Any]] | None,
     output_names: Sequence[str],
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the v2 response body; it survives ``json.dumps(..., allow_nan=False)``.
 
     Labels are class names (``BYTES``) when ``classes`` are given, else indices
     (``INT64``). ``decisions`` (the trace, ``Decision.to_dict()`` per row) ride in
-    ``parameters``; pass ``None`` when the request turned tracing off.
+    ``parameters``; pass ``None`` when the request turned tracing off. ``summary`` (plain
+    JSON: per-row ``answered_by`` and ``degraded``, the ``gear``) rides there too, traced
+    or not: the short answer to "how was this answered" costs little to send.
 
     Example::
 
@@ -370,8 +373,11 @@ def build_infer_response(
     if request_id is not None:
         body["id"] = request_id
     body["outputs"] = [tensors[name] for name in output_names]
+    parameters: dict[str, Any] = dict(summary or {})
     if decisions is not None:
-        body["parameters"] = {"decisions": _jsonable(list(decisions))}
+        parameters["decisions"] = _jsonable(list(decisions))
+    if parameters:
+        body["parameters"] = parameters
     return body
 
 

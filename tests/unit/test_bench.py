@@ -347,7 +347,7 @@ def test_a_run_counts_answers_sheds_errors_and_accuracy_exactly(toy_server: Fake
     assert report.goodput_rps == 23.0  # a minute-long deadline: every answer is in time
     assert [r.status for r in report.records].count(503) == 6
     sent = toy_server.seen[0]
-    assert sent["parameters"] == {"trace": True, "deadline_ms": 60_000}
+    assert sent["parameters"] == {"trace": False, "deadline_ms": 60_000}
     assert sent["inputs"][0]["name"] == "features" and sent["inputs"][0]["shape"] == [1, 3]
 
 
@@ -456,3 +456,14 @@ def test_cli_bench_usage_errors_exit_2(
         main(["bench", "http://127.0.0.1:8000", "--model", "digits", *options])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_compact_summary_of_an_untraced_answer_is_read() -> None:
+    from cascade.bench._loadgen import _score
+
+    body = {
+        "outputs": [{"name": "label", "datatype": "BYTES", "shape": [3], "data": ["1", "2", "3"]}],
+        "parameters": {"answered_by": ["tiny", "large", "tiny"], "degraded": [False, True, True],
+                       "gear": "brownout"},
+    }  # fmt: skip
+    assert _score(body, ["1", "2", "0"]) == (2, 2, ("tiny", "large", "tiny"), "brownout")

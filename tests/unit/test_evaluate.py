@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -316,3 +317,39 @@ def test_complexity_scorer_outside_the_policy_folder_gets_an_absolute_path(
     routing = load_policy(path).policy.routing
     assert routing.kind == "complexity"
     assert routing.scorer.model == str(policy_dir / "far.complexity.onnx")
+
+
+def test_gear_plan_replays_candidates_and_writes_a_cheaper_ladder(
+    policy_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cascade.evaluate import plan_gears
+
+    chain = CHAIN.format(name="d", kind="confidence", threshold=0.99)
+    path = _write(policy_dir, chain.replace("name: d\n", "name: d\ndataset: digits\n"))
+    calibration = load_dataset("digits").calibration
+    plan = plan_gears(load_policy(path), calibration.X, calibration.y, capacity_rps=200,
+                      deadline_ms=100)  # fmt: skip
+    assert plan.full.relative_cost == 1.0
+    names = [c.name for c in plan.candidates]
+    assert names[:4] == ["shift-0.02", "shift-0.05", "shift-0.1", "shift-0.2"]
+    assert names[4:] == ["tiny-only"]  # routed tiers but the dearest; small is not routed
+    costs = [1.0, *(c.relative_cost for c in plan.chosen)]
+    assert plan.chosen and all(b <= 0.8 * a for a, b in itertools.pairwise(costs))
+    tiny_only = next(c for c in plan.candidates if c.name == "tiny-only")
+    tiny = load_policy(path)
+    assert tiny_only.accuracy == pytest.approx(
+        float((Evaluator(tiny).probabilities("tiny", calibration.X).argmax(1)
+               == calibration.y).mean())
+    )  # fmt: skip
+    depths = [g["queue_depth_at_least"] for g in plan.gears]
+    assert depths[0] == 5 and depths == sorted(set(depths))  # 200/s * 0.1 s / 4
+
+    argv = ["calibrate", str(path), "--gears", "--capacity", "200", "--deadline-ms", "100",
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert "gears written to" in capsys.readouterr().out
+    assert [g.name for g in load_policy(path).policy.gears] == [c.name for c in plan.chosen]
+    with pytest.raises(SystemExit) as usage:
+        main(["calibrate", str(path), "--gears"])
+    assert usage.value.code == 2
+    assert "--gears needs --capacity RPS and --deadline-ms MS" in capsys.readouterr().err
