@@ -25,7 +25,7 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from cascade.backends import InputSpec, OnnxModel
-from cascade.errors import CascadeError, CircuitOpen, InputError
+from cascade.errors import CascadeError, CircuitOpen, InputError, PolicyError
 from cascade.evaluate import ensure_models, resolve_tiers
 from cascade.load import Gear, GearShifter
 from cascade.policy import LoadedPolicy, load_policy, parse_policy
@@ -399,9 +399,17 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     paths = []
     for path in parsed.policies:
         loaded = load_policy(path)
+        policy = loaded.policy
+        unreachable = [g.name for g in policy.gears
+                       if g.queue_depth_at_least > parsed.max_ongoing_requests]  # fmt: skip
+        if unreachable:
+            # the replica never holds more than max_ongoing_requests: such a gear never engages
+            raise PolicyError(
+                f"{path}: gears {unreachable} engage above max_ongoing_requests "
+                f"({parsed.max_ongoing_requests}), a queue depth the replica never reaches"
+            )
         ensure_models(loaded, progress=False)
         paths.append(str(Path(path).resolve()))
-        policy = loaded.policy
         bound: dict[str, Any] = {}
         for name, tier in policy.tiers.items():
             if tier.placement != "deployment":

@@ -34,3 +34,21 @@ def test_config_refuses_an_invalid_policy(
     bad.write_text("name: bad\ntiers: {}\nrouting: {kind: confidence, chain: []}\n")
     assert main(["config", str(bad)]) == 1
     assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_a_gear_the_replica_cannot_reach_is_refused(tmp_path: Path) -> None:
+    from cascade.errors import PolicyError
+    from deployments.app import build_app
+
+    policy = tmp_path / "geared.yaml"
+    models = ROOT / "policies" / "models" / "digits"
+    policy.write_text(
+        "name: geared\nallow_outside_paths: true\n"
+        f"tiers:\n  tiny: {{model: {models / 'tiny.onnx'}}}\n"
+        "routing:\n  kind: confidence\n  chain:\n    - {tier: tiny}\n"
+        "gears:\n  - {name: swamped, queue_depth_at_least: 100}\n"
+    )
+    with pytest.raises(PolicyError, match=r"gears \['swamped'\] engage above "
+                       r"max_ongoing_requests \(64\)"):  # fmt: skip
+        build_app({"policies": [str(policy)]})
+    build_app({"policies": [str(policy)], "max_ongoing_requests": 128})  # now it can engage
