@@ -377,16 +377,16 @@ def test_deadlines_are_never_answered_late_and_gears_engage_under_load(
         async def burst() -> list[dict[str, Any]]:
             async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
                 replies = await asyncio.gather(
-                    *(client.post(url, json=_body(rows[i : i + 1])) for i in range(30))
+                    *(client.post(url, json=_body(rows[i % 30 : i % 30 + 1])) for i in range(60))
                 )
             return [d for r in replies for d in r.json()["parameters"]["decisions"]]
 
         decisions = asyncio.run(burst())
         swamped = [d for d in decisions if d["gear"] == "swamped"]
-        assert swamped, "32 requests at once never reached a queue depth of 4"
+        assert swamped, "60 requests at once never reached a queue depth of 4"
         assert all(d["answered_by"] == "tiny" for d in swamped)
-        assert any(d["reason"] == "max_tier" and d["degraded"] for d in swamped) or all(
-            d["reason"] == "confident" for d in swamped
-        )
+        # what tiny was sure of is a full answer; what the gear kept from large is degraded
+        for d in swamped:
+            assert (d["reason"], d["degraded"]) in {("confident", False), ("max_tier", True)}
     finally:
         serve.delete("resilient")
