@@ -3,7 +3,8 @@
     python benchmarks/overload.py [--seconds 30] [--rows 64] [--deadline-ms 1000]
 
 Covertype (small inline, large as a deployment, the shipped calibrated policy), requests of
-``--rows`` rows each. First the large tier's capacity is measured: always-large, closed loop,
+``--rows`` rows each, sent as the binary tensor data extension (``--json-numbers``: as
+JSON). First the large tier's capacity is measured: always-large, closed loop,
 8 clients. Then each configuration gets open-loop Poisson traffic (``cascade bench``'s
 generator) at 2x and 4x that rate for ``--seconds``, every request carrying the deadline:
 
@@ -83,22 +84,34 @@ def _variants(directory: Path, depth: tuple[int, int]) -> dict[str, Path]:
     return paths
 
 
-async def _capacity(url: str, rows: np.ndarray, n_rows: int, seconds: float) -> float:
-    """Closed-loop throughput (requests/s) of 8 clients."""
+async def _capacity(
+    url: str, rows: np.ndarray, n_rows: int, seconds: float, *, binary: bool
+) -> float:
+    """Closed-loop throughput (requests/s) of 8 clients, encoding rows like the load does."""
     done = 0
     stop = time.perf_counter() + seconds
 
-    def body(i: int) -> dict[str, Any]:
+    def request(i: int) -> tuple[bytes, dict[str, str]]:
         chunk = rows[(i * n_rows) % (len(rows) - n_rows) :][:n_rows]
-        tensor = {"name": "input", "shape": list(chunk.shape), "datatype": "FP32",
-                  "data": chunk.ravel().tolist()}  # fmt: skip
-        return {"inputs": [tensor], "parameters": {"trace": False}}
+        tensor: dict[str, Any] = {"name": "input", "shape": list(chunk.shape), "datatype": "FP32"}
+        raw = b""
+        if binary:
+            raw = np.ascontiguousarray(chunk, dtype="<f4").tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+        else:
+            tensor["data"] = chunk.ravel().tolist()
+        header = json.dumps({"inputs": [tensor], "parameters": {"trace": False}}).encode()
+        headers = {"content-type": "application/json"}
+        if binary:
+            headers["Inference-Header-Content-Length"] = str(len(header))
+        return header + raw, headers
 
     async def client_loop(client: httpx.AsyncClient, k: int) -> None:
         nonlocal done
         i = k
         while time.perf_counter() < stop:
-            (await client.post(url, json=body(i))).raise_for_status()
+            content, headers = request(i)
+            (await client.post(url, content=content, headers=headers)).raise_for_status()
             done += 1
             i += 8
 
@@ -114,6 +127,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64, help="rows per request")
     parser.add_argument("--deadline-ms", type=float, default=1000.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
+    parser.add_argument(
+        "--json-numbers",
+        dest="binary",
+        action="store_false",
+        help="send rows as JSON numbers, not the binary tensor extension",
+    )
     parser.add_argument("--no-split-cores", dest="split_cores", action="store_false",
                         help="let the load generator share the server's cores")  # fmt: skip
     args = parser.parse_args()
@@ -149,8 +168,8 @@ def main() -> None:
         serve.run(build_app({"policies": [str(paths["always-large"])]}), name="always-large",
                   route_prefix="/always-large")  # fmt: skip
         large_url = f"{base}/always-large/v2/models/always-large/infer"
-        asyncio.run(_capacity(large_url, X, args.rows, 3.0))  # warm-up
-        capacity = asyncio.run(_capacity(large_url, X, args.rows, 15.0))
+        asyncio.run(_capacity(large_url, X, args.rows, 3.0, binary=args.binary))  # warm-up
+        capacity = asyncio.run(_capacity(large_url, X, args.rows, 15.0, binary=args.binary))
         # Gears by Little's law: the requests the replica may hold and still answer in time
         # (the replica holds at most max_ongoing_requests, 64: the gears must engage below it)
         in_time = max(4, int(capacity * args.deadline_ms / 1000.0))
@@ -176,7 +195,8 @@ def main() -> None:
                     run_load(f"{base}/{model}", model, X, y, offsets,
                              rows_per_request=args.rows, deadline_ms=args.deadline_ms,
                              duration_s=args.seconds, schedule=f"poisson {rate:.0f}/s",
-                             timeout_s=10 * args.deadline_ms / 1000, progress=False)
+                             timeout_s=10 * args.deadline_ms / 1000, progress=False,
+                             binary=args.binary)
                 )  # fmt: skip
                 reports[f"{label} @ {factor}x"] = report.to_json()
                 time.sleep(3)  # let queues drain before the next run
@@ -217,6 +237,7 @@ def main() -> None:
         "capacity_rps": capacity, "rows_per_request": args.rows, "deadline_ms": args.deadline_ms,
         "seconds": args.seconds, "gear_depths": list(depth), "small_accuracy": small_accuracy,
         "max_queued_requests": max(8, in_time), "split_cores": client_cores is not None,
+        "binary": args.binary,
         "reports": reports, "checks": checks,
     }, indent=2) + "\n")  # fmt: skip
     print(f"\nwrote {out}")

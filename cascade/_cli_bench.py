@@ -125,6 +125,9 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help=f"where bench.json and bench.png go (default: {DEFAULT_OUT})",
     )
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--binary", action="store_true",
+                       help="send rows as the binary tensor data extension (raw float32 after "
+                       "a JSON header), not as JSON numbers")  # fmt: skip
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -165,6 +168,7 @@ def run_bench(args: argparse.Namespace) -> int:
             offsets,
             rows_per_request=args.rows_per_request,
             deadline_ms=args.deadline_ms,
+            binary=args.binary,
             timeout_s=args.timeout_s,
             max_in_flight=args.max_in_flight,
             max_connections=args.max_connections,

@@ -216,6 +216,19 @@ class _Metrics:
             self.tier_latency.observe(latency_ms, {"model": model, "tier": tier})
 
 
+def _header_length(request: Request) -> int | None:
+    """The binary tensor data extension's ``Inference-Header-Content-Length``, if sent."""
+    value = request.headers.get("inference-header-content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(
+            f"Inference-Header-Content-Length must be a byte count, got {value!r}"
+        ) from None
+
+
 def _unavailable(message: str, *, retry_after_s: float = 1.0) -> JSONResponse:
     """A 503 with Retry-After: overload, a failed first tier, or a deadline out of reach."""
     # Defined above the ingress on purpose: Serve pickles the FastAPI app, routes and their
@@ -331,6 +344,7 @@ class Ingress:
         try:
             parsed = parse_infer_request(
                 body,
+                header_length=_header_length(request),
                 input_name=served.spec.name,
                 width=served.spec.width or 0,
                 tiers=list(served.policy.tiers),

@@ -223,11 +223,17 @@ class _Run:
         *,
         timeout_s: float,
         max_in_flight: int,
+        header_lengths: list[int] | None = None,
     ) -> None:
         self.client = client
         self.url = url
         self.bodies = bodies
         self.expected = expected
+        self.headers = [
+            _JSON if header_lengths is None
+            else {**_JSON, "Inference-Header-Content-Length": str(length)}
+            for length in (header_lengths or [0] * len(bodies))
+        ]  # fmt: skip
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self.rows = len(expected[0])
@@ -242,7 +248,9 @@ class _Run:
         done = partial(RequestRecord, offset, self.loop.time() - self.start, rows=len(expected))
         try:
             async with asyncio.timeout(self.timeout_s):
-                response = await self.client.post(self.url, content=body, headers=_JSON)
+                response = await self.client.post(
+                    self.url, content=body, headers=self.headers[slot]
+                )
                 payload = response.json() if response.status_code == 200 else None
         except (httpx.HTTPError, TimeoutError) as exc:
             return done(self._since(offset), error=type(exc).__name__)
@@ -298,6 +306,7 @@ async def run_load(
     duration_s: float | None = None,
     schedule: str = "",
     progress: bool = True,
+    binary: bool = False,
 ) -> BenchReport:
     """Send the labelled rows to ``{url}/v2/models/{model}/infer`` at ``offsets`` (seconds).
 
@@ -306,7 +315,8 @@ async def run_load(
     ``timeout_s`` (connection wait included) before it counts as an error; at most
     ``max_in_flight`` are outstanding, over at most ``max_connections`` connections.
     ``duration_s`` is the window the rates in the report are per (default: the last offset);
-    ``schedule`` describes the schedule in the report.
+    ``schedule`` describes the schedule in the report. ``binary`` sends the rows as the
+    binary tensor data extension (raw float32 after a JSON header) instead of JSON numbers.
 
     Raises ``InputError`` for a host other than this machine or rows that do not fit the
     model, and ``ModelUnavailable`` when the server or the model cannot be reached.
@@ -340,11 +350,12 @@ async def run_load(
         info = await fetch_metadata(client, base, model)
         features = _check_rows(X, y, info)
         labels = _expected_labels(np.asarray(y), info)
-        bodies, expected = _requests(
-            features, labels, info, rows_per_request, deadline_ms, count=len(times)
+        bodies, expected, header_lengths = _requests(
+            features, labels, info, rows_per_request, deadline_ms, count=len(times), binary=binary
         )
         run = _Run(client, f"{base}{_model_path(model)}/infer", bodies, expected,
-                   timeout_s=timeout_s, max_in_flight=max_in_flight)  # fmt: skip
+                   timeout_s=timeout_s, max_in_flight=max_in_flight,
+                   header_lengths=header_lengths)  # fmt: skip
         records = await run.run(times, progress)
     return BenchReport.from_records(
         records,
@@ -363,7 +374,8 @@ def _requests(
     deadline_ms: float | None,
     *,
     count: int,
-) -> tuple[list[bytes], list[list[str]]]:
+    binary: bool = False,
+) -> tuple[list[bytes], list[list[str]], list[int] | None]:
     """Every distinct request body of the cycle through the rows, with its expected labels.
 
     Request ``i`` starts at row ``i * rows_per_request`` (mod the row count), so the bodies
@@ -376,15 +388,22 @@ def _requests(
     parameters: dict[str, Any] = {"trace": False}
     if deadline_ms is not None:
         parameters["deadline_ms"] = deadline_ms
-    bodies, expected = [], []
+    bodies, expected, header_lengths = [], [], []
     for i in range(min(n // math.gcd(n, rows_per_request), count)):
         rows = [(i * rows_per_request + j) % n for j in range(rows_per_request)]
-        tensor = {
+        tensor: dict[str, Any] = {
             "name": info.input_name,
             "shape": [rows_per_request, info.width],
             "datatype": "FP32",
-            "data": features[rows].ravel().tolist(),
         }
-        bodies.append(json.dumps({"inputs": [tensor], "parameters": parameters}).encode())
+        raw = b""
+        if binary:  # the binary tensor data extension: JSON header, then float32 bytes
+            raw = np.ascontiguousarray(features[rows], dtype="<f4").tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+        else:
+            tensor["data"] = features[rows].ravel().tolist()
+        header = json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
+        bodies.append(header + raw)
+        header_lengths.append(len(header))
         expected.append([labels[r] for r in rows])
-    return bodies, expected
+    return bodies, expected, header_lengths if binary else None

@@ -165,7 +165,13 @@ def _parse_outputs(outputs: Any) -> list[str]:
 
 
 def _parse_input(
-    inputs: Any, *, input_name: str, width: int, max_rows: int, body: bytes
+    inputs: Any,
+    *,
+    input_name: str,
+    width: int,
+    max_rows: int,
+    body: bytes,
+    binary: bytes | None = None,
 ) -> np.ndarray:
     if not isinstance(inputs, list) or not inputs:
         got = "none" if inputs is None or inputs == [] else _type_name(inputs)
@@ -181,7 +187,8 @@ def _parse_input(
             raise InputError(f"inputs[0] needs a string 'name' (expected '{input_name}')")
         raise InputError(f"unknown input '{name}' (expected '{input_name}')")
     where = f"input '{input_name}'"
-    for key in ("shape", "datatype", "data"):
+    binary_size = _binary_size(tensor, where)
+    for key in ("shape", "datatype") if binary_size is not None else ("shape", "datatype", "data"):
         if key not in tensor:
             raise InputError(f"{where}: missing '{key}'")
 
@@ -205,10 +212,49 @@ def _parse_input(
             f"{where}: datatype {json.dumps(datatype)} is not supported "
             f"(allowed: {_ALLOWED_DATATYPES})"
         )
+    if binary_size is not None:
+        return _binary_rows(
+            binary, binary_size, datatype, shape=(n_rows, width), input_name=input_name
+        )
     data = tensor["data"]
     if not isinstance(data, list):
         raise InputError(f"{where}: 'data' must be a list of numbers, got {_type_name(data)}")
     return _to_rows(data, datatype, shape=(n_rows, width), input_name=input_name, body=body)
+
+
+def _binary_size(tensor: dict[str, Any], where: str) -> int | None:
+    """``parameters.binary_data_size`` of an input (binary tensor data extension), if any."""
+    parameters = tensor.get("parameters")
+    if not isinstance(parameters, dict) or "binary_data_size" not in parameters:
+        return None
+    size = parameters["binary_data_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InputError(
+            f"{where}: parameters.binary_data_size must be a byte count, got {json.dumps(size)}"
+        )
+    if "data" in tensor:
+        raise InputError(f"{where}: give either 'data' or parameters.binary_data_size, not both")
+    return size
+
+
+def _binary_rows(
+    binary: bytes | None, size: int, datatype: str, *, shape: tuple[int, int], input_name: str
+) -> np.ndarray:
+    where = f"input '{input_name}'"
+    if binary is None:
+        raise InputError(
+            f"{where}: parameters.binary_data_size needs the binary data after the JSON "
+            "header, and the Inference-Header-Content-Length header saying where it starts"
+        )
+    dtype = np.dtype(_DATATYPES[datatype]).newbyteorder("<")  # the extension is little-endian
+    expected = shape[0] * shape[1] * dtype.itemsize
+    if size != expected or len(binary) != size:
+        raise InputError(
+            f"{where}: shape {list(shape)} of {datatype} needs {expected} bytes; "
+            f"binary_data_size says {size} and {len(binary)} follow the JSON header"
+        )
+    array = np.frombuffer(binary, dtype=dtype).reshape(shape)
+    return validate_batch(array, InputSpec(name=input_name, width=shape[1]))
 
 
 def _to_rows(
@@ -260,11 +306,15 @@ def parse_infer_request(
     tiers: Sequence[str],
     max_rows: int = 4096,
     max_bytes: int = 8 * 2**20,
+    header_length: int | None = None,
 ) -> InferRequest:
     """Parse and validate a v2 ``POST /v2/models/{name}/infer`` body.
 
     Raises ``InputError`` for every client mistake. ``data`` may be flat (row-major) or
-    nested; any real datatype is cast to float32. ``tiers`` are the policy's tier names,
+    nested; any real datatype is cast to float32. With ``header_length`` (the request's
+    ``Inference-Header-Content-Length``) the body is the binary tensor data extension: that
+    many bytes of JSON, then the input's raw little-endian values, announced by its
+    ``parameters.binary_data_size``, in place of ``data``. ``tiers`` are the policy's tier names,
     which ``parameters.max_tier`` must be one of.
 
     Example::
@@ -275,6 +325,16 @@ def parse_infer_request(
         request.rows        # array([[0.5, 1.5]], dtype=float32)
         request.deadline_ms  # 20.0
     """
+    binary: bytes | None = None
+    if header_length is not None:  # binary tensor data extension: JSON header, then bytes
+        if len(body) > max_bytes:
+            raise InputError(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+        if not 0 < header_length <= len(body):
+            raise InputError(
+                f"Inference-Header-Content-Length is {header_length}, but the body has "
+                f"{len(body)} bytes"
+            )
+        body, binary = body[:header_length], body[header_length:]
     document = _parse_json(body, max_bytes)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -282,7 +342,12 @@ def parse_infer_request(
     deadline_ms, max_tier, trace = _parse_parameters(document.get("parameters"), tiers)
     output_names = _parse_outputs(document.get("outputs"))
     rows = _parse_input(
-        document.get("inputs"), input_name=input_name, width=width, max_rows=max_rows, body=body
+        document.get("inputs"),
+        input_name=input_name,
+        width=width,
+        max_rows=max_rows,
+        body=body,
+        binary=binary,
     )
     return InferRequest(
         id=request_id,

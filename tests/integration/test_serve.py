@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -390,3 +391,26 @@ def test_deadlines_are_never_answered_late_and_gears_engage_under_load(
             assert (d["reason"], d["degraded"]) in {("confident", False), ("max_tier", True)}
     finally:
         serve.delete("resilient")
+
+
+def test_binary_tensor_data_gets_the_same_answer_as_json(base_url: str) -> None:
+    rows = np.asarray(load_dataset("digits").test.X[:8], dtype=np.float32)
+    raw = rows.astype("<f4").tobytes()
+    tensor = {"name": "input", "shape": [8, 64], "datatype": "FP32",
+              "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
+    header = json.dumps({"inputs": [tensor]}).encode()
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        binary = client.post(
+            "/v2/models/digits/infer",
+            content=header + raw,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+        plain = client.post("/v2/models/digits/infer", json=_body(rows))
+        bad = client.post(
+            "/v2/models/digits/infer",
+            content=header + raw[:-4],
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+    assert binary.status_code == 200, binary.text
+    assert binary.json()["outputs"] == plain.json()["outputs"]
+    assert bad.status_code == 400 and "needs 2048 bytes" in bad.json()["error"]

@@ -467,3 +467,25 @@ def test_the_compact_summary_of_an_untraced_answer_is_read() -> None:
                        "gear": "brownout"},
     }  # fmt: skip
     assert _score(body, ["1", "2", "0"]) == (2, 2, ("tiny", "large", "tiny"), "brownout")
+
+
+def test_binary_bodies_carry_the_rows_after_a_json_header() -> None:
+    import json as json_module
+
+    from cascade.bench import ModelInfo
+    from cascade.bench._loadgen import _requests
+
+    features = np.arange(30, dtype=np.float32).reshape(10, 3) / 7
+    info = ModelInfo(name="m", input_name="x", width=3, classes=None)
+    labels = [str(i % 2) for i in range(10)]
+    bodies, expected, lengths = _requests(features, labels, info, 4, 50.0, count=3, binary=True)
+    assert lengths is not None and len(bodies) == len(lengths) == 3
+    header = json_module.loads(bodies[1][: lengths[1]])
+    (tensor,) = header["inputs"]
+    assert tensor["shape"] == [4, 3] and "data" not in tensor
+    assert tensor["parameters"] == {"binary_data_size": 48}
+    assert header["parameters"] == {"trace": False, "deadline_ms": 50.0}
+    rows = np.frombuffer(bodies[1][lengths[1] :], dtype="<f4").reshape(4, 3)
+    np.testing.assert_array_equal(rows, features[[4, 5, 6, 7]])
+    assert expected[1] == [labels[i] for i in (4, 5, 6, 7)]
+    assert _requests(features, labels, info, 4, None, count=3)[2] is None  # JSON numbers

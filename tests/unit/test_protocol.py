@@ -407,3 +407,49 @@ def test_policy_hash_is_stable_and_sensitive() -> None:
 
 def test_error_body() -> None:
     assert error_body("bad") == {"error": "bad"}
+
+
+# --- binary tensor data extension ---------------------------------------------------------
+
+
+def binary_body(
+    values: np.ndarray, *, datatype: str = "FP32", size: int | None = None
+) -> tuple[bytes, int]:
+    raw = values.astype(values.dtype.newbyteorder("<")).tobytes()
+    tensor = {"name": "input", "shape": list(values.shape), "datatype": datatype,
+              "parameters": {"binary_data_size": len(raw) if size is None else size}}  # fmt: skip
+    header = json.dumps({"inputs": [tensor], "parameters": {"deadline_ms": 20}}).encode()
+    return header + raw, len(header)
+
+
+def test_binary_data_gives_the_same_rows_as_json() -> None:
+    values = np.arange(2 * WIDTH, dtype=np.float32).reshape(2, WIDTH) / 3
+    body, header = binary_body(values)
+    request = parse(body, header_length=header)
+    np.testing.assert_array_equal(request.rows, values)
+    assert request.deadline_ms == 20
+    json_request = parse(body_of(data=values.ravel().tolist()))
+    np.testing.assert_array_equal(request.rows, json_request.rows)
+    ints, header = binary_body(
+        np.arange(2 * WIDTH, dtype=np.int16).reshape(2, WIDTH), datatype="INT16"
+    )
+    assert parse(ints, header_length=header).rows.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_binary_data_mistakes_are_400s() -> None:
+    values = np.ones((2, WIDTH), dtype=np.float32)
+    body, header = binary_body(values)
+    fails(body[:-4], "shape [2, 4] of FP32 needs 32 bytes; binary_data_size says 32 and 28 "
+          "follow the JSON header", header_length=header)  # fmt: skip
+    wrong, header = binary_body(values, size=16)
+    fails(wrong, "binary_data_size says 16", header_length=header)
+    fails(body, "Inference-Header-Content-Length is 9999, but the body has",
+          header_length=9999)  # fmt: skip
+    fails(body[:header], "needs the binary data after the JSON header")  # no header length
+    nan = values.copy()
+    nan[1, 2] = np.nan
+    body, header = binary_body(nan)
+    fails(body, "non-finite values", header_length=header)
+    both = json.loads(binary_body(values)[0][:header])
+    both["inputs"][0]["data"] = [1.0] * 8
+    fails(json.dumps(both).encode(), "give either 'data' or parameters.binary_data_size")
