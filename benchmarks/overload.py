@@ -1,6 +1,6 @@
 """Overload: always-large, the cascade, and the cascade with gears, at 2x and 4x large's capacity.
 
-    python benchmarks/overload.py [--seconds 30] [--rows 64] [--deadline-ms 1000]
+    python benchmarks/overload.py [--seconds 60] [--rows 64] [--deadline-ms 1000]
 
 Covertype (small inline, large as a deployment, the shipped calibrated policy), requests of
 ``--rows`` rows each, sent as the binary tensor data extension (``--json-numbers``: as
@@ -123,7 +123,7 @@ async def _capacity(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30.0, help="per configuration and rate")
+    parser.add_argument("--seconds", type=float, default=60.0, help="per configuration and rate")
     parser.add_argument("--rows", type=int, default=64, help="rows per request")
     parser.add_argument("--deadline-ms", type=float, default=1000.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
