@@ -360,7 +360,8 @@ class Ingress:
             self.metrics.shed.inc(1, {"model": name, "why": "admission"})
             return _unavailable(refusal)
         served.in_flight += 1
-        served.shifter.update(served.in_flight)
+        if served.policy.gears:  # no gears: nothing to shift, and no cost per request
+            served.shifter.update(served.in_flight)
         try:
             probabilities, decisions = await served.coalescer.submit(
                 parsed.rows, deadline_ms=parsed.deadline_ms, max_tier=parsed.max_tier
@@ -380,7 +381,8 @@ class Ingress:
             return _unavailable(
                 f"deadline_ms={parsed.deadline_ms:g} passed: the answer took {elapsed_ms:.1f} ms"
             )
-        self.metrics.gear.set(served.shifter.state.index, {"model": name})
+        if served.policy.gears:
+            self.metrics.gear.set(served.shifter.state.index, {"model": name})
         self.metrics.record(name, decisions, elapsed_ms)
         body = build_infer_response(
             model_name=name,
