@@ -646,7 +646,10 @@ def test_a_failed_escalation_falls_back_to_the_answer_already_computed() -> None
     assert result.decisions[2].to_dict()["steps"][-1]["error"] == failed.error
 
 
-def test_a_slow_tier_times_out_and_the_row_falls_back() -> None:
+def hanging_large(
+    latency_ms: dict[str, float], **large: Any
+) -> tuple[Engine, dict[str, FakeModel]]:
+    """tiny -> large, where large sleeps 5 s of real time before answering."""
     clock = FakeClock()
     models = {
         "tiny": backend(TINY, clock, 1.0),
@@ -656,13 +659,12 @@ def test_a_slow_tier_times_out_and_the_row_falls_back() -> None:
         "kind": "confidence",
         "chain": [{"tier": "tiny", "threshold": 0.9}, {"tier": "large"}],
     }
-    engine = Engine(
-        policy(routing, tiers=("tiny", "large"), large={"timeout_ms": 20}),
-        models,
-        costs=COSTS,
-        latency_ms=TIMES,
-        clock=clock,
-    )
+    p = policy(routing, tiers=("tiny", "large"), large=large)
+    return Engine(p, models, costs=COSTS, latency_ms=latency_ms, clock=clock), models
+
+
+def test_a_slow_tier_times_out_and_the_row_falls_back() -> None:
+    engine, _ = hanging_large(TIMES, timeout_ms=20)
     result = asyncio.run(engine.run(rows_for(6)))
     escalated = [d for d in result.decisions if d.reason == "fallback"]
     assert len(escalated) == 4 and {d.answered_by for d in escalated} == {"tiny"}
@@ -670,17 +672,7 @@ def test_a_slow_tier_times_out_and_the_row_falls_back() -> None:
 
 
 def test_a_deadline_caps_the_call_and_applies_to_confidence_routing() -> None:
-    clock = FakeClock()
-    models = {
-        "tiny": backend(TINY, clock, 1.0),
-        "large": backend(LARGE, clock, 1.0, latency_s=5.0),
-    }
-    routing = {
-        "kind": "confidence",
-        "chain": [{"tier": "tiny", "threshold": 0.9}, {"tier": "large"}],
-    }
-    engine = Engine(policy(routing, tiers=("tiny", "large")), models, costs=COSTS,
-                    latency_ms={"tiny": 1.0, "large": 2.0}, clock=clock)  # fmt: skip
+    engine, models = hanging_large({"tiny": 1.0, "large": 2.0})
     # rows 0-2: 50 ms (large fits its 2 ms estimate, then hangs: cut at the deadline);
     # rows 3-5: 2.5 ms (after tiny's 1 ms, large's 2 ms does not fit: not started)
     result = asyncio.run(engine.run(rows_for(6), deadlines_ms=[50.0] * 3 + [2.5] * 3))
