@@ -11,9 +11,10 @@
 
 Single-row requests from the digits test split, over loopback, bounded in count and time:
 p50/p99 at concurrency 1 and throughput at concurrency 16 (32 for d). Every app is deployed
-at once and the rounds interleave the configurations, so slow spells of this shared machine
-fall on all of them alike; a figure is the median over rounds (latency percentiles over the
-pooled requests). Same Serve settings for every configuration (max_ongoing_requests 64).
+at once; at concurrency 1 the configurations take turns request by request, and the rounds
+interleave the throughput runs, so slow spells of this shared machine fall on all of them
+alike; a throughput figure is the median over rounds (latency percentiles over the pooled
+requests). Same Serve settings for every configuration (max_ongoing_requests 64).
 Writes ``benchmarks/results/serve_latency.json``.
 """
 
@@ -97,17 +98,25 @@ def _body(row: np.ndarray) -> dict[str, Any]:
                         "data": row.tolist()}], "parameters": {"trace": False}}  # fmt: skip
 
 
-async def _latency(url: str, rows: np.ndarray, n: int) -> list[float]:
-    """Milliseconds of ``n`` sequential requests (after a warm-up)."""
+async def _latency(urls: dict[str, str], rows: np.ndarray, n: int) -> dict[str, list[float]]:
+    """Milliseconds of ``n`` sequential requests to each url (after a warm-up).
+
+    The configurations take turns request by request, in a rotating order, so a slow spell
+    of this shared machine falls on all of them alike rather than on one block of requests.
+    """
+    names = list(urls)
+    times: dict[str, list[float]] = {name: [] for name in names}
     async with httpx.AsyncClient(timeout=30) as client:
-        for row in rows[:20]:  # warm-up
-            (await client.post(url, json=_body(row))).raise_for_status()
-        times = []
+        for name in names:
+            for row in rows[:20]:  # warm-up
+                (await client.post(urls[name], json=_body(row))).raise_for_status()
         for i in range(n):
-            start = time.perf_counter()
-            response = await client.post(url, json=_body(rows[i % len(rows)]))
-            times.append((time.perf_counter() - start) * 1000)
-            response.raise_for_status()
+            shift = i % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                response = await client.post(urls[name], json=_body(rows[i % len(rows)]))
+                times[name].append((time.perf_counter() - start) * 1000)
+                response.raise_for_status()
     return times
 
 
@@ -246,14 +255,15 @@ def main() -> None:
             serve.run(app, name=f"app{k}", route_prefix=f"/app{k}")
             urls[name] = f"{base}/app{k}{path}".rstrip("/")
         for r in range(args.rounds):
+            times = asyncio.run(_latency(urls, rows, args.requests))
             for name, _, _, concurrency in plans:
-                times = asyncio.run(_latency(urls[name], rows, args.requests))
-                samples[name].extend(times)
+                samples[name].extend(times[name])
                 rps[name].append(
                     asyncio.run(_throughput(urls[name], rows, concurrency, args.seconds))
                 )
-                print(f"round {r + 1}/{args.rounds} {name}: p50 {statistics.median(times):.2f} "
-                      f"ms, {rps[name][-1]:.0f} req/s", file=sys.stderr)  # fmt: skip
+                print(f"round {r + 1}/{args.rounds} {name}: p50 "
+                      f"{statistics.median(times[name]):.2f} ms, {rps[name][-1]:.0f} req/s",
+                      file=sys.stderr)  # fmt: skip
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -1,7 +1,8 @@
 """Serving core shared by the Ray ingress and the plain ASGI edge: no Ray in here.
 
-The Open Inference Protocol (KServe v2) request/response layer, and the coalescer that
-merges concurrent requests into engine batches.
+The Open Inference Protocol (KServe v2) request/response layer, the coalescer that
+merges concurrent requests into engine batches, and the framework-free HTTP service
+(routes, errors, admission, decision trace) that every runtime puts behind its server.
 
 Example::
 
@@ -14,6 +15,7 @@ Example::
 from __future__ import annotations
 
 from cascade.serving._coalescer import Coalescer
+from cascade.serving._openapi import openapi_document
 from cascade.serving._protocol import (
     OUTPUT_NAMES,
     InferRequest,
@@ -23,14 +25,30 @@ from cascade.serving._protocol import (
     parse_infer_request,
     policy_hash,
 )
+from cascade.serving._served import RemoteFactory, ServedModel
+from cascade.serving._service import (
+    HttpReply,
+    InferenceService,
+    PolicyText,
+    ServiceMetrics,
+    unavailable,
+)
 
 __all__ = [
     "OUTPUT_NAMES",
     "Coalescer",
+    "HttpReply",
     "InferRequest",
+    "InferenceService",
+    "PolicyText",
+    "RemoteFactory",
+    "ServedModel",
+    "ServiceMetrics",
     "build_infer_response",
     "error_body",
     "model_metadata",
+    "openapi_document",
     "parse_infer_request",
     "policy_hash",
+    "unavailable",
 ]

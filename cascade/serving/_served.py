@@ -1,0 +1,128 @@
+"""One policy as served: its engine, coalescer, gear shifter and metadata.
+
+Shared by every runtime. Tiers placed ``inline`` run in this process through onnxruntime;
+the runtime supplies a backend for every other tier (a Ray ``DeploymentHandle`` wrapper, a
+remote HTTP endpoint, ...) through ``remote``: a factory per tier name that gets the input
+spec of the local models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cascade.backends import InputSpec, Model, OnnxModel
+from cascade.evaluate import resolve_tiers
+from cascade.load import Gear, GearShifter
+from cascade.policy import LoadedPolicy, Policy
+from cascade.routing import Engine
+from cascade.serving._coalescer import Coalescer
+from cascade.serving._protocol import policy_hash
+
+__all__ = ["RemoteFactory", "ServedModel"]
+
+RemoteFactory = Callable[[InputSpec], Model]
+
+
+class ServedModel:
+    """A loaded policy ready to answer: engine, coalescer, gears and what metadata reports.
+
+    Example::
+
+        served = ServedModel(load_policy("policies/digits.yaml"), remote={}, coalesce_ms=2)
+        probabilities, decisions = await served.coalescer.submit(rows)
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedPolicy,
+        *,
+        remote: Mapping[str, RemoteFactory],
+        coalesce_ms: float = 2.0,
+    ) -> None:
+        policy = loaded.policy
+        tiers = resolve_tiers(loaded)
+        local = {
+            name: OnnxModel(tiers[name].path, providers=tier.providers)
+            for name, tier in policy.tiers.items()
+            if name not in remote
+        }
+        # The input spec from a session this process runs anyway; only a policy of remote
+        # tiers alone needs one loaded here just to read it.
+        first = next(iter(local.values()), None) or OnnxModel(next(iter(tiers.values())).path)
+        self.spec = first.input_spec
+        backends: dict[str, Model] = dict(local)
+        for name, factory in remote.items():
+            backends[name] = factory(self.spec)
+        card = next((t.card for t in tiers.values() if t.card is not None), None)
+        self.classes = list(card.classes) if card is not None else None
+        self.n_classes = len(self.classes) if self.classes else first.n_classes
+        self.engine = Engine(
+            policy,
+            backends,
+            costs={n: t.cost for n, t in tiers.items()},
+            latency_ms={n: t.latency_ms for n, t in tiers.items()},
+            base_dir=loaded.base_dir,
+        )
+        self.coalescer = Coalescer(
+            lambda rows, deadlines, caps: self.engine.run(
+                rows, deadlines_ms=deadlines, max_tiers=caps, gear=self.shifter.gear.name
+            ),
+            max_wait_ms=coalesce_ms,
+        )
+        self.in_flight = 0  # requests inside this process: the load the gears follow
+        self.policy: Policy | None = None
+        self.set_policy(policy)
+
+    @property
+    def tiers(self) -> list[str]:
+        assert self.policy is not None
+        return list(self.policy.tiers)
+
+    def same_tiers(self, policy: Policy) -> bool:
+        """Whether ``policy`` has exactly these tiers, so it can swap in without a rebuild."""
+        return self.policy is not None and self.policy.tiers == policy.tiers
+
+    def set_policy(self, policy: Policy) -> None:
+        """Take ``policy`` (same tiers) from the next batch on; the gear restarts at normal."""
+        if self.policy is not None:
+            self.engine.replace_policy(policy)
+        self.policy = policy
+        self.version = policy_hash(policy)
+        gears = [Gear("normal", 0.0)] + [
+            Gear(g.name, float(g.queue_depth_at_least), g.max_tier, g.threshold_shift)
+            for g in policy.gears
+        ]
+        self.shifter = GearShifter(
+            gears, hysteresis=policy.gear_hysteresis, hold_s=policy.gear_hold_s
+        )
+
+    def admit(self, deadline_ms: float | None) -> str | None:
+        """Why a request with this deadline cannot be answered in time now, or ``None``.
+
+        The cheapest path is the first tier, after the batch running now (if any): when even
+        that is predicted to end past the deadline, shedding at once beats answering late.
+        """
+        if deadline_ms is None:
+            return None
+        first = self.engine.latency_estimate(self.engine.first_tier)
+        wait = (self.coalescer.batch_ms or 0.0) if self.coalescer.busy else 0.0
+        if first + wait <= deadline_ms:
+            return None
+        return (
+            f"cannot answer within deadline_ms={deadline_ms:g}: the cheapest path "
+            f"('{self.engine.first_tier}') needs about {first + wait:.1f} ms now"
+        )
+
+    def load(self) -> dict[str, Any]:
+        """The load state metadata reports: gear, requests in flight, breaker states."""
+        assert self.policy is not None
+        return {
+            "gear": self.shifter.gear.name,
+            "in_flight": self.in_flight,
+            "breakers": {
+                tier: breaker.state
+                for tier in self.policy.tiers
+                if (breaker := self.engine.breaker(tier)) is not None
+            },
+        }

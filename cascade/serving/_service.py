@@ -1,0 +1,331 @@
+"""The HTTP service: Open Inference Protocol v2 routes over served policies, framework-free.
+
+One object answers ``(method, path, headers, body)`` with an :class:`HttpReply`. The Ray
+ingress calls it from its ``__call__``, a plain ASGI server from its app: the routes, errors,
+admission and decision trace exist once. No web framework sits on the request path: on this
+machine FastAPI's routing and middleware cost about 6 % of a served request's latency, as
+much as the whole cascade engine.
+
+Routes::
+
+    GET  /v2/health/live    GET /v2/health/ready    GET /openapi.json
+    GET  /v2/models/{name}  GET /v2/models/{name}/ready
+    POST /v2/models/{name}/infer
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cascade.errors import CascadeError, CircuitOpen, InputError
+from cascade.policy import parse_policy
+from cascade.serving._protocol import (
+    build_infer_response,
+    error_body,
+    model_metadata,
+    parse_infer_request,
+)
+from cascade.serving._served import RemoteFactory, ServedModel
+
+__all__ = ["HttpReply", "InferenceService", "PolicyText", "ServiceMetrics", "unavailable"]
+
+_JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    """What a route answers: status, body bytes and headers (content type included)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=lambda: {"content-type": _JSON})
+
+    @classmethod
+    def json(cls, document: Any, status: int = 200, **headers: str) -> HttpReply:
+        return cls(status, json.dumps(document).encode(), {"content-type": _JSON, **headers})
+
+    @classmethod
+    def error(cls, message: str, status: int, **headers: str) -> HttpReply:
+        return cls.json(error_body(message), status, **headers)
+
+
+class ServiceMetrics(Protocol):
+    """Where a runtime exports what the service counts (Ray metrics, Prometheus text, ...)."""
+
+    def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
+        """One answered request: its rows' decisions and its time inside the service."""
+
+    def shed(self, model: str, why: str) -> None:
+        """One request refused with a 503: ``admission``, ``late`` or ``body``."""
+
+    def gear(self, model: str, index: int) -> None:
+        """The gear engaged now (0: normal)."""
+
+
+class _NoMetrics:
+    def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
+        pass
+
+    def shed(self, model: str, why: str) -> None:
+        pass
+
+    def gear(self, model: str, index: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PolicyText:
+    """A policy file as shipped to a server: its path (for relative model paths) and text."""
+
+    path: str
+    text: str
+
+
+def unavailable(message: str, *, retry_after_s: float = 1.0) -> HttpReply:
+    """A 503 with Retry-After: overload, a failed first tier, or a deadline out of reach."""
+    return HttpReply.error(message, 503, **{"retry-after": str(max(1, math.ceil(retry_after_s)))})
+
+
+Body = Callable[[], Awaitable[bytes]]
+_Handler = Callable[..., Awaitable[HttpReply]]
+
+
+class InferenceService:
+    """Open Inference Protocol v2 over one or more served policies, one model name each.
+
+    Example::
+
+        service = InferenceService(max_rows=4096, max_body_bytes=8 << 20)
+        service.apply_policies([PolicyText(path, Path(path).read_text())], remote=lambda p: {})
+        reply = await service.handle("POST", "/v2/models/digits/infer", headers, read_body)
+    """
+
+    def __init__(
+        self,
+        *,
+        max_rows: int = 4096,
+        max_body_bytes: int = 8 * 2**20,
+        coalesce_ms: float = 2.0,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.max_rows = max_rows
+        self.max_body_bytes = max_body_bytes
+        self.coalesce_ms = coalesce_ms
+        self.metrics: ServiceMetrics = metrics or _NoMetrics()
+        self.models: dict[str, ServedModel] = {}
+        self.reload_errors: dict[str, str] = {}
+        self._routes: list[tuple[str, re.Pattern[str], _Handler]] = [
+            ("GET", re.compile(r"/v2/health/live"), self._live),
+            ("GET", re.compile(r"/v2/health/ready"), self._ready),
+            ("GET", re.compile(r"/v2/models/([^/]+)"), self._metadata),
+            ("GET", re.compile(r"/v2/models/([^/]+)/ready"), self._model_ready),
+            ("POST", re.compile(r"/v2/models/([^/]+)/infer"), self._infer),
+            ("GET", re.compile(r"/openapi\.json"), self._openapi),
+        ]
+
+    # ---- policies ----------------------------------------------------------------------
+
+    def apply_policies(
+        self,
+        policies: list[PolicyText],
+        *,
+        remote: Callable[[str], Mapping[str, RemoteFactory]],
+    ) -> None:
+        """Serve ``policies``: new thresholds swap in without rebuilding the engine.
+
+        ``remote(policy_name)`` gives the backends of that policy's tiers that do not run
+        here. A policy that does not validate is refused and the one serving stays; the
+        error is reported in that model's metadata. Never raises: a failed reload must not
+        take down the good policies this service answers for.
+        """
+        for item in policies:
+            path = Path(item.path)
+            try:
+                loaded = parse_policy(
+                    item.text, source=str(path), base_dir=path.parent, check_files=True
+                )
+                name = loaded.policy.name
+                current = self.models.get(name)
+                if current is not None and current.same_tiers(loaded.policy):
+                    current.set_policy(loaded.policy)
+                else:
+                    self.models[name] = ServedModel(
+                        loaded, remote=remote(name), coalesce_ms=self.coalesce_ms
+                    )
+                self.reload_errors.pop(str(path), None)
+            except CascadeError as exc:
+                self.reload_errors[str(path)] = str(exc)
+
+    # ---- dispatch ----------------------------------------------------------------------
+
+    async def handle(
+        self, method: str, path: str, headers: Mapping[str, str], body: Body
+    ) -> HttpReply:
+        """Answer one request. ``headers`` are looked up by lower-case name."""
+        path = path.rstrip("/") or "/"
+        allowed = []
+        for route_method, pattern, handler in self._routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            if method == route_method or (method == "HEAD" and route_method == "GET"):
+                return await handler(*match.groups(), headers=headers, body=body)
+            allowed.append(route_method)
+        if allowed:
+            return HttpReply.error(
+                f"method {method} is not allowed on {path} (allowed: {', '.join(allowed)})",
+                405,
+                allow=", ".join(allowed),
+            )
+        return HttpReply.error(f"no route {path} (see /openapi.json)", 404)
+
+    def _model(self, name: str) -> ServedModel | HttpReply:
+        served = self.models.get(name)
+        if served is None:
+            known = ", ".join(sorted(self.models))
+            return HttpReply.error(f"unknown model '{name}' (models: {known})", 404)
+        return served
+
+    # ---- routes ------------------------------------------------------------------------
+
+    async def _live(self, **_: Any) -> HttpReply:
+        return HttpReply.json({"live": True})
+
+    async def _ready(self, **_: Any) -> HttpReply:
+        return HttpReply.json({"ready": bool(self.models)})
+
+    async def _model_ready(self, name: str, **_: Any) -> HttpReply:
+        served = self._model(name)
+        if isinstance(served, HttpReply):
+            return served
+        return HttpReply.json({"name": name, "ready": True})
+
+    async def _metadata(self, name: str, **_: Any) -> HttpReply:
+        served = self._model(name)
+        if isinstance(served, HttpReply):
+            return served
+        assert served.policy is not None
+        return HttpReply.json(
+            model_metadata(
+                name=name,
+                version=served.version,
+                input_name=served.spec.name,
+                width=served.spec.width or 0,
+                n_classes=served.n_classes,
+                classes=served.classes,
+                policy_hash=served.version,
+                extra={
+                    "routing": served.policy.routing.kind,
+                    "tiers": served.tiers,
+                    "reload_errors": sorted(self.reload_errors.values()),
+                    "load": served.load(),
+                },
+            )
+        )
+
+    async def _openapi(self, **_: Any) -> HttpReply:
+        from cascade.serving._openapi import openapi_document
+
+        return HttpReply.json(openapi_document(sorted(self.models)))
+
+    async def _infer(self, name: str, *, headers: Mapping[str, str], body: Body) -> HttpReply:
+        began = time.perf_counter()
+        served = self._model(name)
+        if isinstance(served, HttpReply):
+            return served
+        assert served.policy is not None
+        try:
+            raw = await body()
+        except Exception as exc:  # e.g. Ray's TaskCancelledError, under overload
+            # Under overload the proxy may give up streaming a body it no longer has a client
+            # for; that is the service's state, not the client's mistake, and no 500.
+            self.metrics.shed(name, "body")
+            return unavailable(f"request body could not be read: {type(exc).__name__}")
+        try:
+            parsed = parse_infer_request(
+                raw,
+                header_length=_header_length(headers),
+                input_name=served.spec.name,
+                width=served.spec.width or 0,
+                tiers=served.tiers,
+                max_rows=self.max_rows,
+                max_bytes=self.max_body_bytes,
+            )
+            if parsed.max_tier is not None:
+                served.engine.check_max_tier(parsed.max_tier)
+        except InputError as exc:
+            return HttpReply.error(str(exc), 400)
+        refusal = served.admit(parsed.deadline_ms)
+        if refusal is not None:
+            self.metrics.shed(name, "admission")
+            return unavailable(refusal)
+        gears = bool(served.policy.gears)
+        served.in_flight += 1
+        if gears:  # no gears: nothing to shift, and no cost per request
+            served.shifter.update(served.in_flight)
+        try:
+            probabilities, decisions = await served.coalescer.submit(
+                parsed.rows, deadline_ms=parsed.deadline_ms, max_tier=parsed.max_tier
+            )
+        except InputError as exc:
+            return HttpReply.error(str(exc), 400)
+        except CircuitOpen as exc:
+            return unavailable(f"model '{name}' failed: {exc}", retry_after_s=exc.retry_after_s)
+        except (TimeoutError, CascadeError) as exc:
+            return unavailable(f"model '{name}' failed: {exc}")
+        finally:
+            served.in_flight -= 1
+        elapsed_ms = (time.perf_counter() - began) * 1000
+        if parsed.deadline_ms is not None and elapsed_ms > parsed.deadline_ms:
+            # never a late answer as a normal 200: the client has given up on it by now
+            self.metrics.shed(name, "late")
+            return unavailable(
+                f"deadline_ms={parsed.deadline_ms:g} passed: the answer took {elapsed_ms:.1f} ms"
+            )
+        if gears:
+            self.metrics.gear(name, served.shifter.state.index)
+        self.metrics.record(name, decisions, elapsed_ms)
+        document = build_infer_response(
+            model_name=name,
+            model_version=served.version,
+            request_id=parsed.id,
+            probabilities=probabilities,
+            labels=probabilities.argmax(axis=1),
+            classes=served.classes,
+            decisions=[d.to_dict() for d in decisions] if parsed.trace else None,
+            output_names=parsed.output_names,
+            summary={
+                "answered_by": [d.answered_by for d in decisions],
+                "degraded": [d.degraded for d in decisions],
+                "gear": decisions[0].gear or "normal",
+            },
+        )
+        return HttpReply.json(document)
+
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        """``(method, path pattern)`` of every route, ``{name}`` for the model name."""
+        return [
+            (method, pattern.pattern.replace("([^/]+)", "{name}").replace("\\.", "."))
+            for method, pattern, _ in self._routes
+        ]
+
+
+def _header_length(headers: Mapping[str, str]) -> int | None:
+    """The binary tensor data extension's ``Inference-Header-Content-Length``, if sent."""
+    value = headers.get("inference-header-content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(
+            f"Inference-Header-Content-Length must be a byte count, got {value!r}"
+        ) from None

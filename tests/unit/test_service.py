@@ -1,0 +1,203 @@
+"""The framework-free HTTP service: routes, errors, reloads, remote tiers, OpenAPI. No Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cascade.backends import FakeModel, InputSpec
+from cascade.errors import BackendError
+from cascade.serving import HttpReply, InferenceService, PolicyText
+from cascade.zoo import ModelCard, load_dataset
+
+
+def _policy_text(models: Path, *, threshold: float = 0.9, name: str = "digits") -> str:
+    return (
+        f"name: {name}\nallow_outside_paths: true\ntiers:\n"
+        f"  tiny: {{model: {models / 'tiny.onnx'}}}\n"
+        f"  large: {{model: {models / 'large.onnx'}, placement: deployment}}\n"
+        "routing:\n  kind: confidence\n  chain:\n"
+        f"    - {{tier: tiny, threshold: {threshold}}}\n    - {{tier: large}}\n"
+    )
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
+        self.events.append(("record", model, str(len(decisions))))
+
+    def shed(self, model: str, why: str) -> None:
+        self.events.append(("shed", model, why))
+
+    def gear(self, model: str, index: int) -> None:
+        self.events.append(("gear", model, str(index)))
+
+
+def _remote(failing: bool = False) -> Any:
+    """The `large` tier as a remote backend: a fake that answers class 3, or fails."""
+
+    def factory(spec: InputSpec) -> FakeModel:
+        error = BackendError("large is down") if failing else None
+        answer = np.eye(10, dtype=np.float32)[[3]]
+        return FakeModel(
+            lambda rows: np.repeat(answer, len(rows), axis=0),
+            width=spec.width,
+            name="large",
+            fail_with=error,
+        )
+
+    return lambda policy: {"large": factory}
+
+
+@pytest.fixture
+def service(digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path) -> InferenceService:
+    models, _ = digits_zoo
+    path = tmp_path / "digits.yaml"
+    path.write_text(_policy_text(models))
+    svc = InferenceService(max_rows=8, max_body_bytes=4096, metrics=_Recorder())
+    svc.apply_policies([PolicyText(str(path), path.read_text())], remote=_remote())
+    return svc
+
+
+def _call(
+    svc: InferenceService,
+    method: str,
+    path: str,
+    body: bytes | dict[str, Any] = b"",
+    headers: dict[str, str] | None = None,
+) -> tuple[HttpReply, Any]:
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+
+    async def read() -> bytes:
+        return raw
+
+    reply = asyncio.run(svc.handle(method, path, headers or {}, read))
+    return reply, json.loads(reply.body)
+
+
+def _infer_body(rows: np.ndarray, **parameters: Any) -> dict[str, Any]:
+    tensor = {"name": "input", "shape": list(rows.shape), "datatype": "FP32",
+              "data": rows.ravel().tolist()}  # fmt: skip
+    return {"inputs": [tensor], "parameters": parameters}
+
+
+def test_health_metadata_and_ready(service: InferenceService) -> None:
+    assert _call(service, "GET", "/v2/health/live")[1] == {"live": True}
+    assert _call(service, "GET", "/v2/health/ready")[1] == {"ready": True}
+    assert _call(service, "GET", "/v2/models/digits/ready")[1] == {"name": "digits", "ready": True}
+    reply, meta = _call(service, "GET", "/v2/models/digits/")
+    assert reply.status == 200
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert meta["parameters"]["tiers"] == ["tiny", "large"]
+    assert meta["parameters"]["load"] == {
+        "gear": "normal",
+        "in_flight": 0,
+        "breakers": {"tiny": "closed", "large": "closed"},
+    }
+
+
+def test_infer_escalates_uncertain_rows_to_the_remote_tier(service: InferenceService) -> None:
+    rows = np.asarray(load_dataset("digits").test.X[:8], dtype=np.float32)
+    reply, body = _call(service, "POST", "/v2/models/digits/infer", _infer_body(rows, trace=True))
+    assert reply.status == 200, body
+    answered = body["parameters"]["answered_by"]
+    labels = next(o for o in body["outputs"] if o["name"] == "label")["data"]
+    assert len(answered) == len(labels) == 8
+    # the fake large tier always says 3: every row it answered carries 3
+    assert all(
+        label == "3" for label, tier in zip(labels, answered, strict=True) if tier == "large"
+    )
+    assert len(body["parameters"]["decisions"]) == 8
+    assert ("record", "digits", "8") in service.metrics.events  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "match"),
+    [
+        ("POST", "/v2/models/nope/infer", b"{}", 404, "unknown model 'nope' (models: digits)"),
+        ("POST", "/v2/models/digits/infer", b"{not json", 400, "not valid JSON"),
+        ("POST", "/v2/models/digits/infer", b"[1]", 400, "must be a JSON object"),
+        ("POST", "/v2/models/digits/infer", b"x" * 5000, 400, "the limit is 4096"),
+        ("GET", "/v2/models/digits/infer", b"", 405, "allowed: POST"),
+        ("GET", "/v3/anything", b"", 404, "no route /v3/anything"),
+    ],
+)
+def test_errors_are_json_with_the_right_status(
+    service: InferenceService, method: str, path: str, body: bytes, status: int, match: str
+) -> None:
+    reply, document = _call(service, method, path, body)
+    assert reply.status == status
+    assert match in document["error"]
+
+
+def test_too_many_rows_nan_and_bad_max_tier_are_400(service: InferenceService) -> None:
+    rows = np.zeros((9, 64), np.float32)
+    assert "the limit is 8" in _call(service, "POST", "/v2/models/digits/infer",
+                                     _infer_body(rows))[1]["error"]  # fmt: skip
+    rows = np.zeros((1, 64), np.float32)
+    rows[0, 3] = np.nan
+    reply, document = _call(service, "POST", "/v2/models/digits/infer", _infer_body(rows))
+    assert reply.status == 400 and "NaN" in document["error"]
+    reply, document = _call(
+        service, "POST", "/v2/models/digits/infer", _infer_body(rows[:, :] * 0, max_tier="huge")
+    )
+    assert reply.status == 400 and "huge" in document["error"]
+
+
+def test_a_failing_remote_tier_degrades_and_never_500s(
+    digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path
+) -> None:
+    models, _ = digits_zoo
+    path = tmp_path / "digits.yaml"
+    path.write_text(_policy_text(models, threshold=1.0))  # every row escalates
+    svc = InferenceService()
+    svc.apply_policies([PolicyText(str(path), path.read_text())], remote=_remote(failing=True))
+    rows = np.asarray(load_dataset("digits").test.X[:4], dtype=np.float32)
+    reply, body = _call(svc, "POST", "/v2/models/digits/infer", _infer_body(rows))
+    assert reply.status == 200
+    assert body["parameters"]["answered_by"] == ["tiny"] * 4
+    assert body["parameters"]["degraded"] == [True] * 4
+
+
+def test_an_unreadable_body_is_a_503_not_a_500(service: InferenceService) -> None:
+    async def broken() -> bytes:
+        raise ConnectionResetError("client went away")
+
+    reply = asyncio.run(service.handle("POST", "/v2/models/digits/infer", {}, broken))
+    assert reply.status == 503 and reply.headers["retry-after"] == "1"
+    assert ("shed", "digits", "body") in service.metrics.events  # type: ignore[attr-defined]
+
+
+def test_reload_swaps_thresholds_and_refuses_a_bad_policy(
+    service: InferenceService, digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path
+) -> None:
+    models, _ = digits_zoo
+    served = service.models["digits"]
+    engine = served.engine
+    before = served.version
+    path = tmp_path / "digits.yaml"
+    path.write_text(_policy_text(models, threshold=0.5))
+    service.apply_policies([PolicyText(str(path), path.read_text())], remote=_remote())
+    assert service.models["digits"] is served and served.engine is engine  # no rebuild
+    assert served.version != before
+    service.apply_policies([PolicyText(str(path), "name: digits\ntiers: {}\n")], remote=_remote())
+    assert served.version != before and service.models["digits"] is served
+    meta = _call(service, "GET", "/v2/models/digits")[1]
+    assert meta["parameters"]["reload_errors"] and "tiers" in meta["parameters"]["reload_errors"][0]
+
+
+def test_openapi_lists_exactly_the_routes_served(service: InferenceService) -> None:
+    reply, document = _call(service, "GET", "/openapi.json")
+    assert reply.status == 200 and document["info"]["title"] == "cascade"
+    documented = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops}
+    assert documented == set(service.routes)
+    infer = document["paths"]["/v2/models/{name}/infer"]["post"]
+    assert infer["parameters"][0]["schema"]["enum"] == ["digits"]
+    assert set(infer["responses"]) == {"200", "400", "404", "503"}
