@@ -196,9 +196,12 @@ def _policy(args: argparse.Namespace) -> int:
             status = 1
             continue
         tiers = len(policy.tiers)
-        print(
-            f"ok  {file} ({tiers} tier{'s' if tiers != 1 else ''}, routing {policy.routing.kind})"
+        kind = (
+            f"routing {policy.routing.kind}"
+            if policy.routing is not None
+            else "ranking " + " -> ".join(s.name for s in policy.stages)
         )
+        print(f"ok  {file} ({tiers} tier{'s' if tiers != 1 else ''}, {kind})")
     return status
 
 

@@ -90,7 +90,8 @@ class _Metrics:
     ``cascade_tier_latency_ms{model,tier}`` (calls as the engine timed them);
     ``cascade_request_latency_ms{model}`` (end to end inside the ingress);
     ``cascade_shed_total{model,why}`` (503s: ``admission``, a deadline out of reach on
-    arrival; ``late``, an answer that came past its deadline); ``cascade_gear{model}``.
+    arrival; ``late``, an answer that came past its deadline); ``cascade_gear{model}``;
+    ``cascade_stage_candidates_total{model,stage}`` (ranking: candidates each stage scored).
     """
 
     def __init__(self) -> None:
@@ -115,6 +116,11 @@ class _Metrics:
                                          boundaries=buckets_ms, tag_keys=model)  # fmt: skip
         self.shed_total = metrics.Counter("cascade_shed_total", "requests refused with a 503",
                                     tag_keys=("model", "why"))  # fmt: skip
+        self.stage_candidates = metrics.Counter(
+            "cascade_stage_candidates_total",
+            "candidates scored per ranking stage",
+            tag_keys=("model", "stage"),
+        )
         self.gear_index = metrics.Gauge("cascade_gear", "engaged gear (0: normal)", tag_keys=model)
 
     def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
@@ -131,6 +137,15 @@ class _Metrics:
         seen = {(s.tier, s.latency_ms) for d in decisions for s in d.steps}
         for tier, latency_ms in seen:  # one observation per batched call, not per row
             self.tier_latency.observe(latency_ms, {"model": model, "tier": tier})
+
+    def record_ranking(self, model: str, ranking: Any, elapsed_ms: float) -> None:
+        tags = {"model": model}
+        self.requests.inc(1, tags)
+        self.latency.observe(elapsed_ms, tags)
+        for stage in ranking.stages:
+            stage_tags = {"model": model, "stage": stage.stage}
+            self.stage_candidates.inc(stage.candidates_in, stage_tags)
+            self.tier_latency.observe(stage.ms, {"model": model, "tier": stage.tier})
 
     def shed(self, model: str, why: str) -> None:
         self.shed_total.inc(1, {"model": model, "why": why})

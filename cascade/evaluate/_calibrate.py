@@ -272,7 +272,7 @@ def calibrate_policy(
                                   target=Target(relative_accuracy=0.995), data_label="covertype")
     """
     evaluator = evaluator or Evaluator(loaded)
-    routing = loaded.policy.routing
+    routing = loaded.policy.chain_routing
     reference_correct = evaluator.probabilities(evaluator.reference, X).argmax(axis=1) == y
     reference_cost = evaluator.costs[evaluator.reference]
     say = progress or (lambda _: None)
@@ -360,7 +360,7 @@ def _apply(
     calibrations: dict[str, Calibration | None],
     extra_files: list[Path],
 ) -> Policy:
-    routing = loaded.policy.routing
+    routing = loaded.policy.chain_routing
     params = chosen.params
     if isinstance(routing, ConfidenceRouting | SlaRouting):
         chain = [
@@ -410,7 +410,7 @@ def _write(
 
     assert loaded.path is not None and result.chosen is not None
     policy = result.policy
-    routing = policy.routing
+    routing = policy.chain_routing
     provenance = calibration_provenance(
         result, target=target, data_label=data_label, evaluator=evaluator
     )

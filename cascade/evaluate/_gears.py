@@ -51,7 +51,7 @@ class GearPlan:
 def _candidates(
     policy: Policy, shifts: Sequence[float], costs: dict[str, float]
 ) -> list[dict[str, object]]:
-    tiers = sorted(routed_tiers(policy.routing), key=costs.__getitem__)
+    tiers = sorted(routed_tiers(policy.chain_routing), key=costs.__getitem__)
     out: list[dict[str, object]] = [
         {"name": f"shift-{shift:g}", "queue_depth_at_least": k + 1, "threshold_shift": shift}
         for k, shift in enumerate(shifts)

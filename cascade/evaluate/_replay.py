@@ -66,7 +66,7 @@ def _always(policy: Policy, tier: str) -> Policy:
 
 def _entry_tier(policy: Policy) -> str:
     """The tier a request is answered by when nothing escalates it."""
-    routing = policy.routing
+    routing = policy.chain_routing
     if isinstance(routing, SpeculativeRouting):
         return routing.cheap
     if isinstance(routing, ComplexityRouting):

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cascade.errors import PolicyError
+
 __all__ = [
     "Autoscaling",
     "Band",
@@ -365,11 +367,48 @@ class CacheSection(_Strict):
 
 
 class Stage(_Strict):
-    """A ranking stage: filter, coarse or fine."""
+    """A ranking stage: filter, coarse or fine, in that order; only fine is required.
+
+    The filter drops candidates scoring below ``min_score``; coarse keeps its best ``keep``
+    (N); fine orders those and returns its best ``keep`` (k). A request may ask for another
+    N or k up to ``max_keep``.
+    """
 
     name: Literal["filter", "coarse", "fine"] = Field(description="which stage")
     tier: TierName = Field(description="the tier scoring candidates in this stage")
-    keep: int | None = Field(None, ge=1, description="candidates kept after this stage")
+    keep: int | None = Field(
+        None, ge=1, le=100_000, description="candidates kept after this stage: N (coarse), k (fine)"
+    )
+    max_keep: int | None = Field(
+        None, ge=1, le=100_000, description="most a request may ask to keep; default: keep"
+    )
+    min_score: float | None = Field(
+        None, description="filter only: candidates scoring below this are dropped"
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> Stage:
+        if self.name == "filter":
+            if self.min_score is None:
+                raise ValueError("the filter stage needs min_score")
+            if self.keep is not None or self.max_keep is not None:
+                raise ValueError("the filter stage drops by min_score; keep is for coarse and fine")
+        else:
+            if self.min_score is not None:
+                raise ValueError(f"min_score is for the filter stage, not {self.name}")
+            if self.keep is None:
+                raise ValueError(f"the {self.name} stage needs keep")
+            if self.max_keep is not None and self.max_keep < self.keep:
+                raise ValueError(
+                    f"{self.name}: max_keep ({self.max_keep}) must be >= keep ({self.keep})"
+                )
+        return self
+
+    @property
+    def limit(self) -> int:
+        """The most candidates a request may ask this stage to keep."""
+        assert self.keep is not None
+        return self.max_keep if self.max_keep is not None else self.keep
 
 
 class Provenance(_Strict):
@@ -419,7 +458,13 @@ class Policy(_Strict):
         "files elsewhere on its host",
     )
     tiers: dict[TierName, Tier] = Field(min_length=1, description="the models, by name")
-    routing: Routing = Field(description="how requests move through the tiers")
+    routing: ConfidenceRouting | ComplexityRouting | SlaRouting | SpeculativeRouting | None = (
+        Field(
+            None,
+            discriminator="kind",
+            description="how rows move through the tiers (classification policies)",
+        )
+    )
     gears: list[Gear] = Field(
         default_factory=list,
         description="degradation gears, by rising queue_depth_at_least; none: always full quality",
@@ -435,7 +480,9 @@ class Policy(_Strict):
     )
     cache: CacheSection | None = Field(None, description="caches (not active in this release)")
     stages: list[Stage] = Field(
-        default_factory=list, description="ranking stages (not active in this release)"
+        default_factory=list,
+        description="ranking stages, filter -> coarse -> fine (ranking policies, instead of "
+        "routing)",
     )
     provenance: Provenance | None = Field(
         None, description="written by `cascade calibrate`: how the thresholds were fitted"
@@ -454,10 +501,53 @@ class Policy(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _routing_or_stages(self) -> Policy:
+        if (self.routing is None) == (not self.stages):
+            raise ValueError(
+                "give either routing (a classification cascade) or stages (a ranking "
+                "cascade)" + (", not both" if self.stages else "")
+            )
+        if not self.stages:
+            return self
+        names = [s.name for s in self.stages]
+        order = ["filter", "coarse", "fine"]
+        if names != [n for n in order if n in names] or "fine" not in names:
+            raise ValueError(
+                f"stages: need fine, optionally after filter and coarse, in that order; got {names}"
+            )
+        keeps = {s.name: s for s in self.stages}
+        if "coarse" in keeps:
+            coarse, fine = keeps["coarse"], keeps["fine"]
+            assert coarse.keep is not None and fine.keep is not None
+            if coarse.keep < fine.keep:
+                raise ValueError(
+                    f"stages: coarse keep N ({coarse.keep}) must be >= fine keep k ({fine.keep})"
+                )
+        if self.gears:
+            raise ValueError("gears apply to routing, not to ranking stages")
+        return self
+
+    @property
+    def chain_routing(self) -> Routing:
+        """The routing of a classification policy; a clear error for a ranking one."""
+        if self.routing is None:
+            raise PolicyError(
+                f"policy '{self.name}' ranks candidates (stages); this needs a classification "
+                "policy (routing)"
+            )
+        return self.routing
+
+    def stage(self, name: str) -> Stage | None:
+        """The stage called ``name`` (filter, coarse, fine), if the policy has it."""
+        return next((s for s in self.stages if s.name == name), None)
+
+    @model_validator(mode="after")
     def _tier_references(self) -> Policy:
         routing = self.routing
         referenced: list[tuple[str, str]] = []
-        if isinstance(routing, ConfidenceRouting | SlaRouting):
+        if routing is None:
+            pass
+        elif isinstance(routing, ConfidenceRouting | SlaRouting):
             referenced = [(f"routing.chain[{i}].tier", s.tier) for i, s in enumerate(routing.chain)]
         elif isinstance(routing, ComplexityRouting):
             referenced = [(f"routing.bands[{i}].tier", b.tier) for i, b in enumerate(routing.bands)]

@@ -128,7 +128,7 @@ class Engine:
         return self._policy
 
     def _prepare(self, policy: Policy, scorer: Scorer | None) -> tuple[Policy, Router, list[str]]:
-        tiers = routed_tiers(policy.routing)
+        tiers = routed_tiers(policy.chain_routing)
         for what, table in (
             ("backends", self._backends),
             ("costs", self._costs),

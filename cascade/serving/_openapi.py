@@ -157,7 +157,8 @@ def openapi_document(models: list[str]) -> dict[str, Any]:
                             },
                             "application/octet-stream": {
                                 "description": "binary tensor data extension: "
-                                "a JSON header of Inference-Header-Content-Length bytes, then the data"
+                                "a JSON header of Inference-Header-Content-Length bytes, "
+                                "then the data"
                             },
                         },
                     },

@@ -19,9 +19,73 @@ from cascade.routing import Engine
 from cascade.serving._coalescer import Coalescer
 from cascade.serving._protocol import policy_hash
 
-__all__ = ["RemoteFactory", "ServedModel"]
+__all__ = ["RemoteFactory", "ServedModel", "ServedRanker", "serve_policy"]
 
 RemoteFactory = Callable[[InputSpec], Model]
+
+
+def _backends(
+    loaded: LoadedPolicy, remote: Mapping[str, RemoteFactory]
+) -> tuple[dict[str, Model], InputSpec, OnnxModel, dict[str, Any]]:
+    """Every tier's backend (local ONNX or remote), the input spec, one local model, tiers."""
+    tiers = resolve_tiers(loaded)
+    local = {
+        name: OnnxModel(tiers[name].path, providers=tier.providers)
+        for name, tier in loaded.policy.tiers.items()
+        if name not in remote
+    }
+    # The input spec from a session this process runs anyway; only a policy of remote
+    # tiers alone needs one loaded here just to read it.
+    first = next(iter(local.values()), None) or OnnxModel(next(iter(tiers.values())).path)
+    backends: dict[str, Model] = dict(local)
+    for name, factory in remote.items():
+        backends[name] = factory(first.input_spec)
+    return backends, first.input_spec, first, tiers
+
+
+def serve_policy(
+    loaded: LoadedPolicy, *, remote: Mapping[str, RemoteFactory], coalesce_ms: float = 2.0
+) -> ServedModel | ServedRanker:
+    """The served form of ``loaded``: a classification cascade or a ranking one."""
+    if loaded.policy.stages:
+        return ServedRanker(loaded, remote=remote)
+    return ServedModel(loaded, remote=remote, coalesce_ms=coalesce_ms)
+
+
+class ServedRanker:
+    """A loaded ranking policy: its :class:`~cascade.ranking.Ranker` and metadata."""
+
+    def __init__(self, loaded: LoadedPolicy, *, remote: Mapping[str, RemoteFactory]) -> None:
+        from cascade.ranking._ranker import Ranker
+
+        backends, self.spec, _, tiers = _backends(loaded, remote)
+        self.ranker = Ranker(loaded.policy, backends, costs={n: t.cost for n, t in tiers.items()})
+        self.in_flight = 0
+        self.policy: Policy | None = None
+        self.set_policy(loaded.policy)
+
+    @property
+    def tiers(self) -> list[str]:
+        assert self.policy is not None
+        return list(self.policy.tiers)
+
+    def same_tiers(self, policy: Policy) -> bool:
+        """Whether ``policy`` has these tiers and stage tiers, so it swaps in as is."""
+        return (
+            self.policy is not None
+            and self.policy.tiers == policy.tiers
+            and [s.tier for s in self.policy.stages] == [s.tier for s in policy.stages]
+        )
+
+    def set_policy(self, policy: Policy) -> None:
+        """New keeps, limits and filter cut from the next query on."""
+        if self.policy is not None:
+            self.ranker.replace_policy(policy)
+        self.policy = policy
+        self.version = policy_hash(policy)
+
+    def load(self) -> dict[str, Any]:
+        return {"in_flight": self.in_flight}
 
 
 class ServedModel:
@@ -41,19 +105,7 @@ class ServedModel:
         coalesce_ms: float = 2.0,
     ) -> None:
         policy = loaded.policy
-        tiers = resolve_tiers(loaded)
-        local = {
-            name: OnnxModel(tiers[name].path, providers=tier.providers)
-            for name, tier in policy.tiers.items()
-            if name not in remote
-        }
-        # The input spec from a session this process runs anyway; only a policy of remote
-        # tiers alone needs one loaded here just to read it.
-        first = next(iter(local.values()), None) or OnnxModel(next(iter(tiers.values())).path)
-        self.spec = first.input_spec
-        backends: dict[str, Model] = dict(local)
-        for name, factory in remote.items():
-            backends[name] = factory(self.spec)
+        backends, self.spec, first, tiers = _backends(loaded, remote)
         card = next((t.card for t in tiers.values() if t.card is not None), None)
         self.classes = list(card.classes) if card is not None else None
         self.n_classes = len(self.classes) if self.classes else first.n_classes

@@ -32,7 +32,8 @@ from cascade.serving._protocol import (
     model_metadata,
     parse_infer_request,
 )
-from cascade.serving._served import RemoteFactory, ServedModel
+from cascade.serving._ranking import build_rank_response, parse_rank_request
+from cascade.serving._served import RemoteFactory, ServedModel, ServedRanker, serve_policy
 
 __all__ = ["HttpReply", "InferenceService", "PolicyText", "ServiceMetrics", "unavailable"]
 
@@ -68,6 +69,9 @@ class ServiceMetrics(Protocol):
     def gear(self, model: str, index: int) -> None:
         """The gear engaged now (0: normal)."""
 
+    def record_ranking(self, model: str, ranking: Any, elapsed_ms: float) -> None:
+        """One ranked query: its stages' trace and its time inside the service."""
+
 
 class _NoMetrics:
     def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
@@ -77,6 +81,9 @@ class _NoMetrics:
         pass
 
     def gear(self, model: str, index: int) -> None:
+        pass
+
+    def record_ranking(self, model: str, ranking: Any, elapsed_ms: float) -> None:
         pass
 
 
@@ -119,7 +126,7 @@ class InferenceService:
         self.max_body_bytes = max_body_bytes
         self.coalesce_ms = coalesce_ms
         self.metrics: ServiceMetrics = metrics or _NoMetrics()
-        self.models: dict[str, ServedModel] = {}
+        self.models: dict[str, ServedModel | ServedRanker] = {}
         self.reload_errors: dict[str, str] = {}
         self._routes: list[tuple[str, re.Pattern[str], _Handler]] = [
             ("GET", re.compile(r"/v2/health/live"), self._live),
@@ -156,7 +163,7 @@ class InferenceService:
                 if current is not None and current.same_tiers(loaded.policy):
                     current.set_policy(loaded.policy)
                 else:
-                    self.models[name] = ServedModel(
+                    self.models[name] = serve_policy(
                         loaded, remote=remote(name), coalesce_ms=self.coalesce_ms
                     )
                 self.reload_errors.pop(str(path), None)
@@ -186,7 +193,7 @@ class InferenceService:
             )
         return HttpReply.error(f"no route {path} (see /openapi.json)", 404)
 
-    def _model(self, name: str) -> ServedModel | HttpReply:
+    def _model(self, name: str) -> ServedModel | ServedRanker | HttpReply:
         served = self.models.get(name)
         if served is None:
             known = ", ".join(sorted(self.models))
@@ -212,6 +219,8 @@ class InferenceService:
         if isinstance(served, HttpReply):
             return served
         assert served.policy is not None
+        if isinstance(served, ServedRanker):
+            return HttpReply.json(self._ranker_metadata(name, served))
         return HttpReply.json(
             model_metadata(
                 name=name,
@@ -222,11 +231,80 @@ class InferenceService:
                 classes=served.classes,
                 policy_hash=served.version,
                 extra={
-                    "routing": served.policy.routing.kind,
+                    "routing": served.policy.chain_routing.kind,
                     "tiers": served.tiers,
                     "reload_errors": sorted(self.reload_errors.values()),
                     "load": served.load(),
                 },
+            )
+        )
+
+    def _ranker_metadata(self, name: str, served: ServedRanker) -> dict[str, Any]:
+        assert served.policy is not None
+        width = served.spec.width or 0
+        return {
+            "name": name,
+            "versions": [served.version],
+            "platform": "cascade",
+            "inputs": [
+                {"name": served.spec.name, "datatype": "FP32", "shape": [-1, width]},
+                {"name": "ids", "datatype": "BYTES", "shape": [-1], "optional": True},
+            ],
+            "outputs": [
+                {"name": "indices", "datatype": "INT64", "shape": [-1]},
+                {"name": "scores", "datatype": "FP32", "shape": [-1]},
+                {"name": "ids", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "parameters": {
+                "policy_hash": served.version,
+                "routing": "ranking",
+                "tiers": served.tiers,
+                "stages": [
+                    s.model_dump(exclude_none=True) | ({"limit": s.limit} if s.keep else {})
+                    for s in served.policy.stages
+                ],
+                "reload_errors": sorted(self.reload_errors.values()),
+                "load": served.load(),
+            },
+        }
+
+    async def _rank(
+        self, name: str, served: ServedRanker, raw: bytes, headers: Mapping[str, str]
+    ) -> HttpReply:
+        try:
+            request = parse_rank_request(
+                raw,
+                header_length=_header_length(headers),
+                input_name=served.spec.name,
+                width=served.spec.width or 0,
+                max_rows=self.max_rows,
+                max_bytes=self.max_body_bytes,
+            )
+            served.ranker.resolve(request.k, request.n)
+        except InputError as exc:
+            return HttpReply.error(str(exc), 400)
+        served.in_flight += 1
+        began = time.perf_counter()
+        try:
+            ranking = await served.ranker.rank(request.rows, k=request.k, n=request.n)
+        except InputError as exc:
+            return HttpReply.error(str(exc), 400)
+        except CircuitOpen as exc:
+            return unavailable(f"model '{name}' failed: {exc}", retry_after_s=exc.retry_after_s)
+        except (TimeoutError, CascadeError) as exc:
+            return unavailable(f"model '{name}' failed: {exc}")
+        finally:
+            served.in_flight -= 1
+        self.metrics.record_ranking(name, ranking, (time.perf_counter() - began) * 1000)
+        return HttpReply.json(
+            build_rank_response(
+                model_name=name,
+                model_version=served.version,
+                request=request,
+                indices=ranking.indices,
+                scores=ranking.scores,
+                relative_cost=ranking.relative_cost,
+                stages=[t.to_dict() for t in ranking.stages],
             )
         )
 
@@ -248,6 +326,8 @@ class InferenceService:
             # for; that is the service's state, not the client's mistake, and no 500.
             self.metrics.shed(name, "body")
             return unavailable(f"request body could not be read: {type(exc).__name__}")
+        if isinstance(served, ServedRanker):
+            return await self._rank(name, served, raw, headers)
         try:
             parsed = parse_infer_request(
                 raw,
