@@ -11,10 +11,10 @@
 
 Single-row requests from the digits test split, over loopback, bounded in count and time:
 p50/p99 at concurrency 1 and throughput at concurrency 16 (32 for d). Every app is deployed
-at once; at concurrency 1 the configurations take turns request by request, and the rounds
-interleave the throughput runs, so slow spells of this shared machine fall on all of them
-alike; a throughput figure is the median over rounds (latency percentiles over the pooled
-requests). Same Serve settings for every configuration (max_ongoing_requests 64).
+at once; at concurrency 1 the configurations take turns request by request, and under load
+in one-second slices, so slow spells of this shared machine fall on all of them alike. A
+throughput figure is the median over rounds (latency percentiles over the pooled requests).
+Same Serve settings for every configuration (max_ongoing_requests 64).
 Writes ``benchmarks/results/serve_latency.json``.
 """
 
@@ -120,30 +120,54 @@ async def _latency(urls: dict[str, str], rows: np.ndarray, n: int) -> dict[str, 
     return times
 
 
-async def _throughput(url: str, rows: np.ndarray, concurrency: int, seconds: float) -> float:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    done = 0
-    failed = 0
-    stop = time.perf_counter() + seconds
+async def _throughput(
+    targets: dict[str, tuple[str, int]], rows: np.ndarray, seconds: float, slice_s: float = 1.0
+) -> dict[str, float]:
+    """Requests per second of each ``name: (url, concurrency)`` over ``seconds`` of load.
 
-    async def worker(client: httpx.AsyncClient, k: int) -> None:
-        nonlocal done, failed
+    The load comes in slices of ``slice_s`` that take turns across configurations, in a
+    rotating order, so a slow spell of this shared machine falls on all of them alike.
+    """
+    names = list(targets)
+    done = dict.fromkeys(names, 0)
+    failed = dict.fromkeys(names, 0)
+    busy_s = dict.fromkeys(names, 0.0)
+
+    async def worker(client: httpx.AsyncClient, name: str, k: int, stop: float) -> None:
+        url, concurrency = targets[name]
         i = k
         while time.perf_counter() < stop:
             response = await client.post(url, json=_body(rows[i % len(rows)]))
             if response.status_code == 200:
-                done += 1
+                done[name] += 1
             else:
-                failed += 1
+                failed[name] += 1
             i += concurrency
 
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(client, k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    if failed:
-        print(f"  {failed} requests failed at {url}", file=sys.stderr)
-    return done / elapsed
+    clients = {
+        name: httpx.AsyncClient(
+            timeout=30, limits=httpx.Limits(max_connections=c, max_keepalive_connections=c)
+        )
+        for name, (_, c) in targets.items()
+    }
+    try:
+        for turn in range(max(1, round(seconds / slice_s))):
+            shift = turn % len(names)
+            for name in names[shift:] + names[:shift]:
+                began = time.perf_counter()
+                stop = began + slice_s
+                concurrency = targets[name][1]
+                await asyncio.gather(
+                    *(worker(clients[name], name, k, stop) for k in range(concurrency))
+                )
+                busy_s[name] += time.perf_counter() - began
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    for name in names:
+        if failed[name]:
+            print(f"  {failed[name]} requests failed at {targets[name][0]}", file=sys.stderr)
+    return {name: done[name] / busy_s[name] for name in names}
 
 
 def _policy(directory: Path, name: str, chain: str) -> Path:
@@ -256,11 +280,11 @@ def main() -> None:
             urls[name] = f"{base}/app{k}{path}".rstrip("/")
         for r in range(args.rounds):
             times = asyncio.run(_latency(urls, rows, args.requests))
-            for name, _, _, concurrency in plans:
+            targets = {name: (urls[name], concurrency) for name, _, _, concurrency in plans}
+            rates = asyncio.run(_throughput(targets, rows, args.seconds))
+            for name, _, _, _ in plans:
                 samples[name].extend(times[name])
-                rps[name].append(
-                    asyncio.run(_throughput(urls[name], rows, concurrency, args.seconds))
-                )
+                rps[name].append(rates[name])
                 print(f"round {r + 1}/{args.rounds} {name}: p50 "
                       f"{statistics.median(times[name]):.2f} ms, {rps[name][-1]:.0f} req/s",
                       file=sys.stderr)  # fmt: skip
