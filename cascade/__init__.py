@@ -33,6 +33,16 @@ from cascade.errors import (
 if TYPE_CHECKING:
     from cascade.evaluate import EvalRow, Evaluator, Target, calibrate_policy
     from cascade.policy import LoadedPolicy, Policy, load_policy, parse_policy
+    from cascade.ranking import (
+        Ranker,
+        Ranking,
+        build_ltr,
+        build_movielens,
+        evaluate_cascade,
+        ltr_queries,
+        movielens_queries,
+        ndcg_at_k,
+    )
     from cascade.routing import BatchResult, Decision, Engine
     from cascade.zoo import (
         CompressionOptions,
@@ -61,6 +71,14 @@ _LAZY = {
     "calibrate_policy": "cascade.evaluate",
     "load_policy": "cascade.policy",
     "parse_policy": "cascade.policy",
+    "Ranker": "cascade.ranking",
+    "Ranking": "cascade.ranking",
+    "build_ltr": "cascade.ranking",
+    "build_movielens": "cascade.ranking",
+    "evaluate_cascade": "cascade.ranking",
+    "ltr_queries": "cascade.ranking",
+    "movielens_queries": "cascade.ranking",
+    "ndcg_at_k": "cascade.ranking",
     "CompressionOptions": "cascade.zoo",
     "Dataset": "cascade.zoo",
     "ModelCard": "cascade.zoo",
@@ -99,16 +117,24 @@ __all__ = [
     "Policy",
     "PolicyError",
     "ProviderFallbackWarning",
+    "Ranker",
+    "Ranking",
     "Split",
     "Target",
     "__version__",
     "available_datasets",
+    "build_ltr",
+    "build_movielens",
     "build_zoo",
     "calibrate_policy",
+    "evaluate_cascade",
     "format_cards",
     "load_dataset",
     "load_policy",
     "load_table",
+    "ltr_queries",
+    "movielens_queries",
+    "ndcg_at_k",
     "parse_policy",
     "read_cards",
 ]

@@ -9,6 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from cascade.errors import InputError
+
 __all__ = ["add_evaluate_commands", "run_calibrate", "run_evaluate"]
 
 
@@ -48,6 +52,17 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     _data_arguments(evaluate)
     evaluate.add_argument("--split", choices=("test", "calibration", "train"), default="test")
     evaluate.add_argument("--json", action="store_true", help="one JSON object per row")
+    ranking = evaluate.add_argument_group("ranking policies (stages)")
+    ranking.add_argument(
+        "--n",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="also evaluate these shortlist sizes (the frontier over N)",
+    )
+    ranking.add_argument("--max-users", type=int, metavar="U",
+                         help="movielens: a seeded sample of U users (default: all)")  # fmt: skip
 
     calibrate = commands.add_parser(
         "calibrate",
@@ -87,6 +102,13 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     calibrate.add_argument(
         "--png", type=Path, help="frontier plot (default: beside the policy, NAME.frontier.png)"
     )
+    calibrate.add_argument(
+        "--target-relative-ndcg",
+        type=_fraction,
+        help="ranking policies: NDCG@10 relative to fine-only to reach, e.g. 0.99",
+    )
+    calibrate.add_argument("--max-users", type=int, metavar="U",
+                           help="movielens: a seeded sample of U users (default: all)")  # fmt: skip
     calibrate.add_argument("--dry-run", action="store_true", help="do not write the policy")
     calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
     gears = calibrate.add_argument_group(
@@ -119,10 +141,40 @@ def _prepare(args: argparse.Namespace) -> Any:
     return loaded
 
 
+def _ranking_rows(results: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": r.name, "n": r.n, "ndcg_at_10": r.ndcg_at_10, "relative_ndcg": r.relative_ndcg,
+         "recall_at_10": r.recall_at_10, "relative_cost": r.relative_cost,
+         "queries": r.n_queries}
+        for r in results
+    ]  # fmt: skip
+
+
+def _evaluate_ranking(args: argparse.Namespace, loaded: Any) -> int:
+    from cascade.evaluate._ranking import evaluate_ranking, ranking_queries
+    from cascade.ranking.metrics import format_results
+
+    if args.label_column:
+        raise InputError("--label-column does not apply to a ranking policy")
+    queries, label = ranking_queries(
+        loaded, split=args.split, data=args.data, max_users=args.max_users
+    )
+    results = evaluate_ranking(loaded, queries, n_values=tuple(args.n))
+    if args.json:
+        for row in _ranking_rows(results):
+            print(json.dumps(row))
+        return 0
+    print(f"{loaded.policy.name} on {label} ({results[0].n_queries} queries with a relevant item)")
+    print(format_results(results))
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from cascade.evaluate import Evaluator, format_rows, labelled_split
 
     loaded = _prepare(args)
+    if loaded.policy.stages:
+        return _evaluate_ranking(args, loaded)
     X, y, label = labelled_split(
         loaded, split=args.split, data=args.data, label_column=args.label_column
     )
@@ -171,9 +223,52 @@ def run_gears(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate_ranking(args: argparse.Namespace) -> int:
+    from cascade.evaluate._ranking import calibrate_ranking, ranking_queries
+    from cascade.ranking.metrics import format_results
+
+    if args.target_relative_ndcg is None:
+        raise InputError("a ranking policy is calibrated with --target-relative-ndcg, e.g. 0.99")
+    loaded = _prepare(args)
+    queries, label = ranking_queries(
+        loaded, split="calibration", data=args.data, max_users=args.max_users
+    )
+    result = calibrate_ranking(
+        loaded, queries, target_relative_ndcg=args.target_relative_ndcg, label=label,
+        write=not args.dry_run,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({
+            "met": result.chosen is not None,
+            "chosen": None if result.chosen is None else
+            {"min_score": result.chosen[0], **_ranking_rows([result.chosen[1]])[0]},
+            "points": [{"min_score": cut, **row} for (cut, _), row in
+                       zip(result.rows, _ranking_rows([r for _, r in result.rows]), strict=True)],
+        }))  # fmt: skip
+        return 0 if result.chosen is not None else 1
+    print(f"{loaded.policy.name}: N (and filter cut) on {label}; target NDCG@10 >= "
+          f"{result.target:g} x fine-only's")  # fmt: skip
+    cuts = sorted({cut for cut, _ in result.rows}, key=lambda c: -np.inf if c is None else c)
+    for cut in cuts:
+        print(f"\nfilter min_score: {'none' if cut is None else f'{cut:.4f}'}")
+        print(format_results([r for c, r in result.rows if c == cut]))
+    if result.chosen is None:
+        print("\ntarget not met: the policy file is unchanged")
+        return 1
+    cut, row = result.chosen
+    written = "written to" if not args.dry_run else "not written (--dry-run):"
+    print(f"\nchosen: N={row.n}, filter min_score={cut}, relative NDCG {row.relative_ndcg:.4f} "
+          f"at relative cost {row.relative_cost:.4f}; {written} {args.policy}")  # fmt: skip
+    return 0
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     if args.gears:
         return run_gears(args)
+    from cascade.policy import load_policy as _load
+
+    if _load(args.policy).policy.stages:
+        return _calibrate_ranking(args)
     from cascade.evaluate import (
         Evaluator,
         Point,

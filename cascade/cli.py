@@ -155,6 +155,8 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from cascade.zoo.build import CompressionOptions, build_zoo
     from cascade.zoo.datasets import load_dataset, load_table
 
+    if args.dataset in ("ltr", "movielens"):
+        return _build_ranking(args, parser)
     if args.data is not None:
         if args.dataset is not None:
             parser.error("give either DATASET or --data FILE, not both")
@@ -177,6 +179,36 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _print_cards(cards, as_json=args.json)
     if not args.json:
         print(f"\nwrote {len(cards)} models and cards to {out}/")
+    return 0
+
+
+def _build_ranking(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Ranking scorers: ``ltr`` (bundled) or ``movielens --data PATH`` (GroupLens terms)."""
+    from cascade.ranking.ltr import build_ltr
+    from cascade.ranking.movielens import DEFAULT_MOVIELENS_PATH, build_movielens
+
+    if args.label_column:
+        parser.error(f"{args.dataset} is a ranking dataset: --label-column does not apply")
+    out = args.out or Path("models") / args.dataset
+    if args.dataset == "ltr":
+        if args.data is not None:
+            parser.error("ltr is bundled: --data does not apply")
+        build = build_ltr(out, progress=not args.no_progress, seed=args.seed)
+    else:
+        data = args.data or DEFAULT_MOVIELENS_PATH
+        build = build_movielens(data, out, progress=not args.no_progress, seed=args.seed)
+    if args.json:
+        print(json.dumps({s: c.model_dump(mode="json") for s, c in build.cards.items()}))
+        return 0
+    from cascade.zoo.cards import table
+
+    rows = [
+        [stage, card.family, f"{card.cost_us:.3f}", f"{card.relative_cost or 1:.4f}",
+         ", ".join(card.used_features[:4]) + (" …" if len(card.used_features) > 4 else "")]
+        for stage, card in build.cards.items()
+    ]  # fmt: skip
+    print(table(["stage", "model", "µs/row", "relative cost", "features"], rows))
+    print(f"\nwrote {len(build.cards)} scorers and cards to {out}/")
     return 0
 
 

@@ -55,6 +55,35 @@ def _read_card(model: Path) -> ModelCard | None:
     return ModelCard.model_validate_json(path.read_text())
 
 
+def _ensure_ranking(
+    loaded: LoadedPolicy, missing: dict[str, Path], out: Path, *, progress: bool
+) -> list[Path]:
+    from cascade.ranking.ltr import build_ltr
+    from cascade.ranking.movielens import DEFAULT_MOVIELENS_PATH, build_movielens
+
+    if loaded.policy.dataset == "ltr":
+        build_ltr(out, progress=progress)
+    else:  # MovieLens's terms forbid bundling it: read from the default path, or say how
+        build_movielens(DEFAULT_MOVIELENS_PATH, out, progress=progress)
+    still = [str(p) for p in missing.values() if not p.is_file()]
+    if still:
+        raise PolicyError(
+            f"{loaded.path}: building {loaded.policy.dataset} did not produce {still}"
+        )
+    return list(missing.values())
+
+
+def _read_scorer_card(model: Path) -> tuple[float, float] | None:
+    """``(relative cost, p50 latency ms)`` from a ranking scorer's card, if it has one."""
+    from cascade.ranking.export import SCORER_CARD_SUFFIX, ScorerCard
+
+    path = model.with_name(model.name.removesuffix(".onnx") + SCORER_CARD_SUFFIX)
+    if not path.is_file():
+        return None
+    card = ScorerCard.model_validate_json(path.read_text())
+    return (card.relative_cost or 1.0), card.latency.p50_us / 1000.0
+
+
 def ensure_models(loaded: LoadedPolicy, *, progress: bool = True) -> list[Path]:
     """Build the missing model files of a policy that names a bundled dataset.
 
@@ -69,7 +98,7 @@ def ensure_models(loaded: LoadedPolicy, *, progress: bool = True) -> list[Path]:
     missing = {name: path for name, path in local.items() if not path.is_file()}
     if not missing:
         return []
-    if policy.dataset is None or policy.dataset not in available_datasets():
+    if policy.dataset is None or policy.dataset not in (*available_datasets(), "ltr", "movielens"):
         first = next(iter(missing))
         raise PolicyError(
             f"{loaded.path or policy.name}: tiers.{first}.model: no such file {missing[first]} "
@@ -81,6 +110,8 @@ def ensure_models(loaded: LoadedPolicy, *, progress: bool = True) -> list[Path]:
             f"{loaded.path}: missing model files are in several folders {sorted(directories)}; "
             "build them with `cascade models build DATASET --out DIR`"
         )
+    if policy.dataset in ("ltr", "movielens"):  # ranking scorers, not classifier tiers
+        return _ensure_ranking(loaded, missing, directories.pop(), progress=progress)
     stems = {path.name.removesuffix(".onnx") for path in local.values()}
     options = CompressionOptions(
         distill=any(s.startswith("student") for s in stems),
@@ -110,6 +141,9 @@ def resolve_tiers(loaded: LoadedPolicy) -> dict[str, TierInfo]:
         path = loaded.model_path(name)
         card = _read_card(path)
         cost = tier.cost if tier.cost is not None else (card.relative_cost if card else None)
+        scorer = _read_scorer_card(path) if card is None else None
+        if scorer is not None:  # a ranking stage's scorer: its card has cost and latency
+            cost = tier.cost if tier.cost is not None else scorer[0]
         if cost is None:
             raise PolicyError(
                 f"tiers.{name}: no cost: set `cost:` in the policy or put a model card "
@@ -119,6 +153,8 @@ def resolve_tiers(loaded: LoadedPolicy) -> dict[str, TierInfo]:
             latency = tier.latency_ms
         elif card is not None:
             latency = card.latency.p50_us / 1000.0
+        elif scorer is not None:
+            latency = scorer[1]
         else:
             latency = 1.0
         if tier.placement == "deployment":

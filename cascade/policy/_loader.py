@@ -499,7 +499,11 @@ def _bundled_datasets() -> list[str]:
 def _check_dataset(policy: Policy, root: yaml.MappingNode) -> list[_Problem]:
     if policy.dataset is None:
         return []
-    bundled = _bundled_datasets()
+    ranking = ("ltr", "movielens")  # datasets of ranking scorers (cascade.ranking)
+    bundled = [*_bundled_datasets(), *ranking]
+    if policy.dataset in ranking and not policy.stages:
+        text = f"'{policy.dataset}' is a ranking dataset: the policy needs stages"
+        return [_Problem(_locate(("dataset",), root).line, "dataset", text)]
     if policy.dataset in bundled:
         return []
     text = f"unknown dataset '{policy.dataset}' (allowed: {', '.join(bundled)})"

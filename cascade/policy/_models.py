@@ -419,7 +419,9 @@ class Provenance(_Strict):
     date: str = Field(description="when, ISO 8601")
     target: dict[str, float] = Field(description="what was asked for")
     achieved: dict[str, float] = Field(description="what the fitted policy reached, per split")
-    confidence: float = Field(gt=0, lt=1, description="confidence level of the statistical margin")
+    confidence: float | None = Field(
+        None, gt=0, lt=1, description="confidence level of the statistical margin, if one was used"
+    )
     cards: dict[str, str] = Field(
         default_factory=dict, description="sha256 of each tier's model file when fitted"
     )
@@ -458,12 +460,10 @@ class Policy(_Strict):
         "files elsewhere on its host",
     )
     tiers: dict[TierName, Tier] = Field(min_length=1, description="the models, by name")
-    routing: ConfidenceRouting | ComplexityRouting | SlaRouting | SpeculativeRouting | None = (
-        Field(
-            None,
-            discriminator="kind",
-            description="how rows move through the tiers (classification policies)",
-        )
+    routing: ConfidenceRouting | ComplexityRouting | SlaRouting | SpeculativeRouting | None = Field(
+        None,
+        discriminator="kind",
+        description="how rows move through the tiers (classification policies)",
     )
     gears: list[Gear] = Field(
         default_factory=list,

@@ -24,7 +24,8 @@ serve = pytest.importorskip("ray.serve")
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "policies" / "digits.yaml"
 COVERTYPE = ROOT / "policies" / "covertype.yaml"
-SERVED = [str(DIGITS), str(COVERTYPE)]
+LTR = ROOT / "policies" / "ltr.yaml"
+SERVED = [str(DIGITS), str(COVERTYPE), str(LTR)]
 METRICS_PORT = 0
 
 
@@ -34,10 +35,28 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _remote_ltr(directory: Path) -> Path:
+    """The LTR ranking policy with its fine scorer as a Serve deployment (one hop)."""
+    models = ROOT / "policies" / "models" / "ltr"
+    path = directory / "ltr-remote.yaml"
+    path.write_text(
+        "name: ltr-remote\nallow_outside_paths: true\ntiers:\n"
+        f"  coarse: {{model: {models / 'coarse.onnx'}}}\n"
+        f"  fine: {{model: {models / 'fine.onnx'}, placement: deployment, "
+        "batching: {max_batch_size: 1024, max_wait_ms: 2}}\n"
+        "stages:\n  - {name: coarse, tier: coarse, keep: 8, max_keep: 20}\n"
+        "  - {name: fine, tier: fine, keep: 5, max_keep: 10}\n"
+    )
+    return path
+
+
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from cascade.evaluate import ensure_models
     from deployments.app import build_app
 
+    ensure_models(load_policy(LTR), progress=False)
+    served = [*SERVED, str(_remote_ltr(tmp_path_factory.mktemp("ltr")))]
     port = _free_port()
     global METRICS_PORT
     METRICS_PORT = _free_port()
@@ -46,7 +65,7 @@ def base_url() -> Iterator[str]:
              _metrics_export_port=METRICS_PORT)  # fmt: skip
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"policies": SERVED}), name="cascade", route_prefix="/")
+        serve.run(build_app({"policies": served}), name="cascade", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -414,3 +433,75 @@ def test_binary_tensor_data_gets_the_same_answer_as_json(base_url: str) -> None:
     assert binary.status_code == 200, binary.text
     assert binary.json()["outputs"] == plain.json()["outputs"]
     assert bad.status_code == 400 and "needs 2048 bytes" in bad.json()["error"]
+
+
+def _rank_body(rows: np.ndarray, ids: list[str] | None = None, **parameters: object) -> bytes:
+    inputs: list[dict[str, object]] = [
+        {"name": "input", "shape": list(rows.shape), "datatype": "FP32",
+         "data": rows.ravel().tolist()}
+    ]  # fmt: skip
+    if ids is not None:
+        inputs.append({"name": "ids", "shape": [len(ids)], "datatype": "BYTES", "data": ids})
+    return json.dumps({"inputs": inputs, "parameters": parameters}).encode()
+
+
+@pytest.mark.parametrize("model", ["ltr", "ltr-remote"])
+def test_ranking_answers_match_the_offline_cascade(base_url: str, model: str) -> None:
+    from cascade.evaluate._ranking import ranking_models
+    from cascade.ranking import cascade_rank, ltr_queries
+
+    loaded = load_policy(LTR)
+    models = ranking_models(loaded)
+    n, k = (12, 10) if model == "ltr" else (8, 5)
+    queries = ltr_queries("test")[:6]
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(
+                client.post(f"{base_url}/v2/models/{model}/infer",
+                            content=_rank_body(q.features, [f"d{i}" for i in q.ids]))
+                for q in queries
+            ))  # fmt: skip
+
+    for query, response in zip(queries, asyncio.run(fire()), strict=True):
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o for o in response.json()["outputs"]}
+        expected = cascade_rank(
+            None, float("-inf"), models.coarse.score(query.features),
+            models.fine.score(query.features), n=n, k=k,
+        )  # fmt: skip
+        assert outputs["indices"]["data"] == expected.tolist()
+        assert outputs["ids"]["data"] == [f"d{query.ids[i]}" for i in expected]
+        scores = outputs["scores"]["data"]
+        assert scores == sorted(scores, reverse=True) and len(scores) == min(k, len(query.ids))
+        stages = response.json()["parameters"]["stages"]
+        assert [(s["stage"], s["in"]) for s in stages] == [
+            ("coarse", len(query.ids)), ("fine", min(n, len(query.ids)))
+        ]  # fmt: skip
+
+
+def test_ranking_metadata_and_bad_requests(base_url: str) -> None:
+    url = f"{base_url}/v2/models/ltr/infer"
+    meta = httpx.get(f"{base_url}/v2/models/ltr", timeout=10).json()
+    assert meta["parameters"]["routing"] == "ranking"
+    assert [s["name"] for s in meta["parameters"]["stages"]] == ["coarse", "fine"]
+    rows = np.zeros((4, 300), np.float32)
+    cases = [
+        (_rank_body(rows, k=51), "k=51 is outside this policy's limits [1, 50]"),
+        (_rank_body(rows, k=20, n=15), "n=15 must be >= k=20"),
+        (_rank_body(np.zeros((0, 300), np.float32)), "0 rows"),
+        (_rank_body(rows[:, :10]), "does not match [batch, 300]"),
+        (_rank_body(rows, ids=["a"]), "one per candidate"),
+        (json.dumps({"inputs": [{"name": "input", "shape": [2, 300], "datatype": "FP32",
+                                 "data": [[0.0] * 300, [0.0] * 299]}]}).encode(), "ragged"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 300], "datatype": "FP32", "data": ['
+         + b"NaN, " * 299 + b"1]}]}", "NaN"),
+    ]  # fmt: skip
+    for body, message in cases:
+        response = httpx.post(url, content=body, timeout=10)
+        assert response.status_code == 400, (message, response.text)
+        assert message in response.json()["error"]
+    good = httpx.post(url, content=_rank_body(rows, k=3, trace=False), timeout=10)
+    assert good.status_code == 200
+    assert len(good.json()["outputs"][0]["data"]) == 3
+    assert set(good.json()["parameters"]) == {"relative_cost"}

@@ -578,7 +578,8 @@ def test_a_dataset_policy_tolerates_missing_files_but_checks_present_ones(
 def test_unknown_dataset(folder: Path) -> None:
     path = _write(folder, CONFIDENCE.replace("name: digits\n", "name: digits\ndataset: mnist\n"))
     match = _exactly(
-        path, "2 dataset: unknown dataset 'mnist' (allowed: clinc150, covertype, digits)"
+        path,
+        "2 dataset: unknown dataset 'mnist' (allowed: clinc150, covertype, digits, ltr, movielens)",
     )
     with pytest.raises(PolicyError, match=match):
         load_policy(path)
