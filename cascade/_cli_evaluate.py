@@ -9,8 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cascade.errors import InputError
 
 __all__ = ["add_evaluate_commands", "run_calibrate", "run_evaluate"]
@@ -225,7 +223,6 @@ def run_gears(args: argparse.Namespace) -> int:
 
 def _calibrate_ranking(args: argparse.Namespace) -> int:
     from cascade.evaluate._ranking import calibrate_ranking, ranking_queries
-    from cascade.ranking.metrics import format_results
 
     if args.target_relative_ndcg is None:
         raise InputError("a ranking policy is calibrated with --target-relative-ndcg, e.g. 0.99")
@@ -235,23 +232,33 @@ def _calibrate_ranking(args: argparse.Namespace) -> int:
     )
     result = calibrate_ranking(
         loaded, queries, target_relative_ndcg=args.target_relative_ndcg, label=label,
-        write=not args.dry_run,
+        confidence=args.confidence, write=not args.dry_run,
     )  # fmt: skip
     if args.json:
         print(json.dumps({
             "met": result.chosen is not None,
             "chosen": None if result.chosen is None else
-            {"min_score": result.chosen[0], **_ranking_rows([result.chosen[1]])[0]},
-            "points": [{"min_score": cut, **row} for (cut, _), row in
-                       zip(result.rows, _ranking_rows([r for _, r in result.rows]), strict=True)],
+            {"min_score": result.chosen[0],
+             "lower_bound": result.lower_bounds[result.rows.index(result.chosen)],
+             **_ranking_rows([result.chosen[1]])[0]},
+            "points": [{"min_score": cut, "lower_bound": bound, **row}
+                       for (cut, _), bound, row in zip(
+                           result.rows, result.lower_bounds,
+                           _ranking_rows([r for _, r in result.rows]), strict=True)],
         }))  # fmt: skip
         return 0 if result.chosen is not None else 1
     print(f"{loaded.policy.name}: N (and filter cut) on {label}; target NDCG@10 >= "
-          f"{result.target:g} x fine-only's")  # fmt: skip
-    cuts = sorted({cut for cut, _ in result.rows}, key=lambda c: -np.inf if c is None else c)
-    for cut in cuts:
-        print(f"\nfilter min_score: {'none' if cut is None else f'{cut:.4f}'}")
-        print(format_results([r for c, r in result.rows if c == cut]))
+          f"{result.target:g} x fine-only's at confidence {result.confidence:g}")  # fmt: skip
+    from cascade.zoo.cards import table
+
+    points = [
+        [("none" if cut is None else f"{cut:.4f}"), str(r.n), f"{r.relative_ndcg:.4f}",
+         f"{bound:.4f}", f"{r.recall_at_10:.3f}", f"{r.relative_cost:.4f}",
+         "*" if result.chosen is not None and result.chosen[1] is r else ""]
+        for (cut, r), bound in zip(result.rows, result.lower_bounds, strict=True)
+    ]  # fmt: skip
+    print(table(["filter min_score", "N", "rel NDCG", f"lower bound ({result.confidence:g})",
+                 "recall@10", "rel cost", "chosen"], points))  # fmt: skip
     if result.chosen is None:
         print("\ntarget not met: the policy file is unchanged")
         return 1

@@ -36,6 +36,7 @@ __all__ = [
 RANKING_DATASETS = ("ltr", "movielens")
 N_GRID = (10, 20, 50, 100, 200, 300, 400, 600, 800, 1200, 1600)
 FILTER_DROP = (0.0, 0.5, 0.75, 0.9)  # filter cuts tried: share of candidates dropped
+BOOTSTRAP = 2000
 
 
 def _dataset(loaded: LoadedPolicy) -> str:
@@ -121,7 +122,9 @@ class RankingCalibration:
     """What ``calibrate_ranking`` tried and chose."""
 
     target: float
+    confidence: float
     rows: list[tuple[float | None, CascadeResult]]  # (filter min_score, result) per point
+    lower_bounds: list[float]  # per row: bootstrap lower bound of relative NDCG@10
     chosen: tuple[float | None, CascadeResult] | None
     label: str
 
@@ -132,12 +135,16 @@ def calibrate_ranking(
     *,
     target_relative_ndcg: float,
     label: str,
+    confidence: float = 0.95,
     write: bool = True,
 ) -> RankingCalibration:
-    """The cheapest (filter cut, N) whose NDCG@10 is >= ``target`` x fine-only's.
+    """The cheapest (filter cut, N) whose NDCG@10 is >= ``target`` x fine-only's, with margin.
 
-    Filter cuts tried drop 0 / 50 / 75 / 90 % of the calibration candidates (when the
-    policy has a filter stage); N runs over a grid up to the largest candidate list.
+    The margin: a point qualifies when the ``confidence`` lower bound of its relative
+    NDCG@10, bootstrapped over the calibration queries (paired with fine-only), clears the
+    target; a point that merely reaches the target on average tends to miss it on new
+    queries. Filter cuts tried drop 0 / 50 / 75 / 90 % of the calibration candidates (when
+    the policy has a filter stage); N runs over a grid up to the largest candidate list.
     """
     policy = loaded.policy
     has_filter = policy.stage("filter") is not None
@@ -158,17 +165,37 @@ def calibrate_ranking(
         models = ranking_models(loaded, min_score=cut)
         for result in evaluate_cascade(queries, models, list(grid))[2:]:
             rows.append((cut, result))
-    meeting = [r for r in rows if r[1].relative_ndcg >= target_relative_ndcg]
-    chosen = min(meeting, key=lambda r: (r[1].relative_cost, r[1].n or 0), default=None)
-    if chosen is not None and write:
-        _write(loaded, chosen, target_relative_ndcg, label)
-    return RankingCalibration(target_relative_ndcg, rows, chosen, label)
+    rng = np.random.default_rng(0)
+    n_queries = rows[0][1].n_queries
+    resamples = rng.integers(0, n_queries, size=(BOOTSTRAP, n_queries))
+    bounds = [_lower_bound(r, resamples, confidence) for _, r in rows]
+    meeting = [
+        (row, bound)
+        for row, bound in zip(rows, bounds, strict=True)
+        if bound >= target_relative_ndcg
+    ]
+    best = min(meeting, key=lambda m: (m[0][1].relative_cost, m[0][1].n or 0), default=None)
+    chosen = best[0] if best is not None else None
+    if best is not None and write:
+        _write(loaded, best[0], best[1], target_relative_ndcg, confidence, label)
+    return RankingCalibration(target_relative_ndcg, confidence, rows, bounds, chosen, label)
+
+
+def _lower_bound(result: CascadeResult, resamples: np.ndarray, confidence: float) -> float:
+    """Bootstrap lower bound (over queries, paired) of NDCG@10 relative to fine-only's."""
+    assert result.ndcg_per_query is not None and result.reference_ndcg is not None
+    ours = result.ndcg_per_query[resamples].mean(axis=1)
+    reference = result.reference_ndcg[resamples].mean(axis=1)
+    ratios = ours / np.where(reference > 0, reference, np.nan)
+    return float(np.nanquantile(ratios, 1 - confidence))
 
 
 def _write(
     loaded: LoadedPolicy,
     chosen: tuple[float | None, CascadeResult],
+    bound: float,
     target: float,
+    confidence: float,
     label: str,
 ) -> None:
     from cascade.evaluate._policy_edit import edit_policy_file
@@ -194,7 +221,9 @@ def _write(
                 "relative_ndcg_at_10": round(result.relative_ndcg, 5),
                 "relative_cost": round(result.relative_cost, 5),
                 "recall_at_10": round(result.recall_at_10, 5),
+                "relative_ndcg_lower_bound": round(bound, 5),
             },
+            "confidence": confidence,
         }
 
     if policy.stage("coarse") is None:

@@ -3,7 +3,8 @@
 Each stage is a tier scoring every candidate it receives (one ``score`` per row, higher is
 better). The filter drops candidates scoring below its ``min_score``, but never below k of
 them, so a query with k candidates or more always gets k answers; coarse keeps its best N;
-fine orders those and the best k come back, with fine's scores. Requests may ask for
+fine orders those and the best k come back, with fine's scores (equal scores: the earlier
+candidate first, at every stage). Requests may ask for
 another N or k up to the stages' ``max_keep``.
 
 Concurrent queries share stage calls: while one call to a tier runs, the candidates of
@@ -117,11 +118,13 @@ def _scores(out: np.ndarray, n: int, tier: str) -> np.ndarray:
 
 
 def _top(scores: np.ndarray, m: int) -> np.ndarray:
-    """Positions of the ``m`` highest scores, best first (ties: earlier position first)."""
+    """Positions of the ``m`` highest scores, best first; equal scores: lower position first."""
     if m >= len(scores):
         return np.argsort(-scores, kind="stable")
-    part = np.argpartition(-scores, m - 1)[:m]
-    return part[np.lexsort((part, -scores[part]))]
+    kth = np.partition(-scores, m - 1)[m - 1]  # minus the m-th highest score
+    tied_or_better = np.flatnonzero(-scores <= kth)
+    order = tied_or_better[np.lexsort((tied_or_better, -scores[tied_or_better]))]
+    return order[:m]
 
 
 class Ranker:
@@ -199,7 +202,7 @@ class Ranker:
                 alive, scores = alive[keep], scores[keep]
             elif stage.name == "coarse":
                 assert n is not None
-                order = _top(scores, n)
+                order = np.sort(_top(scores, n))  # candidate order: fine's ties go to the lower
                 alive, scores = alive[order], scores[order]
             else:
                 order = _top(scores, k)

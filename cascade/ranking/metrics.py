@@ -21,8 +21,8 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -97,6 +97,17 @@ class CascadeResult:
     recall_at_10: float
     relative_cost: float
     n_queries: int
+    ndcg_per_query: npt.NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
+    """NDCG@10 of each evaluated query, fine-only's row first in :attr:`reference_ndcg`."""
+    reference_ndcg: npt.NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar fields, for JSON."""
+        return {
+            "name": self.name, "n": self.n, "ndcg_at_10": self.ndcg_at_10,
+            "relative_ndcg": self.relative_ndcg, "recall_at_10": self.recall_at_10,
+            "relative_cost": self.relative_cost, "n_queries": self.n_queries,
+        }  # fmt: skip
 
 
 def top_k(scores: npt.ArrayLike, k: int, *, among: npt.ArrayLike | None = None) -> IntArray:
@@ -317,6 +328,8 @@ def evaluate_cascade(
             recall_at_10=float(recall[i].mean()),
             relative_cost=float(cost[i]) / fine_cost if fine_cost > 0 else float("nan"),
             n_queries=len(kept),
+            ndcg_per_query=ndcg[i],
+            reference_ndcg=ndcg[1],
         )
         for i, (name, n) in enumerate(rows)
     ]

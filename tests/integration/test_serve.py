@@ -97,7 +97,9 @@ def test_health_and_metadata(base_url: str) -> None:
         assert meta["parameters"]["classes"] == [str(i) for i in range(10)]
         missing = client.get("/v2/models/nope")
         assert missing.status_code == 404
-        assert missing.json() == {"error": "unknown model 'nope' (models: covertype, digits)"}
+        assert missing.json() == {
+            "error": "unknown model 'nope' (models: covertype, digits, ltr, ltr-remote)"
+        }
 
 
 @pytest.mark.parametrize(("policy", "n_rows"), [(DIGITS, 40), (COVERTYPE, 200)])

@@ -200,3 +200,12 @@ def test_rank_requests_parse_ids_and_parameters() -> None:
 def test_bad_rank_requests_say_what_is_wrong(body: bytes, match: str) -> None:
     with pytest.raises(InputError, match=match):
         parse_rank_request(body, input_name="input", width=3)
+
+
+def test_equal_scores_go_to_the_earlier_candidate_like_the_offline_cascade() -> None:
+    from cascade.ranking import top_k
+    from cascade.ranking._ranker import _top
+
+    scores = np.array([1, 2, 2, 2, 0, 2], np.float32)
+    for m in range(1, 7):
+        assert _top(scores, m).tolist() == top_k(scores, m).tolist()
