@@ -192,12 +192,15 @@ def _curl_example(url: str, name: str, loaded: LoadedPolicy) -> str:
     """A ready-to-paste infer request: one row of zeros of the policy's input width."""
     import json
 
-    from cascade.backends import OnnxModel
+    from cascade.backends import open_model
 
     first = next(iter(loaded.policy.tiers))
-    spec = OnnxModel(loaded.model_path(first)).input_spec
+    spec = open_model(loaded.model_path(first)).input_spec
     width = spec.width or 1
-    body = {"inputs": [{"name": spec.name, "shape": [1, width], "datatype": "FP32",
-                        "data": [0.0] * width}]}  # fmt: skip
+    body: dict[str, object] = {"inputs": [{"name": spec.name, "shape": [1, width],
+                                           "datatype": "FP32", "data": [0.0] * width}]}  # fmt: skip
+    if spec.dtype == "string":
+        body = {"inputs": [{"name": spec.name, "shape": [1], "datatype": "BYTES",
+                            "data": ["what is my balance"]}]}  # fmt: skip
     return (f"curl -s {url}/v2/models/{name}/infer -H 'content-type: application/json' "
             f"-d '{json.dumps(body)}'")  # fmt: skip

@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cascade.backends import InputSpec, OnnxModel
+from cascade.backends import InputSpec, open_model
 from cascade.errors import PolicyError
 from cascade.evaluate import ensure_models
 from cascade.policy import load_policy
@@ -50,7 +50,7 @@ class ModelDeployment:
     """One ONNX tier behind a Serve deployment, batching calls with ``@serve.batch``."""
 
     def __init__(self, path: str, providers: tuple[str, ...]) -> None:
-        self.model = OnnxModel(path, providers=providers, offload=True)
+        self.model = open_model(path, providers=providers, offload=True)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Batch size and wait come from ``user_config``, so changing them restarts nothing."""
@@ -65,7 +65,13 @@ class ModelDeployment:
         return list(np.split(out, np.cumsum(sizes)[:-1]))
 
     def check_health(self) -> None:
-        self.model.predict_sync(np.zeros((1, self.model.input_spec.width or 1), np.float32))
+        spec = self.model.input_spec
+        probe = (
+            np.array(["health check"], dtype=object)
+            if spec.dtype == "string"
+            else np.zeros((1, spec.width or 1), np.float32)
+        )
+        self.model.predict_sync(probe)  # type: ignore[attr-defined]
 
 
 class _HandleModel:
@@ -77,7 +83,8 @@ class _HandleModel:
         self._handle = handle
 
     async def predict(self, batch: Any) -> np.ndarray:
-        result: np.ndarray = await self._handle.predict.remote(np.asarray(batch, np.float32))
+        rows = batch if self.input_spec.dtype == "string" else np.asarray(batch, np.float32)
+        result: np.ndarray = await self._handle.predict.remote(rows)
         return result
 
 
@@ -91,7 +98,9 @@ class _Metrics:
     ``cascade_request_latency_ms{model}`` (end to end inside the ingress);
     ``cascade_shed_total{model,why}`` (503s: ``admission``, a deadline out of reach on
     arrival; ``late``, an answer that came past its deadline); ``cascade_gear{model}``;
-    ``cascade_stage_candidates_total{model,stage}`` (ranking: candidates each stage scored).
+    ``cascade_stage_candidates_total{model,stage}`` (ranking: candidates each stage scored);
+    ``cascade_cache_hits_total{model,cache}`` (rows answered by the exact or similar cache;
+    they count as ``tier="cache"`` in ``cascade_answers_total``).
     """
 
     def __init__(self) -> None:
@@ -116,6 +125,9 @@ class _Metrics:
                                          boundaries=buckets_ms, tag_keys=model)  # fmt: skip
         self.shed_total = metrics.Counter("cascade_shed_total", "requests refused with a 503",
                                     tag_keys=("model", "why"))  # fmt: skip
+        self.cache_hits = metrics.Counter(
+            "cascade_cache_hits_total", "rows answered from a cache", tag_keys=("model", "cache")
+        )
         self.stage_candidates = metrics.Counter(
             "cascade_stage_candidates_total",
             "candidates scored per ranking stage",
@@ -129,6 +141,10 @@ class _Metrics:
         self.rows.observe(len(decisions), tags)
         self.latency.observe(elapsed_ms, tags)
         for decision in decisions:
+            if decision.cache_hit:
+                self.cache_hits.inc(1, {"model": model, "cache": decision.cache or "exact"})
+                self.answers.inc(1, {"model": model, "tier": "cache"})
+                continue
             self.answers.inc(1, {"model": model, "tier": decision.answered_by})
             if decision.steps and decision.answered_by != decision.steps[0].tier:
                 self.escalations.inc(1, tags)

@@ -9,14 +9,19 @@ import numpy as np
 
 from cascade.errors import InputError
 
-__all__ = ["InputSpec", "Model", "validate_batch"]
+__all__ = ["MAX_TEXT_CHARS", "InputSpec", "Model", "validate_batch", "validate_texts"]
 
 _MAX_LISTED_ROWS = 5
 
 
+MAX_TEXT_CHARS = 10_000
+"""Longest text one row of a text model may hold."""
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """What a model accepts: one 2-D float32 tensor ``[batch, width]``.
+    """What a model accepts: one 2-D float32 tensor ``[batch, width]``, or, with ``dtype``
+    ``"string"``, a 1-D batch of texts (``width`` is then ``None``).
 
     ``width`` is ``None`` when the graph leaves it symbolic.
     """
@@ -49,8 +54,11 @@ def validate_batch(batch: Any, spec: InputSpec) -> np.ndarray:
 
     Real numbers of any width (ints, float16/32/64) are cast to float32; booleans, complex
     numbers, strings and objects are refused. Every refusal is an ``InputError`` naming the
-    input, what was expected and what came.
+    input, what was expected and what came. A ``"string"`` spec takes texts instead: see
+    :func:`validate_texts`.
     """
+    if spec.dtype == "string":
+        return validate_texts(batch, spec)
     if (
         type(batch) is np.ndarray
         and batch.dtype == np.float32
@@ -99,3 +107,36 @@ def validate_batch(batch: Any, spec: InputSpec) -> np.ndarray:
             f"in rows [{listed}{more}]"
         )
     return as_float
+
+
+def validate_texts(batch: Any, spec: InputSpec) -> np.ndarray:
+    """Check a batch of texts and return it as a 1-D object array of ``str``.
+
+    A list or a 1-D (or ``[n, 1]``) array of strings; every row a ``str`` of at most
+    :data:`MAX_TEXT_CHARS` characters. Every refusal is an ``InputError`` naming the row.
+    """
+    where = f"input '{spec.name}'"
+    if isinstance(batch, np.ndarray):
+        if batch.ndim == 2 and batch.shape[1] == 1:
+            batch = batch[:, 0]
+        if batch.ndim != 1:
+            raise InputError(
+                f"{where}: expected a 1-D batch of texts, got shape {list(batch.shape)}"
+            )
+        items = batch.tolist()
+    elif isinstance(batch, list | tuple):
+        items = list(batch)
+    else:
+        raise InputError(f"{where}: expected a batch of texts, got {type(batch).__name__}")
+    if not items:
+        raise InputError(f"{where}: empty batch (0 rows); send at least one text")
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InputError(f"{where}: row {i} is {type(item).__name__}, not a text")
+        if len(item) > MAX_TEXT_CHARS:
+            raise InputError(
+                f"{where}: row {i} has {len(item)} characters; the limit is {MAX_TEXT_CHARS}"
+            )
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out

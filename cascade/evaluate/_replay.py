@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cascade.backends import OnnxModel
+from cascade.backends import OnnxModel, open_model
 from cascade.evaluate._tiers import TierInfo, check_provenance, resolve_tiers
 from cascade.policy import (
     ChainStep,
@@ -88,7 +88,10 @@ class Evaluator:
         self.loaded = loaded
         self.tiers = tiers if tiers is not None else resolve_tiers(loaded)
         check_provenance(loaded, self.tiers)
-        self.backends = {name: OnnxModel(info.path) for name, info in self.tiers.items()}
+        # OnnxModel or a text model: both run predict_sync, which the replay uses
+        self.backends: dict[str, Any] = {
+            name: open_model(info.path) for name, info in self.tiers.items()
+        }
         self.reference = max(self.tiers, key=lambda name: self.tiers[name].cost)
         self._scorer_cost: float | None = None
 
@@ -121,7 +124,7 @@ class Evaluator:
             return pool.submit(asyncio.run, engine.run(X, gear=gear)).result()
 
     def probabilities(self, tier: str, X: np.ndarray) -> np.ndarray:
-        return self.backends[tier].predict_sync(X)
+        return np.asarray(self.backends[tier].predict_sync(X), dtype=np.float32)
 
     def model_cost(self, path: Path) -> float:
         """Cost units per row of any ONNX model, measured like the tiers' cards."""

@@ -38,7 +38,7 @@ _NAME_RULES = {
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$": "a letter or digit, then up to 62 letters, "
     "digits, _ . or -",
 }
-_INACTIVE = ("cache",)
+_INACTIVE: tuple[str, ...] = ()
 _LEAVES = "path leaves the policy folder (set allow_outside_paths: true to allow it)"
 
 

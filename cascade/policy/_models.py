@@ -359,11 +359,41 @@ class Gear(_Strict):
     )
 
 
+class SimilarityCacheSection(_Strict):
+    """The similarity cache: the nearest earlier input's answer, when it is near enough."""
+
+    threshold: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="cosine at or above which the nearest cached input's answer is reused "
+        "(0.85 kept false hits <= 1 % on CLINC150 paraphrases: benchmarks/cache.py)",
+    )
+    max_entries: int = Field(10_000, ge=1, le=1_000_000, description="entries kept (LRU)")
+    audit_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of similarity hits answered by the cascade instead and compared, "
+        "to measure the false-hit rate live (metric and metadata)",
+    )
+
+
 class CacheSection(_Strict):
-    """Answer caches (exact and similarity)."""
+    """Answer caches, per serving replica: exact inputs, and optionally similar ones.
+
+    Keyed by the policy's hash, so a reload never serves an answer of the old policy.
+    Degraded answers (fallback, deadline, max_tier) are never stored.
+    """
 
     exact_max_entries: int = Field(0, ge=0, description="exact-input cache size; 0: off")
+    exact_max_bytes: int = Field(
+        64 * 2**20, ge=1024, description="bytes the exact cache may hold (keys and answers)"
+    )
     ttl_s: float = Field(300.0, gt=0, description="how long a cached answer stays valid")
+    similarity: SimilarityCacheSection | None = Field(
+        None, description="the similarity cache; absent: off"
+    )
 
 
 class Stage(_Strict):
@@ -478,7 +508,9 @@ class Policy(_Strict):
     gear_hold_s: float = Field(
         2.0, ge=0, le=600, description="...and has stayed there this many seconds"
     )
-    cache: CacheSection | None = Field(None, description="caches (not active in this release)")
+    cache: CacheSection | None = Field(
+        None, description="answer caches (classification policies), per serving replica"
+    )
     stages: list[Stage] = Field(
         default_factory=list,
         description="ranking stages, filter -> coarse -> fine (ranking policies, instead of "
@@ -525,6 +557,8 @@ class Policy(_Strict):
                 )
         if self.gears:
             raise ValueError("gears apply to routing, not to ranking stages")
+        if self.cache is not None:
+            raise ValueError("cache applies to classification policies, not to ranking stages")
         return self
 
     @property

@@ -19,6 +19,7 @@ Reason = Literal[
     "speculative_expensive",
     "max_tier",
     "fallback",
+    "cache",
 ]
 """Why a request stopped where it did.
 
@@ -29,7 +30,8 @@ routing picked the tier; speculative_cheap / speculative_expensive: which of the
 speculative tiers answered; max_tier: the request's ``max_tier`` kept it from the tier
 the routing would have sent it to next (or, under complexity routing, the band's tier);
 fallback: the tier it was sent to failed, timed out or had its circuit open, so it got the
-best answer already computed or the next cheaper tier's (always with ``degraded``).
+best answer already computed or the next cheaper tier's (always with ``degraded``); cache:
+an answer cache had it (``cache`` says which, ``similarity`` how near the cached input was).
 """
 
 
@@ -78,6 +80,8 @@ class Decision:
     gear: str | None = None
     cache_hit: bool = False
     score: float | None = None
+    cache: str | None = None  # "exact" or "similar" when cache_hit
+    similarity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the trace as plain JSON types (the HTTP response's ``parameters``)."""

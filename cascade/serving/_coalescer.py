@@ -60,12 +60,14 @@ class Coalescer:
         max_batch_rows: int = 256,
         max_wait_ms: float = 2.0,
         eager: bool = True,
+        spec: InputSpec | None = None,
     ) -> None:
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
         if not max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         self._run = run
+        self._spec = spec or InputSpec(name="input", width=None)  # texts: dtype "string"
         self._eager = eager
         self._max_batch_rows = max_batch_rows
         self._max_wait_s = max_wait_ms / 1000.0
@@ -100,14 +102,14 @@ class Coalescer:
         ``rows`` are validated here (rank 2, real, finite) so that one bad request cannot
         fail the batch it would have shared with others.
         """
-        batch = validate_batch(rows, InputSpec(name="input", width=None))
+        batch = validate_batch(rows, self._spec)
         loop = asyncio.get_running_loop()
         if len(batch) >= self._max_batch_rows:
             result = await self._run(batch, [deadline_ms] * len(batch), [max_tier] * len(batch))
             return _slice(result, 0, len(batch))
         if self._pending and (
             self._pending_rows + len(batch) > self._max_batch_rows
-            or self._pending[0].rows.shape[1] != batch.shape[1]
+            or self._pending[0].rows.shape[1:] != batch.shape[1:]
         ):
             self._flush()
         waiting = _Waiting(batch, deadline_ms, max_tier, loop.time(), loop.create_future())

@@ -172,6 +172,7 @@ def _parse_input(
     max_rows: int,
     body: bytes,
     binary: bytes | None = None,
+    text: bool = False,
 ) -> np.ndarray:
     if not isinstance(inputs, list) or not inputs:
         got = "none" if inputs is None or inputs == [] else _type_name(inputs)
@@ -187,6 +188,8 @@ def _parse_input(
             raise InputError(f"inputs[0] needs a string 'name' (expected '{input_name}')")
         raise InputError(f"unknown input '{name}' (expected '{input_name}')")
     where = f"input '{input_name}'"
+    if text:
+        return _text_rows(tensor, where, max_rows=max_rows)
     binary_size = _binary_size(tensor, where)
     for key in ("shape", "datatype") if binary_size is not None else ("shape", "datatype", "data"):
         if key not in tensor:
@@ -220,6 +223,42 @@ def _parse_input(
     if not isinstance(data, list):
         raise InputError(f"{where}: 'data' must be a list of numbers, got {_type_name(data)}")
     return _to_rows(data, datatype, shape=(n_rows, width), input_name=input_name, body=body)
+
+
+def _text_rows(tensor: dict[str, Any], where: str, *, max_rows: int) -> np.ndarray:
+    """A ``BYTES`` input of texts, shape ``[n]`` or ``[n, 1]``, as a 1-D object array."""
+    from cascade.backends import InputSpec, validate_texts
+
+    for key in ("shape", "datatype", "data"):
+        if key not in tensor:
+            raise InputError(f"{where}: missing '{key}'")
+    if tensor["datatype"] != "BYTES":
+        raise InputError(
+            f"{where}: this model takes texts: datatype must be BYTES, got "
+            f"{json.dumps(tensor['datatype'])}"
+        )
+    shape = tensor["shape"]
+    if not (
+        isinstance(shape, list)
+        and len(shape) in (1, 2)
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        and (len(shape) == 1 or shape[1] == 1)
+    ):
+        raise InputError(f"{where}: shape {json.dumps(shape)} does not match [batch] or [batch, 1]")
+    n_rows = shape[0]
+    if n_rows < 1:
+        raise InputError(f"{where}: 0 rows; send at least one text")
+    if n_rows > max_rows:
+        raise InputError(f"{where}: {n_rows} rows; the limit is {max_rows} per request")
+    data = tensor["data"]
+    if not isinstance(data, list):
+        raise InputError(f"{where}: 'data' must be a list of strings, got {_type_name(data)}")
+    flat = [d[0] if isinstance(d, list) and len(d) == 1 else d for d in data]
+    if len(flat) != n_rows:
+        raise InputError(
+            f"{where}: data has {len(flat)} texts; shape {json.dumps(shape)} needs {n_rows}"
+        )
+    return validate_texts(flat, InputSpec(name=where.split("'")[1], width=None, dtype="string"))
 
 
 def _binary_size(tensor: dict[str, Any], where: str) -> int | None:
@@ -307,6 +346,7 @@ def parse_infer_request(
     max_rows: int = 4096,
     max_bytes: int = 8 * 2**20,
     header_length: int | None = None,
+    text: bool = False,
 ) -> InferRequest:
     """Parse and validate a v2 ``POST /v2/models/{name}/infer`` body.
 
@@ -315,7 +355,8 @@ def parse_infer_request(
     ``Inference-Header-Content-Length``) the body is the binary tensor data extension: that
     many bytes of JSON, then the input's raw little-endian values, announced by its
     ``parameters.binary_data_size``, in place of ``data``. ``tiers`` are the policy's tier names,
-    which ``parameters.max_tier`` must be one of.
+    which ``parameters.max_tier`` must be one of. With ``text`` the input is ``BYTES``: texts,
+    shape ``[n]`` or ``[n, 1]``, returned as a 1-D object array.
 
     Example::
 
@@ -348,6 +389,7 @@ def parse_infer_request(
         max_rows=max_rows,
         body=body,
         binary=binary,
+        text=text,
     )
     return InferRequest(
         id=request_id,
@@ -456,8 +498,9 @@ def model_metadata(
     classes: Sequence[str] | None,
     policy_hash: str,
     extra: dict[str, Any] | None = None,
+    text: bool = False,
 ) -> dict[str, Any]:
-    """The v2 model metadata body (``GET /v2/models/{name}``).
+    """The v2 model metadata body (``GET /v2/models/{name}``); ``text``: a BYTES input.
 
     Example::
 
@@ -468,7 +511,11 @@ def model_metadata(
         "name": name,
         "versions": [version],
         "platform": "cascade",
-        "inputs": [{"name": input_name, "datatype": "FP32", "shape": [-1, width]}],
+        "inputs": [
+            {"name": input_name, "datatype": "BYTES", "shape": [-1]}
+            if text
+            else {"name": input_name, "datatype": "FP32", "shape": [-1, width]}
+        ],
         "outputs": [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, n_classes]},
             {

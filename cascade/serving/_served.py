@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cascade.backends import InputSpec, Model, OnnxModel
+from cascade.backends import InputSpec, Model, open_model
 from cascade.evaluate import resolve_tiers
 from cascade.load import Gear, GearShifter
 from cascade.policy import LoadedPolicy, Policy
@@ -26,17 +26,17 @@ RemoteFactory = Callable[[InputSpec], Model]
 
 def _backends(
     loaded: LoadedPolicy, remote: Mapping[str, RemoteFactory]
-) -> tuple[dict[str, Model], InputSpec, OnnxModel, dict[str, Any]]:
+) -> tuple[dict[str, Model], InputSpec, Any, dict[str, Any]]:
     """Every tier's backend (local ONNX or remote), the input spec, one local model, tiers."""
     tiers = resolve_tiers(loaded)
     local = {
-        name: OnnxModel(tiers[name].path, providers=tier.providers)
+        name: open_model(tiers[name].path, providers=tier.providers)
         for name, tier in loaded.policy.tiers.items()
         if name not in remote
     }
     # The input spec from a session this process runs anyway; only a policy of remote
     # tiers alone needs one loaded here just to read it.
-    first = next(iter(local.values()), None) or OnnxModel(next(iter(tiers.values())).path)
+    first = next(iter(local.values()), None) or open_model(next(iter(tiers.values())).path)
     backends: dict[str, Model] = dict(local)
     for name, factory in remote.items():
         backends[name] = factory(first.input_spec)
@@ -121,6 +121,7 @@ class ServedModel:
                 rows, deadlines_ms=deadlines, max_tiers=caps, gear=self.shifter.gear.name
             ),
             max_wait_ms=coalesce_ms,
+            spec=self.spec,
         )
         self.in_flight = 0  # requests inside this process: the load the gears follow
         self.policy: Policy | None = None
@@ -136,9 +137,18 @@ class ServedModel:
         return self.policy is not None and self.policy.tiers == policy.tiers
 
     def set_policy(self, policy: Policy) -> None:
-        """Take ``policy`` (same tiers) from the next batch on; the gear restarts at normal."""
+        """Take ``policy`` (same tiers) from the next batch on; the gear restarts at normal.
+
+        Its caches start empty when the cache section changed; else they stay, and entries
+        of the old policy are never served again (they are keyed by the policy's hash).
+        """
         if self.policy is not None:
             self.engine.replace_policy(policy)
+        if self.policy is None or self.policy.cache != policy.cache:
+            from cascade.serving._caching import AnswerCaches
+
+            text = self.spec.dtype == "string"
+            self.caches = AnswerCaches(policy.cache, text=text) if policy.cache else None
         self.policy = policy
         self.version = policy_hash(policy)
         gears = [Gear("normal", 0.0)] + [
@@ -166,10 +176,24 @@ class ServedModel:
             f"('{self.engine.first_tier}') needs about {first + wait:.1f} ms now"
         )
 
+    async def answer(
+        self, rows: Any, *, deadline_ms: float | None, max_tier: str | None
+    ) -> tuple[Any, tuple[Any, ...]]:
+        """Probabilities and decisions for ``rows``: from the caches, else the cascade."""
+
+        def run(misses: Any) -> Any:
+            return self.coalescer.submit(misses, deadline_ms=deadline_ms, max_tier=max_tier)
+
+        if self.caches is None:
+            answer: tuple[Any, tuple[Any, ...]] = await run(rows)
+            return answer
+        return await self.caches.answer(self.version, rows, run, deadline_ms=deadline_ms)
+
     def load(self) -> dict[str, Any]:
         """The load state metadata reports: gear, requests in flight, breaker states."""
         assert self.policy is not None
         return {
+            **({"cache": self.caches.stats()} if self.caches is not None else {}),
             "gear": self.shifter.gear.name,
             "in_flight": self.in_flight,
             "breakers": {

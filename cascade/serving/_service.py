@@ -230,6 +230,7 @@ class InferenceService:
                 n_classes=served.n_classes,
                 classes=served.classes,
                 policy_hash=served.version,
+                text=served.spec.dtype == "string",
                 extra={
                     "routing": served.policy.chain_routing.kind,
                     "tiers": served.tiers,
@@ -337,6 +338,7 @@ class InferenceService:
                 tiers=served.tiers,
                 max_rows=self.max_rows,
                 max_bytes=self.max_body_bytes,
+                text=served.spec.dtype == "string",
             )
             if parsed.max_tier is not None:
                 served.engine.check_max_tier(parsed.max_tier)
@@ -351,7 +353,7 @@ class InferenceService:
         if gears:  # no gears: nothing to shift, and no cost per request
             served.shifter.update(served.in_flight)
         try:
-            probabilities, decisions = await served.coalescer.submit(
+            probabilities, decisions = await served.answer(
                 parsed.rows, deadline_ms=parsed.deadline_ms, max_tier=parsed.max_tier
             )
         except InputError as exc:

@@ -397,11 +397,18 @@ def build_zoo(
         cards = build_zoo(load_dataset("digits"), "models/digits")
         print(format_cards(cards))
     """
+    if dataset.kind == "text":  # hashed char-grams, TF-IDF, MiniLM: cascade.text
+        if compression is not None and compression.wants_student:
+            raise BuildError(
+                "distill / quantize / prune apply to tabular tiers; the text tiers ship their "
+                "own INT8 MiniLM"
+            )
+        from cascade.text.build import build_text_zoo
+
+        cards: list[ModelCard] = build_text_zoo(dataset, Path(out_dir), progress=progress)
+        return cards
     if dataset.kind != "tabular":
-        raise BuildError(
-            f"dataset '{dataset.name}' is {dataset.kind}; `models build` builds tabular tiers "
-            "only for now (text tiers are planned)"
-        )
+        raise BuildError(f"dataset '{dataset.name}' is {dataset.kind}; no tiers for that kind")
     compression = compression or CompressionOptions()
     recipes = list(recipes) if recipes is not None else recipes_for(dataset.name)
     out = Path(out_dir)

@@ -500,7 +500,7 @@ def test_several_errors_are_reported_together_in_line_order(folder: Path) -> Non
         .replace("threshold: 0.9", "threshold: 2")
         .replace("{tier: large}", "{tier: large, calibrate: true}")
     )
-    path = _write(folder, text + "cache: {exact_max_entries: 10}\n")
+    path = _write(folder, text + "cache: {exact_max_entries: -1}\n")
     match = _exactly(
         path,
         "3 tiers.tiny.cost: must be > 0, got -1",
@@ -508,24 +508,23 @@ def test_several_errors_are_reported_together_in_line_order(folder: Path) -> Non
         "9 routing.chain[0].threshold: must be <= 1, got 2",
         "10 routing.chain[1].calibrate: unknown key 'calibrate' (allowed: tier, threshold, "
         "calibration)",
-        "11 cache: not active in this release (remove the section)",
+        "11 cache.exact_max_entries: must be >= 0, got -1",
     )
     with pytest.raises(PolicyError, match=match):
         load_policy(path)
 
 
-@pytest.mark.parametrize(
-    ("section", "key"),
-    [
-        ("cache: {exact_max_entries: 1000}\n", "cache"),
-        ("cache: {}\n", "cache"),
-    ],
-)
-def test_sections_not_active_in_this_release(folder: Path, section: str, key: str) -> None:
-    path = _write(folder, CONFIDENCE + section)
-    match = _exactly(path, f"11 {key}: not active in this release (remove the section)")
+def test_a_cache_section_is_active_and_checked(folder: Path) -> None:
+    cached = "cache: {exact_max_entries: 1000, similarity: {threshold: 0.9}}\n"
+    policy = load_policy(_write(folder, CONFIDENCE + cached)).policy
+    assert policy.cache is not None and policy.cache.similarity is not None
+    assert policy.cache.similarity.threshold == 0.9
+    bad = "cache: {similarity: {threshold: 1.5}}\n"
+    match = _exactly(
+        _write(folder, CONFIDENCE + bad), "11 cache.similarity.threshold: must be <= 1, got 1.5"
+    )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        load_policy(folder / "policy.yaml")
 
 
 def test_gears_must_rise_and_name_known_tiers(folder: Path) -> None:

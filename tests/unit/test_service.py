@@ -201,3 +201,66 @@ def test_openapi_lists_exactly_the_routes_served(service: InferenceService) -> N
     infer = document["paths"]["/v2/models/{name}/infer"]["post"]
     assert infer["parameters"][0]["schema"]["enum"] == ["digits"]
     assert set(infer["responses"]) == {"200", "400", "404", "503"}
+
+
+def _cached_service(models: Path, folder: Path, *, remote_fails: bool = False) -> InferenceService:
+    path = folder / "cached.yaml"
+    path.write_text(
+        _policy_text(models, threshold=1.0, name="cached")  # every row goes to large
+        + "cache: {exact_max_entries: 100, similarity: {threshold: 0.999}}\n"
+    )
+    svc = InferenceService()
+    svc.apply_policies([PolicyText(str(path), path.read_text())], remote=_remote(remote_fails))
+    return svc
+
+
+def _decisions(svc: InferenceService, rows: np.ndarray) -> list[dict[str, Any]]:
+    reply, body = _call(svc, "POST", "/v2/models/cached/infer", _infer_body(rows, trace=True))
+    assert reply.status == 200, body
+    decisions: list[dict[str, Any]] = body["parameters"]["decisions"]
+    return decisions
+
+
+def test_repeated_rows_come_from_the_exact_cache_and_near_ones_from_the_similar(
+    digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path
+) -> None:
+    models, _ = digits_zoo
+    svc = _cached_service(models, tmp_path)
+    rows = np.asarray(load_dataset("digits").test.X[:3], dtype=np.float32)
+    first = _decisions(svc, rows)
+    assert [d["cache_hit"] for d in first] == [False] * 3
+    assert {d["answered_by"] for d in first} == {"large"}
+    again = _decisions(svc, rows)
+    assert [(d["reason"], d["cache"], d["answered_by"]) for d in again] == [
+        ("cache", "exact", "large")
+    ] * 3
+    near = rows.copy()
+    near[:, 0] += 1e-3  # not the same bytes, nearly the same direction
+    similar = _decisions(svc, near)
+    assert [d["cache"] for d in similar] == ["similar"] * 3
+    assert all(d["similarity"] >= 0.999 for d in similar)
+    stats = svc.models["cached"].load()["cache"]
+    assert (stats["exact_hit"], stats["similar_hit"], stats["miss"]) == (3, 3, 3)
+
+
+def test_a_reload_never_serves_the_old_policys_answers(
+    digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path
+) -> None:
+    models, _ = digits_zoo
+    svc = _cached_service(models, tmp_path)
+    rows = np.asarray(load_dataset("digits").test.X[:2], dtype=np.float32)
+    _decisions(svc, rows)
+    path = tmp_path / "cached.yaml"
+    path.write_text(path.read_text().replace("threshold: 1.0", "threshold: 0.99"))
+    svc.apply_policies([PolicyText(str(path), path.read_text())], remote=_remote())
+    assert [d["cache_hit"] for d in _decisions(svc, rows)] == [False, False]
+
+
+def test_degraded_answers_are_not_cached(
+    digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path
+) -> None:
+    models, _ = digits_zoo
+    svc = _cached_service(models, tmp_path, remote_fails=True)
+    rows = np.asarray(load_dataset("digits").test.X[:2], dtype=np.float32)
+    assert [d["degraded"] for d in _decisions(svc, rows)] == [True, True]
+    assert [d["cache_hit"] for d in _decisions(svc, rows)] == [False, False]
