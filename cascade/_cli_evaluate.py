@@ -37,6 +37,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
         "policy's bundled dataset; split 60/20/20 like `models build --data`",
     )
     parser.add_argument("--label-column", help="the label column of --data")
+    parser.add_argument("--text-column", help="the text column of --data (text policies)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -174,7 +175,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if loaded.policy.stages:
         return _evaluate_ranking(args, loaded)
     X, y, label = labelled_split(
-        loaded, split=args.split, data=args.data, label_column=args.label_column
+        loaded,
+        split=args.split,
+        data=args.data,
+        label_column=args.label_column,
+        text_column=args.text_column,
     )
     rows = Evaluator(loaded).evaluate(X, y)
     if args.json:
@@ -194,7 +199,11 @@ def run_gears(args: argparse.Namespace) -> int:
         args.subparser.error("--gears needs --capacity RPS and --deadline-ms MS")
     loaded = _prepare(args)
     X, y, label = labelled_split(
-        loaded, split="calibration", data=args.data, label_column=args.label_column
+        loaded,
+        split="calibration",
+        data=args.data,
+        label_column=args.label_column,
+        text_column=args.text_column,
     )
     plan = plan_gears(loaded, X, y, capacity_rps=args.capacity, deadline_ms=args.deadline_ms)
     chosen = {c.name for c in plan.chosen}
@@ -296,7 +305,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )
     loaded = _prepare(args)
     X, y, label = labelled_split(
-        loaded, split="calibration", data=args.data, label_column=args.label_column
+        loaded,
+        split="calibration",
+        data=args.data,
+        label_column=args.label_column,
+        text_column=args.text_column,
     )
     evaluator = Evaluator(loaded)
     result = calibrate_policy(
@@ -341,7 +354,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if not args.dry_run:
         reloaded = load_policy(args.policy)
         X_test, y_test, test_label = labelled_split(
-            reloaded, split="test", data=args.data, label_column=args.label_column
+            reloaded,
+            split="test",
+            data=args.data,
+            label_column=args.label_column,
+            text_column=args.text_column,
         )
         check = Evaluator(reloaded, tiers=evaluator.tiers)
         on_calibration = replace(

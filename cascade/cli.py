@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--data", type=Path, help="your own labelled table (CSV or Parquet)")
     build.add_argument("--label-column", help="the label column of --data")
+    build.add_argument(
+        "--text-column", help="the text column of --data: build text tiers (tiny/small/MiniLM)"
+    )
     build.add_argument("--out", type=Path, help="output directory (default: models/DATASET)")
     build.add_argument("--seed", type=int, default=0, help="seed of splits and training")
     build.add_argument(
@@ -162,7 +165,9 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error("give either DATASET or --data FILE, not both")
         if not args.label_column:
             parser.error("--data needs --label-column COL")
-        dataset = load_table(args.data, label_column=args.label_column, seed=args.seed)
+        dataset = load_table(
+            args.data, label_column=args.label_column, seed=args.seed, text_column=args.text_column
+        )
     else:
         if args.label_column:
             parser.error("--label-column only goes with --data FILE")

@@ -21,6 +21,7 @@ def labelled_split(
     split: SplitName,
     data: Path | None = None,
     label_column: str | None = None,
+    text_column: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Rows, labels and a description: from ``--data FILE`` or the policy's bundled dataset.
 
@@ -32,7 +33,7 @@ def labelled_split(
     if data is not None:
         if label_column is None:
             raise PolicyError("--data needs --label-column COL")
-        dataset = load_table(data, label_column=label_column)
+        dataset = load_table(data, label_column=label_column, text_column=text_column)
         label = str(data)
     elif loaded.policy.dataset is not None:
         dataset = load_dataset(loaded.policy.dataset)
@@ -42,7 +43,5 @@ def labelled_split(
             f"{loaded.path or loaded.policy.name}: the policy names no `dataset`; "
             "give labelled data with --data FILE --label-column COL"
         )
-    if dataset.kind != "tabular":
-        raise PolicyError(f"dataset '{dataset.name}' is {dataset.kind}; tiers here are tabular")
     part = getattr(dataset, split)
     return np.asarray(part.X), np.asarray(part.y), f"{label}/{split}"

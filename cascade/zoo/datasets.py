@@ -178,6 +178,51 @@ def _tabular(
     )
 
 
+def _text_table(
+    frame: pd.DataFrame,
+    *,
+    where: str,
+    label_column: str,
+    text_column: str,
+    name: str,
+    source: str,
+    seed: int,
+) -> Dataset:
+    if text_column not in frame.columns:
+        shown = ", ".join(list(frame.columns)[:_MAX_LISTED_COLUMNS])
+        raise DatasetError(f"{where}: text column {text_column!r} not found (columns: {shown})")
+    if text_column == label_column:
+        raise DatasetError(f"{where}: the text and label columns must differ")
+    texts = frame[text_column]
+    bad = [i for i, t in enumerate(texts.tolist()) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise DatasetError(
+            f"{where}: text column {text_column!r} has {len(bad)} empty or non-text values "
+            f"(first at row {bad[0]})"
+        )
+    labels = frame[label_column]
+    if labels.isna().any():
+        first = int(np.flatnonzero(labels.isna().to_numpy())[0])
+        raise DatasetError(f"{where}: label column {label_column!r} is missing at row {first}")
+    classes, y = _encode_labels(labels.to_numpy())
+    counts = np.bincount(y, minlength=len(classes))
+    if len(classes) < 2 or counts.min() < _MIN_ROWS_PER_CLASS:
+        worst = int(np.argmin(counts))
+        raise DatasetError(
+            f"{where}: need at least 2 classes of {_MIN_ROWS_PER_CLASS} rows each in "
+            f"{label_column!r}; class {classes[worst]!r} has {counts[worst]}"
+        )
+    X = np.empty(len(texts), dtype=object)
+    X[:] = texts.tolist()
+    parts = [
+        Split(X=_read_only(X[rows]), y=_read_only(y[rows])) for rows in _split_indices(y, seed=seed)
+    ]
+    return Dataset(
+        name=name, kind="text", feature_names=(text_column,), classes=classes,
+        train=parts[0], calibration=parts[1], test=parts[2], source=source, seed=seed,
+    )  # fmt: skip
+
+
 def _encode_labels(labels: npt.NDArray[Any]) -> tuple[tuple[str, ...], npt.NDArray[np.int64]]:
     try:
         values, codes = np.unique(labels, return_inverse=True)
@@ -404,8 +449,12 @@ def load_table(
     label_column: str,
     seed: int = 0,
     name: str | None = None,
+    text_column: str | None = None,
 ) -> Dataset:
     """Load a user's CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``) table.
+
+    With ``text_column`` the dataset is of kind ``text``: that column holds the inputs (one
+    non-empty string per row) and the other columns besides the label are ignored.
 
     ``label_column`` holds the classes (strings or numbers); every other column is a feature
     and must be numeric (booleans count as 0/1) with no missing or infinite values. Each class
@@ -440,6 +489,12 @@ def load_table(
         if len(columns) > _MAX_LISTED_COLUMNS:
             shown += ", ..."
         raise DatasetError(f"{where}: label column {label_column!r} not found (columns: {shown})")
+    if text_column is not None:
+        return _text_table(
+            frame, where=where, label_column=label_column, text_column=text_column,
+            name=name if name is not None else file.name[: -len(suffix)],
+            source=str(file.resolve()), seed=seed,
+        )  # fmt: skip
     features = [c for c in columns if c != label_column]
     if not features:
         raise DatasetError(f"{where}: no feature columns besides label column {label_column!r}")

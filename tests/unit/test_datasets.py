@@ -356,3 +356,24 @@ def test_parquet_without_pyarrow_says_what_to_install(
     expected = f'{path}: reading Parquet needs pyarrow; pip install "cascade[parquet]"'
     with pytest.raises(DatasetError, match=_exact(expected)):
         load_table(path, label_column="y")
+
+
+def test_a_text_table_loads_as_text_and_refuses_empty_texts(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from cascade.errors import DatasetError
+    from cascade.zoo.datasets import load_table
+
+    rows = [(f"please {verb} my {thing}", verb) for verb in ("pay", "check", "cancel")
+            for thing in ("bill", "card", "order", "rent", "loan", "plan")]  # fmt: skip
+    path = tmp_path / "intents.csv"
+    pd.DataFrame(rows, columns=["query", "intent"]).assign(extra=1).to_csv(path, index=False)
+    ds = load_table(path, label_column="intent", text_column="query")
+    assert ds.kind == "text" and ds.classes == ("cancel", "check", "pay")
+    assert sum(len(s) for s in (ds.train, ds.calibration, ds.test)) == len(rows)
+    assert all(isinstance(t, str) for t in ds.train.X)
+    with pytest.raises(DatasetError, match="text column 'text' not found"):
+        load_table(path, label_column="intent", text_column="text")
+    pd.DataFrame([*rows[:-1], ("  ", "pay")], columns=["query", "intent"]).to_csv(path, index=False)
+    with pytest.raises(DatasetError, match="1 empty or non-text values"):
+        load_table(path, label_column="intent", text_column="query")
