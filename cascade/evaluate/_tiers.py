@@ -122,7 +122,14 @@ def ensure_models(loaded: LoadedPolicy, *, progress: bool = True) -> list[Path]:
         prune=0.8 if any(s.endswith(".pruned") for s in stems) else None,
     )
     out = directories.pop()
-    build_zoo(load_dataset(policy.dataset), out, compression=options, progress=progress)
+    dataset = load_dataset(policy.dataset)
+    if dataset.kind == "text":  # text tiers build one by one: only the missing ones
+        from cascade.text.build import build_text_zoo
+
+        wanted = [p.name.removesuffix(".onnx") for p in missing.values()]
+        build_text_zoo(dataset, out, progress=progress, tiers=tuple(wanted))
+    else:
+        build_zoo(dataset, out, compression=options, progress=progress)
     still = [str(p) for p in missing.values() if not p.is_file()]
     if still:
         raise PolicyError(f"{loaded.path}: building {policy.dataset} did not produce {still}")

@@ -54,7 +54,7 @@ from cascade.zoo.export import FIDELITY_TOLERANCE, check_fidelity
 
 __all__ = ["LINEAR_C", "TEXT_TIERS", "build_text_zoo", "linear_text_onnx", "measure_text_latency"]
 
-TEXT_TIERS = ("tiny", "small", "large")
+TEXT_TIERS = ("tiny", "small", "large", "oos")  # oos: the out-of-scope filter (cascade.text.oos)
 LINEAR_C = {"tiny": 10.0, "small": 10.0, "large": 10.0}
 """Inverse L2 strength of each tier's logistic regression. On CLINC150's calibration split:
 tiny C=10/30 → 89.6/89.8% (30 fits 1.5x slower), small 10/30 → 90.5/90.6%, large (INT8
@@ -619,7 +619,7 @@ def build_text_zoo(
     out.mkdir(parents=True, exist_ok=True)
     test = _texts(dataset.test.X)
     stride = max(1, len(test) // _LATENCY_ROWS)  # spread over classes: splits are grouped by class
-    steps = sum({"tiny": 4, "small": 4, "large": 6}[t] for t in tiers)
+    steps = sum({"tiny": 4, "small": 4, "large": 6, "oos": 4}[t] for t in tiers)
     versions = _versions()
     with (
         _progress(steps, progress) as step,
@@ -637,13 +637,22 @@ def build_text_zoo(
                 _build_linear(ctx, "tiny", HashedCharNgrams(n_features=2**14))
             elif tier == "small":
                 _build_linear(ctx, "small", Tfidf(max_features=20_000))
+            elif tier == "oos":
+                from cascade.text.oos import build_oos_filter
+
+                build_oos_filter(ctx)
             else:
                 _build_large(
                     ctx, Path(minilm_source) if minilm_source else None, large_variant, Path(work)
                 )
     built_at = datetime.now(UTC).isoformat(timespec="seconds")
     final = []
-    for card in _with_relative_costs(ctx.cards):
+    reference = []
+    if "large" not in tiers and (out / "large.card.json").is_file():
+        # an incremental build (say the oos filter alone): costs relative to the large
+        # tier already there
+        reference = [ModelCard.model_validate_json((out / "large.card.json").read_text())]
+    for card in _with_relative_costs([*ctx.cards, *reference])[: len(ctx.cards)]:
         card = card.model_copy(
             update={"build": {**card.build, "versions": versions, "built_at": built_at}}
         )

@@ -405,7 +405,10 @@ def build_zoo(
             )
         from cascade.text.build import build_text_zoo
 
-        cards: list[ModelCard] = build_text_zoo(dataset, Path(out_dir), progress=progress)
+        tiers = ("tiny", "small", "large", *(("oos",) if "oos" in dataset.classes else ()))
+        cards: list[ModelCard] = build_text_zoo(
+            dataset, Path(out_dir), progress=progress, tiers=tiers
+        )
         return cards
     if dataset.kind != "tabular":
         raise BuildError(f"dataset '{dataset.name}' is {dataset.kind}; no tiers for that kind")
