@@ -100,7 +100,9 @@ class _Metrics:
     arrival; ``late``, an answer that came past its deadline); ``cascade_gear{model}``;
     ``cascade_stage_candidates_total{model,stage}`` (ranking: candidates each stage scored);
     ``cascade_cache_hits_total{model,cache}`` (rows answered by the exact or similar cache;
-    they count as ``tier="cache"`` in ``cascade_answers_total``).
+    they count as ``tier="cache"`` in ``cascade_answers_total``);
+    ``cascade_cache_rows_total{model,outcome}`` (exact_hit, similar_hit, miss);
+    ``cascade_cache_false_hit_rate{model}`` (audited similarity hits, see ``audit_rate``).
     """
 
     def __init__(self) -> None:
@@ -127,6 +129,16 @@ class _Metrics:
                                     tag_keys=("model", "why"))  # fmt: skip
         self.cache_hits = metrics.Counter(
             "cascade_cache_hits_total", "rows answered from a cache", tag_keys=("model", "cache")
+        )
+        self.cache_rows = metrics.Counter(
+            "cascade_cache_rows_total",
+            "rows looked up in the caches, by outcome (exact_hit, similar_hit, miss)",
+            tag_keys=("model", "outcome"),
+        )
+        self.cache_false_hits = metrics.Gauge(
+            "cascade_cache_false_hit_rate",
+            "audited similarity hits whose cached answer differed from the cascade's",
+            tag_keys=("model",),
         )
         self.stage_candidates = metrics.Counter(
             "cascade_stage_candidates_total",
@@ -162,6 +174,13 @@ class _Metrics:
             stage_tags = {"model": model, "stage": stage.stage}
             self.stage_candidates.inc(stage.candidates_in, stage_tags)
             self.tier_latency.observe(stage.ms, {"model": model, "tier": stage.tier})
+
+    def cache(self, model: str, outcomes: dict[str, int], false_hit_rate: float | None) -> None:
+        for outcome, rows in outcomes.items():
+            if rows:
+                self.cache_rows.inc(rows, {"model": model, "outcome": outcome})
+        if false_hit_rate is not None:
+            self.cache_false_hits.set(false_hit_rate, {"model": model})
 
     def shed(self, model: str, why: str) -> None:
         self.shed_total.inc(1, {"model": model, "why": why})

@@ -72,6 +72,10 @@ class ServiceMetrics(Protocol):
     def record_ranking(self, model: str, ranking: Any, elapsed_ms: float) -> None:
         """One ranked query: its stages' trace and its time inside the service."""
 
+    def cache(self, model: str, outcomes: dict[str, int], false_hit_rate: float | None) -> None:
+        """One request's cache outcomes (rows per ``exact_hit``, ``similar_hit``, ``miss``)
+        and the similarity cache's audited false-hit rate so far."""
+
 
 class _NoMetrics:
     def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
@@ -84,6 +88,9 @@ class _NoMetrics:
         pass
 
     def record_ranking(self, model: str, ranking: Any, elapsed_ms: float) -> None:
+        pass
+
+    def cache(self, model: str, outcomes: dict[str, int], false_hit_rate: float | None) -> None:
         pass
 
 
@@ -374,6 +381,13 @@ class InferenceService:
         if gears:
             self.metrics.gear(name, served.shifter.state.index)
         self.metrics.record(name, decisions, elapsed_ms)
+        if served.caches is not None:
+            outcomes = {"exact_hit": 0, "similar_hit": 0, "miss": 0}
+            for d in decisions:
+                outcomes[f"{d.cache}_hit" if d.cache_hit else "miss"] += 1
+            similar = served.caches.similar
+            rate = similar.false_hit_rate if similar is not None else None
+            self.metrics.cache(name, outcomes, rate)
         document = build_infer_response(
             model_name=name,
             model_version=served.version,

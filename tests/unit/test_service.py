@@ -39,6 +39,12 @@ class _Recorder:
     def gear(self, model: str, index: int) -> None:
         self.events.append(("gear", model, str(index)))
 
+    def record_ranking(self, model: str, ranking: Any, elapsed_ms: float) -> None:
+        self.events.append(("ranking", model))
+
+    def cache(self, model: str, outcomes: dict[str, int], false_hit_rate: float | None) -> None:
+        self.events.append(("cache", model, json.dumps(outcomes, sort_keys=True)))
+
 
 def _remote(failing: bool = False) -> Any:
     """The `large` tier as a remote backend: a fake that answers class 3, or fails."""
@@ -209,7 +215,7 @@ def _cached_service(models: Path, folder: Path, *, remote_fails: bool = False) -
         _policy_text(models, threshold=1.0, name="cached")  # every row goes to large
         + "cache: {exact_max_entries: 100, similarity: {threshold: 0.999}}\n"
     )
-    svc = InferenceService()
+    svc = InferenceService(metrics=_Recorder())
     svc.apply_policies([PolicyText(str(path), path.read_text())], remote=_remote(remote_fails))
     return svc
 
@@ -241,6 +247,12 @@ def test_repeated_rows_come_from_the_exact_cache_and_near_ones_from_the_similar(
     assert all(d["similarity"] >= 0.999 for d in similar)
     stats = svc.models["cached"].load()["cache"]
     assert (stats["exact_hit"], stats["similar_hit"], stats["miss"]) == (3, 3, 3)
+    events = [e for e in svc.metrics.events if e[0] == "cache"]  # type: ignore[attr-defined]
+    assert [json.loads(e[2]) for e in events] == [
+        {"exact_hit": 0, "miss": 3, "similar_hit": 0},
+        {"exact_hit": 3, "miss": 0, "similar_hit": 0},
+        {"exact_hit": 0, "miss": 0, "similar_hit": 3},
+    ]
 
 
 def test_a_reload_never_serves_the_old_policys_answers(
