@@ -34,7 +34,7 @@ from cascade.text import (
 )
 from cascade.zoo import load_dataset
 
-N_CHECKED = 100  # the report runs the same check on 200 queries
+N_CHECKED = 200  # the check: cosine >= 0.9999 on 200 CLINC150 queries
 
 
 @pytest.fixture(scope="session")
