@@ -863,6 +863,8 @@ def test_decision_to_dict_is_json_ready() -> None:
         "gear",
         "cache_hit",
         "score",
+        "cache",
+        "similarity",
     }
 
 

@@ -125,13 +125,15 @@ def test_card_table_lists_every_model(digits_zoo: Zoo) -> None:
         assert f"\n{name} " in table
 
 
-def test_text_datasets_are_refused_clearly(tmp_path: Path) -> None:
-    with pytest.raises(
-        BuildError,
-        match=r"dataset 'clinc150' is text; `models build` builds "
-        r"tabular tiers only",
-    ):
-        build_zoo(load_dataset("clinc150"), tmp_path, progress=False)
+def test_compression_of_text_tiers_is_refused_clearly(tmp_path: Path) -> None:
+    # text datasets build their own tiers (cascade.text; tested in test_text_tiers.py)
+    with pytest.raises(BuildError, match=r"distill / quantize / prune apply to tabular tiers"):
+        build_zoo(
+            load_dataset("clinc150"),
+            tmp_path,
+            compression=CompressionOptions(distill=True),
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize(
