@@ -127,6 +127,19 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     calibrate.set_defaults(subparser=calibrate)
 
 
+def _labelled(args: argparse.Namespace, loaded: Any, split: Any) -> Any:
+    """Rows, labels and a label of ``split``: from --data or the policy's dataset."""
+    from cascade.evaluate import labelled_split
+
+    return labelled_split(
+        loaded,
+        split=split,
+        data=args.data,
+        label_column=args.label_column,
+        text_column=args.text_column,
+    )
+
+
 def _prepare(args: argparse.Namespace) -> Any:
     from cascade.evaluate import ensure_models
     from cascade.policy import load_policy
@@ -169,18 +182,12 @@ def _evaluate_ranking(args: argparse.Namespace, loaded: Any) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from cascade.evaluate import Evaluator, format_rows, labelled_split
+    from cascade.evaluate import Evaluator, format_rows
 
     loaded = _prepare(args)
     if loaded.policy.stages:
         return _evaluate_ranking(args, loaded)
-    X, y, label = labelled_split(
-        loaded,
-        split=args.split,
-        data=args.data,
-        label_column=args.label_column,
-        text_column=args.text_column,
-    )
+    X, y, label = _labelled(args, loaded, args.split)
     rows = Evaluator(loaded).evaluate(X, y)
     if args.json:
         for row in rows:
@@ -191,20 +198,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_gears(args: argparse.Namespace) -> int:
-    from cascade.evaluate import edit_policy_file, labelled_split, plan_gears
+    from cascade.evaluate import edit_policy_file, plan_gears
     from cascade.policy import parse_policy
     from cascade.zoo.cards import table
 
     if args.capacity is None or args.deadline_ms is None:
         args.subparser.error("--gears needs --capacity RPS and --deadline-ms MS")
     loaded = _prepare(args)
-    X, y, label = labelled_split(
-        loaded,
-        split="calibration",
-        data=args.data,
-        label_column=args.label_column,
-        text_column=args.text_column,
-    )
+    X, y, label = _labelled(args, loaded, "calibration")
     plan = plan_gears(loaded, X, y, capacity_rps=args.capacity, deadline_ms=args.deadline_ms)
     chosen = {c.name for c in plan.chosen}
     rows = [[c.name, f"{c.relative_cost:.3f}", f"{c.accuracy:.4f}", "*" if c.name in chosen
@@ -292,7 +293,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
         calibrate_policy,
         format_frontier,
         format_rows,
-        labelled_split,
         plot_frontier,
     )
     from cascade.policy import load_policy
@@ -304,13 +304,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         confidence=args.confidence,
     )
     loaded = _prepare(args)
-    X, y, label = labelled_split(
-        loaded,
-        split="calibration",
-        data=args.data,
-        label_column=args.label_column,
-        text_column=args.text_column,
-    )
+    X, y, label = _labelled(args, loaded, "calibration")
     evaluator = Evaluator(loaded)
     result = calibrate_policy(
         loaded, X, y, target=target, method=args.calibration,
@@ -353,13 +347,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"frontier plot: {png}")
     if not args.dry_run:
         reloaded = load_policy(args.policy)
-        X_test, y_test, test_label = labelled_split(
-            reloaded,
-            split="test",
-            data=args.data,
-            label_column=args.label_column,
-            text_column=args.text_column,
-        )
+        X_test, y_test, test_label = _labelled(args, reloaded, "test")
         check = Evaluator(reloaded, tiers=evaluator.tiers)
         on_calibration = replace(
             check.evaluate(X, y)[0], name=f"{reloaded.policy.name} (calibration)"

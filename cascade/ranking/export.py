@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -142,23 +142,11 @@ class RankingBuild:
     estimators: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
-@contextmanager
-def build_steps(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
+def build_steps(total: int, enabled: bool) -> AbstractContextManager[Callable[[str], None]]:
     """A tqdm bar of ``total`` named steps; call ``step("label")`` as each one starts."""
-    from tqdm import tqdm
+    from cascade.zoo.build import _progress
 
-    with tqdm(total=total, disable=not enabled, unit="step", leave=False) as bar:
-        started = False
-
-        def step(label: str) -> None:
-            nonlocal started
-            if started:
-                bar.update(1)
-            started = True
-            bar.set_description(label)
-
-        yield step
-        bar.update(1)
+    return _progress(total, enabled)
 
 
 def library_versions() -> dict[str, str]:

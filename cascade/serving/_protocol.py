@@ -337,6 +337,23 @@ def _to_rows(
     return validate_batch(array.reshape(shape), InputSpec(name=input_name, width=shape[1]))
 
 
+def split_binary(
+    body: bytes, header_length: int | None, max_bytes: int
+) -> tuple[bytes, bytes | None]:
+    """The JSON header and the raw tensor bytes of a binary tensor data extension body
+    (``header_length``: its ``Inference-Header-Content-Length``); plain JSON: ``(body, None)``."""
+    if header_length is None:
+        return body, None
+    if len(body) > max_bytes:
+        raise InputError(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+    if not 0 < header_length <= len(body):
+        raise InputError(
+            f"Inference-Header-Content-Length is {header_length}, but the body has "
+            f"{len(body)} bytes"
+        )
+    return body[:header_length], body[header_length:]
+
+
 def parse_infer_request(
     body: bytes,
     *,
@@ -366,16 +383,7 @@ def parse_infer_request(
         request.rows        # array([[0.5, 1.5]], dtype=float32)
         request.deadline_ms  # 20.0
     """
-    binary: bytes | None = None
-    if header_length is not None:  # binary tensor data extension: JSON header, then bytes
-        if len(body) > max_bytes:
-            raise InputError(f"request body is {len(body)} bytes; the limit is {max_bytes}")
-        if not 0 < header_length <= len(body):
-            raise InputError(
-                f"Inference-Header-Content-Length is {header_length}, but the body has "
-                f"{len(body)} bytes"
-            )
-        body, binary = body[:header_length], body[header_length:]
+    body, binary = split_binary(body, header_length, max_bytes)
     document = _parse_json(body, max_bytes)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cascade.errors import InputError
-from cascade.serving._protocol import _parse_input, _parse_json, _type_name
+from cascade.serving._protocol import _parse_input, _parse_json, _type_name, split_binary
 
 __all__ = ["RankRequest", "build_rank_response", "parse_rank_request"]
 
@@ -83,16 +83,7 @@ def parse_rank_request(
         body += b' "data": [0.5, 1.5]}], "parameters": {"k": 1}}'
         parse_rank_request(body, input_name="input", width=1).k   # 1
     """
-    binary: bytes | None = None
-    if header_length is not None:
-        if len(body) > max_bytes:
-            raise InputError(f"request body is {len(body)} bytes; the limit is {max_bytes}")
-        if not 0 < header_length <= len(body):
-            raise InputError(
-                f"Inference-Header-Content-Length is {header_length}, but the body has "
-                f"{len(body)} bytes"
-            )
-        body, binary = body[:header_length], body[header_length:]
+    body, binary = split_binary(body, header_length, max_bytes)
     document = _parse_json(body, max_bytes)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):

@@ -295,12 +295,8 @@ class InferenceService:
         began = time.perf_counter()
         try:
             ranking = await served.ranker.rank(request.rows, k=request.k, n=request.n)
-        except InputError as exc:
-            return HttpReply.error(str(exc), 400)
-        except CircuitOpen as exc:
-            return unavailable(f"model '{name}' failed: {exc}", retry_after_s=exc.retry_after_s)
         except (TimeoutError, CascadeError) as exc:
-            return unavailable(f"model '{name}' failed: {exc}")
+            return _failed(name, exc)
         finally:
             served.in_flight -= 1
         self.metrics.record_ranking(name, ranking, (time.perf_counter() - began) * 1000)
@@ -363,12 +359,8 @@ class InferenceService:
             probabilities, decisions = await served.answer(
                 parsed.rows, deadline_ms=parsed.deadline_ms, max_tier=parsed.max_tier
             )
-        except InputError as exc:
-            return HttpReply.error(str(exc), 400)
-        except CircuitOpen as exc:
-            return unavailable(f"model '{name}' failed: {exc}", retry_after_s=exc.retry_after_s)
         except (TimeoutError, CascadeError) as exc:
-            return unavailable(f"model '{name}' failed: {exc}")
+            return _failed(name, exc)
         finally:
             served.in_flight -= 1
         elapsed_ms = (time.perf_counter() - began) * 1000
@@ -412,6 +404,15 @@ class InferenceService:
             (method, pattern.pattern.replace("([^/]+)", "{name}").replace("\\.", "."))
             for method, pattern, _ in self._routes
         ]
+
+
+def _failed(model: str, exc: TimeoutError | CascadeError) -> HttpReply:
+    """The reply to a request the cascade could not answer: 400 for the client's mistake
+    (the engine checks the rows too), else 503 with Retry-After (an open circuit says when)."""
+    if isinstance(exc, InputError):
+        return HttpReply.error(str(exc), 400)
+    retry_after_s = exc.retry_after_s if isinstance(exc, CircuitOpen) else 1.0
+    return unavailable(f"model '{model}' failed: {exc}", retry_after_s=retry_after_s)
 
 
 def _header_length(headers: Mapping[str, str]) -> int | None:

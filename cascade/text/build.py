@@ -32,8 +32,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +46,8 @@ from onnx import TensorProto, helper, numpy_helper
 from cascade.errors import BuildError
 from cascade.text.backend import TextModel, sidecar_path
 from cascade.text.featurize import FORMAT_VERSION, HashedCharNgrams, SparseRows, Tfidf
-from cascade.zoo.cards import BATCH_SIZES, COST_BATCH, Fidelity, Latency, ModelCard, sha256_of
+from cascade.zoo.build import _progress, _with_relative_costs
+from cascade.zoo.cards import BATCH_SIZES, Fidelity, Latency, ModelCard, sha256_of
 from cascade.zoo.cards import write_card as _write_card
 from cascade.zoo.datasets import Dataset
 from cascade.zoo.export import FIDELITY_TOLERANCE, check_fidelity
@@ -547,41 +547,6 @@ def _build_large(ctx: _Context, source_dir: Path | None, variant: LargeVariant, 
 
 
 # --- entry point -------------------------------------------------------------------------
-
-
-def _with_relative_costs(cards: Sequence[ModelCard]) -> list[ModelCard]:
-    large = next((c for c in cards if c.tier == "large"), None)
-    if large is None:
-        return list(cards)
-    out = []
-    for card in cards:
-        by_batch = {
-            b: card.latency.per_row_us[b] / large.latency.per_row_us[b] for b in BATCH_SIZES
-        }
-        out.append(
-            card.model_copy(
-                update={"relative_cost": by_batch[COST_BATCH], "relative_cost_by_batch": by_batch}
-            )
-        )
-    return out
-
-
-@contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
-    from tqdm import tqdm
-
-    with tqdm(total=total, disable=not enabled, unit="step", leave=False) as bar:
-        first = True
-
-        def step(label: str) -> None:
-            nonlocal first
-            if not first:
-                bar.update(1)
-            first = False
-            bar.set_description(label)
-
-        yield step
-        bar.update(1)
 
 
 def build_text_zoo(
