@@ -23,6 +23,8 @@ def open_model(
 ) -> Model:
     """An :class:`OnnxModel`, or a text model when a ``.text.json`` sidecar sits beside it.
 
+    ``offload`` runs the graph in a worker thread (the Ray tier deployments do).
+
     Example::
 
         model = open_model("policies/models/clinc150/tiny.onnx")   # takes texts

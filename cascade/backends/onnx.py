@@ -73,24 +73,13 @@ class OnnxModel:
         if not self.path.is_file():
             raise ModelUnavailable(f"{self.path}: no such model file")
         self.providers = _resolve_providers(providers, ort.get_available_providers())
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[graph_optimization]
-        options.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not to us
-        try:
-            self._session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=list(self.providers)
-            )
-        except Exception as exc:
-            raise ModelUnavailable(f"{self.path}: cannot load ONNX model: {exc}") from exc
+        self._session = load_session(
+            self.path,
+            providers=self.providers,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            graph_optimization=graph_optimization,
+        )
 
         self.input_spec = _input_spec(self._session, self.path)
         self._output_name = _probability_output(self._session, self.path)
@@ -118,6 +107,34 @@ class OnnxModel:
         if self.offload:
             return await asyncio.to_thread(self.predict_sync, batch)
         return self.predict_sync(batch)
+
+
+def load_session(
+    path: Path,
+    *,
+    providers: Sequence[str],
+    intra_op_threads: int = 1,
+    inter_op_threads: int = 1,
+    graph_optimization: GraphOptimization = "all",
+) -> Any:
+    """An onnxruntime session as every backend runs one: sequential, quiet, these threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[graph_optimization]
+    options.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not to us
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
+        raise ModelUnavailable(f"{path}: cannot load ONNX model: {exc}") from exc
 
 
 def _resolve_providers(requested: Sequence[str], available: Sequence[str]) -> tuple[str, ...]:

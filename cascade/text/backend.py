@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cascade.backends._base import InputSpec, Model, validate_texts
+from cascade.backends._base import InputSpec, validate_texts
 from cascade.backends._open import TEXT_SIDECAR_SUFFIX
-from cascade.backends.onnx import _resolve_providers, _translate
+from cascade.backends.onnx import _resolve_providers, _translate, load_session
 from cascade.errors import BuildError, ModelUnavailable
 from cascade.text.featurize import FORMAT_VERSION, Featurizer, load_featurizer
 
-__all__ = ["TEXT_KINDS", "TextModel", "open_model", "sidecar_path"]
+__all__ = ["TEXT_KINDS", "TextModel", "sidecar_path"]
 
 TEXT_KINDS = ("hashed", "tfidf", "minilm")
 _GRAPH_INPUTS = {
@@ -101,18 +101,12 @@ class TextModel:
         self.row_by_row = self.kind == "minilm" if row_by_row is None else row_by_row
         self.providers = _resolve_providers(providers, ort.get_available_providers())
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=list(self.providers)
-            )
-        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
-            raise ModelUnavailable(f"{self.path}: cannot load ONNX model: {exc}") from exc
+        self._session = load_session(
+            self.path,
+            providers=self.providers,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+        )
         _check_graph(self._session, self.path, self.kind)
 
         self.input_spec = InputSpec(name="text", width=None, dtype="string")
@@ -189,21 +183,3 @@ def _check_graph(session: Any, path: Path, kind: str) -> None:
             f"{path}: a {kind} text model needs inputs {expected} and output {_OUTPUT!r}, "
             f"the graph has inputs {inputs} and outputs {outputs}"
         )
-
-
-def open_model(
-    path: str | os.PathLike[str],
-    *,
-    providers: Sequence[str] = (_CPU,),
-    offload: bool = False,
-) -> Model:
-    """A :class:`TextModel` when ``<stem>.text.json`` sits beside ``path``, else an
-    :class:`~cascade.backends.OnnxModel`; the same as :func:`cascade.backends.open_model`.
-
-    Example::
-
-        model = open_model("models/clinc150/large.onnx")     # TextModel, kind "minilm"
-    """
-    from cascade.backends._open import open_model as _open
-
-    return _open(path, providers=providers, offload=offload)

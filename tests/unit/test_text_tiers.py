@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from cascade.backends import InputSpec, Model, OnnxModel
+from cascade.backends import InputSpec, Model, OnnxModel, open_model
 from cascade.errors import BuildError, InputError, ModelUnavailable
-from cascade.text.backend import TextModel, open_model, sidecar_path
+from cascade.text.backend import TextModel, sidecar_path
 from cascade.text.build import LINEAR_C, build_text_zoo
 from cascade.text.featurize import HashedCharNgrams, Tfidf, load_featurizer
 from cascade.zoo import Dataset, ModelCard, Split, load_dataset, read_cards
