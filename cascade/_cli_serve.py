@@ -9,10 +9,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cascade._cli_config import add_app_options, app_args_of
+
 if TYPE_CHECKING:
     from cascade.policy import LoadedPolicy
 
-__all__ = ["add_serve_command", "run_config", "run_reload", "run_serve", "serve_config"]
+__all__ = ["add_serve_command", "run_reload", "run_serve"]
 
 
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,7 +31,8 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
                        help="CPUs Ray may use (default: all)")  # fmt: skip
     serve.add_argument("--no-progress", action="store_true",
                        help="no progress bar while missing models are built")  # fmt: skip
-    _add_app_options(serve)
+    add_app_options(serve)
+    serve.set_defaults(run=run_serve)
 
     reload = commands.add_parser(
         "reload",
@@ -39,59 +42,7 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "Give the same files `cascade serve` got; an invalid file changes nothing.",
     )
     reload.add_argument("policies", nargs="+", type=Path, help="policy files")
-
-    config = commands.add_parser(
-        "config",
-        help="print a Ray Serve config (YAML) serving the policies, for `serve deploy`",
-        description="Print a Serve config file for `serve deploy` on an existing cluster. "
-        "The policy paths are written as given: the cluster's working directory must hold "
-        "the same policy files and model folders.",
-    )
-    config.add_argument("policies", nargs="+", type=Path, help="policy files")
-    config.add_argument("--host", default="0.0.0.0", help="HTTP host on the cluster")
-    config.add_argument("--port", type=int, default=8000)
-    _add_app_options(config)
-
-
-def _add_app_options(parser: argparse.ArgumentParser) -> None:
-    """The serving knobs of ``deployments.app.AppArgs``; unset ones keep its defaults."""
-    group = parser.add_argument_group("serving settings (defaults tuned on 2 cores)")
-    group.add_argument(
-        "--max-ongoing-requests",
-        type=int,
-        default=None,
-        metavar="N",
-        help="requests one ingress replica runs at once (default 64)",
-    )
-    group.add_argument(
-        "--max-queued-requests",
-        type=int,
-        default=None,
-        metavar="N",
-        help="requests waiting for the ingress before a 503 with Retry-After "
-        "(default 256; -1: no limit)",
-    )
-    group.add_argument(
-        "--coalesce-ms",
-        type=float,
-        default=None,
-        metavar="MS",
-        help="longest wait for concurrent requests to share a batch (default 2)",
-    )
-    group.add_argument("--max-rows", type=int, default=None, metavar="N",
-                       help="most rows in one request (default 4096)")  # fmt: skip
-
-
-def _app_args(args: argparse.Namespace) -> dict[str, object]:
-    """``build_app`` arguments from the command line, validated now rather than in Serve."""
-    from deployments.app import AppArgs
-
-    given: dict[str, object] = {"policies": [str(p) for p in args.policies]}
-    for key in ("max_ongoing_requests", "max_queued_requests", "coalesce_ms", "max_rows"):
-        if getattr(args, key, None) is not None:
-            given[key] = getattr(args, key)
-    AppArgs.model_validate(given)
-    return given
+    reload.set_defaults(run=run_reload)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -107,7 +58,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     loaded = [load_policy(p) for p in args.policies]  # fail fast on a bad file
     names = [item.policy.name for item in loaded]
-    app_args = _app_args(args)
+    app_args = app_args_of(args)
     for item in loaded:  # before Ray starts: training wants the cores to itself
         ensure_models(item, progress=not args.no_progress)
     stop = threading.Event()
@@ -153,38 +104,6 @@ def run_reload(args: argparse.Namespace) -> int:
     finally:
         ray.shutdown()
     print(f"reloaded {len(args.policies)} policies")
-    return 0
-
-
-def serve_config(app_args: dict[str, object], *, host: str, port: int) -> dict[str, object]:
-    """A Serve config serving ``build_app(app_args)``, validated against Serve's own schema."""
-    from ray.serve.schema import ServeDeploySchema
-
-    config: dict[str, object] = {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": host, "port": port},
-        "applications": [
-            {
-                "name": "cascade",
-                "route_prefix": "/",
-                "import_path": "deployments.app:build_app",
-                "args": app_args,
-            }
-        ],
-    }
-    ServeDeploySchema.model_validate(config)
-    return config
-
-
-def run_config(args: argparse.Namespace) -> int:
-    import yaml
-
-    from cascade.policy import load_policy
-
-    for path in args.policies:
-        load_policy(path)
-    config = serve_config(_app_args(args), host=args.host, port=args.port)
-    print(yaml.safe_dump(config, sort_keys=False), end="")
     return 0
 
 

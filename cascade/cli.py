@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from cascade._cli_bench import add_bench_command, run_bench
+from cascade._cli_config import add_config_command
 from cascade._cli_evaluate import add_evaluate_commands, run_calibrate, run_evaluate
-from cascade._cli_serve import add_serve_command, run_config, run_reload, run_serve
+from cascade._cli_serve import add_serve_command
 from cascade.errors import CascadeError
 
 __all__ = ["main"]
@@ -115,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("datasets", help="list the built-in datasets")
     add_evaluate_commands(commands)
     add_serve_command(commands)
+    add_config_command(commands)
     add_bench_command(commands)
     _add_policy_commands(commands)
     return parser
@@ -294,12 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "policy":
             return _policy(args)
-        if args.command == "serve":
-            return run_serve(args)
-        if args.command == "reload":
-            return run_reload(args)
-        if args.command == "config":
-            return run_config(args)
+        run = getattr(args, "run", None)
+        if run is not None:  # commands registered with set_defaults(run=...)
+            status: int = run(args)
+            return status
         if args.command == "bench":
             return run_bench(args)
         if args.command == "evaluate":
