@@ -3,28 +3,69 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
 
-__all__ = ["add_app_options", "add_config_command", "app_args_of", "run_config", "serve_config"]
+__all__ = ["add_app_options", "add_config_command", "app_args_of", "run_config"]
 
 
 def add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = commands.add_parser(
         "config",
-        help="print a Ray Serve config (YAML) serving the policies, for `serve deploy`",
-        description="Print a Serve config file for `serve deploy` on an existing cluster. "
-        "The policy paths are written as given: the cluster's working directory must hold "
-        "the same policy files and model folders.",
+        help="write a Ray Serve config (or a KubeRay RayService) serving the policies",
+        description="Write a Serve config for `serve deploy` on a Ray cluster, checked against "
+        "Serve's schema, with every deployment's replicas or autoscaling, request limits and "
+        "Ray resources spelled out. Policy files are named as given (the cluster's working "
+        "directory must hold them) unless --package zips them with their models into a "
+        "runtime_env working_dir; --kuberay writes a RayService manifest instead.",
     )
     config.add_argument("policies", nargs="+", type=Path, help="policy files")
     config.add_argument("--host", default="0.0.0.0", help="HTTP host on the cluster")
     config.add_argument("--port", type=int, default=8000)
+    config.add_argument(
+        "--proxy-location",
+        choices=("EveryNode", "HeadOnly", "Disabled"),
+        default="EveryNode",
+        help="where Serve runs HTTP proxies (default EveryNode; HeadOnly when several "
+        "nodes share one host)",
+    )
+    config.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    package = config.add_argument_group("policy package (runtime_env)")
+    package.add_argument(
+        "--package",
+        type=Path,
+        metavar="ZIP",
+        help="zip the policies and exactly the model files they read into ZIP, and serve "
+        "them from it (runtime_env.working_dir)",
+    )
+    package.add_argument(
+        "--package-uri",
+        metavar="URI",
+        help="where the cluster fetches ZIP (s3://, gs://, https://...; default: file://ZIP, "
+        "for nodes sharing this filesystem)",
+    )
+    kube = config.add_argument_group("KubeRay")
+    kube.add_argument("--kuberay", action="store_true",
+                      help="write a ray.io/v1 RayService manifest")  # fmt: skip
+    kube.add_argument("--name", help="RayService name (default: cascade-POLICY)")
+    kube.add_argument(
+        "--image",
+        default=None,
+        help="image with cascade, policies and models "
+        "(default cascade-serve:latest, see deployments/kuberay/Dockerfile)",
+    )
+    kube.add_argument("--image-root", default="/app", type=PurePosixPath,
+                      help="the folder of the image the policy paths are relative to")  # fmt: skip
+    kube.add_argument("--worker-cpus", type=int, default=4, help="CPUs per worker pod")
     add_app_options(config)
+    config.add_argument("--cpu-only", action="store_true",
+                        help="never ask Ray for GPUs, even for tiers naming CUDA")  # fmt: skip
     config.set_defaults(run=run_config)
 
 
 def add_app_options(parser: argparse.ArgumentParser) -> None:
-    """The serving knobs of ``deployments.app.AppArgs``; unset ones keep its defaults."""
+    """The serving knobs of ``cascade.deploy.AppArgs``; unset ones keep its defaults."""
     group = parser.add_argument_group("serving settings (defaults tuned on 2 cores)")
     group.add_argument(
         "--max-ongoing-requests",
@@ -50,47 +91,91 @@ def add_app_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-rows", type=int, default=None, metavar="N",
                        help="most rows in one request (default 4096)")  # fmt: skip
+    group.add_argument("--ingress-replicas", type=int, default=None, metavar="N",
+                       help="ingress replicas (default 1)")  # fmt: skip
+    group.add_argument("--ingress-num-cpus", type=float, default=None, metavar="CPUS",
+                       help="logical CPUs per ingress replica (default 0.5)")  # fmt: skip
+
+
+_APP_KNOBS = (
+    "max_ongoing_requests",
+    "max_queued_requests",
+    "coalesce_ms",
+    "max_rows",
+    "ingress_replicas",
+    "ingress_num_cpus",
+)
 
 
 def app_args_of(args: argparse.Namespace) -> dict[str, object]:
     """``build_app`` arguments from the command line, validated now rather than in Serve."""
-    from deployments.app import AppArgs
+    from cascade.deploy import AppArgs
 
     given: dict[str, object] = {"policies": [str(p) for p in args.policies]}
-    for key in ("max_ongoing_requests", "max_queued_requests", "coalesce_ms", "max_rows"):
+    for key in _APP_KNOBS:
         if getattr(args, key, None) is not None:
             given[key] = getattr(args, key)
     AppArgs.model_validate(given)
     return given
 
 
-def serve_config(app_args: dict[str, object], *, host: str, port: int) -> dict[str, object]:
-    """A Serve config serving ``build_app(app_args)``, validated against Serve's own schema."""
-    from ray.serve.schema import ServeDeploySchema
-
-    config: dict[str, object] = {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": host, "port": port},
-        "applications": [
-            {
-                "name": "cascade",
-                "route_prefix": "/",
-                "import_path": "deployments.app:build_app",
-                "args": app_args,
-            }
-        ],
-    }
-    ServeDeploySchema.model_validate(config)
-    return config
-
-
 def run_config(args: argparse.Namespace) -> int:
-    import yaml
-
+    from cascade.deploy import AppArgs, build_package, dump_yaml, kuberay_manifest, serve_config
+    from cascade.errors import PolicyError
     from cascade.policy import load_policy
 
-    for path in args.policies:
-        load_policy(path)
-    config = serve_config(app_args_of(args), host=args.host, port=args.port)
-    print(yaml.safe_dump(config, sort_keys=False), end="")
+    loaded = [load_policy(p) for p in args.policies]
+    given = app_args_of(args)
+    given["use_gpus"] = not args.cpu_only
+    runtime_env: dict[str, Any] | None = None
+    if args.package is not None and args.kuberay:
+        raise PolicyError("--package and --kuberay exclude each other: the image holds the files")
+    if args.package is not None:
+        package = build_package(args.policies, args.package)
+        given["policies"] = package.policies
+        uri = args.package_uri or package.path.resolve().as_uri()
+        runtime_env = {"working_dir": uri}
+        print(f"package: {package.path} ({len(package.files)} files, "
+              f"{package.size_bytes / 2**20:.1f} MiB) -> {uri}", file=sys.stderr)  # fmt: skip
+    elif args.package_uri is not None:
+        raise PolicyError("--package-uri needs --package ZIP")
+    if args.kuberay:
+        # the image is built from this folder (deployments/kuberay/Dockerfile); models of
+        # bundled datasets that it lacks are built where the app starts, as `serve` does
+        given["policies"] = [str(args.image_root / _inside_cwd(p)) for p in args.policies]
+    config = serve_config(
+        loaded,
+        AppArgs.model_validate(given),
+        host=args.host,
+        port=args.port,
+        proxy_location=args.proxy_location,
+        runtime_env=runtime_env,
+    )
+    document: dict[str, Any] = config
+    if args.kuberay:
+        name = args.name or "cascade-" + "-".join(i.policy.name for i in loaded).lower()
+        options: dict[str, Any] = {"name": name, "worker_cpus": args.worker_cpus}
+        if args.image:
+            options["image"] = args.image
+        document = kuberay_manifest(config, **options)
+    text = dump_yaml(document)
+    if args.output is None:
+        print(text, end="")
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _inside_cwd(path: Path) -> PurePosixPath:
+    """``path`` relative to the working directory, the folder the image is built from."""
+    from cascade.errors import PolicyError
+
+    try:
+        return PurePosixPath(path.resolve().relative_to(Path.cwd().resolve()).as_posix())
+    except ValueError:
+        raise PolicyError(
+            f"{path}: --kuberay names policies by their path in the image, built from the "
+            f"working directory ({Path.cwd()}); run it from the folder that holds the policy"
+        ) from None

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
@@ -21,28 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cascade.backends import InputSpec, open_model
+from cascade.deploy import AppArgs, ingress_options, tier_options
 from cascade.errors import PolicyError
 from cascade.evaluate import ensure_models
 from cascade.policy import load_policy
 from cascade.serving import InferenceService, PolicyText, RemoteFactory
 
 __all__ = ["AppArgs", "Ingress", "ModelDeployment", "build_app"]
-
-
-class AppArgs(BaseModel):
-    """Arguments of :func:`build_app` (also the `args` of a Serve config file)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    policies: list[str] = Field(min_length=1, description="policy files to serve")
-    max_rows: int = Field(4096, ge=1, description="most rows per request")
-    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body")
-    coalesce_ms: float = Field(2.0, ge=0, description="window coalescing concurrent requests")
-    max_ongoing_requests: int = Field(64, ge=1, description="requests one replica runs at once")
-    max_queued_requests: int = Field(
-        256, ge=-1, description="requests waiting for an ingress replica before 503 (-1: no limit)"
-    )
-    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 for backpressure")
 
 
 @serve.deployment
@@ -262,37 +246,19 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         for name, tier in policy.tiers.items():
             if tier.placement != "deployment":
                 continue
-            options: dict[str, Any] = {
-                "name": f"{policy.name}-{name}",
-                "max_ongoing_requests": max(
-                    parsed.max_ongoing_requests, tier.batching.max_batch_size
-                ),
-                "ray_actor_options": {"num_cpus": 0.5},
-            }
-            if tier.autoscaling is not None:
-                options["autoscaling_config"] = {
-                    "min_replicas": tier.autoscaling.min_replicas,
-                    "max_replicas": tier.autoscaling.max_replicas,
-                    "target_ongoing_requests": tier.autoscaling.target_ongoing_requests,
-                }
-            else:
-                options["num_replicas"] = tier.replicas
+            options = tier_options(policy, name, parsed)
             options["user_config"] = {
                 "max_batch_size": tier.batching.max_batch_size,
                 "max_wait_ms": tier.batching.max_wait_ms,
             }
-            if "CUDAExecutionProvider" in tier.providers:
-                options["ray_actor_options"]["num_gpus"] = 1
             bound[name] = ModelDeployment.options(**options).bind(
                 str(loaded.model_path(name)), tuple(tier.providers)
             )
         handles[policy.name] = bound
     texts = [{"path": path, "text": Path(path).read_text()} for path in paths]
     ingress = Ingress.options(
-        max_ongoing_requests=parsed.max_ongoing_requests,
-        max_queued_requests=parsed.max_queued_requests,
+        **ingress_options(parsed),
         backpressure_config=BackpressureConfig(retry_after_s=parsed.retry_after_s),
-        ray_actor_options={"num_cpus": 0.5},
         user_config={"policies": texts},
     )
     return ingress.bind(handles, parsed.model_dump())

@@ -28,6 +28,7 @@ __all__ = [
     "Gear",
     "Policy",
     "Provenance",
+    "Resources",
     "Routing",
     "Scorer",
     "SlaRouting",
@@ -71,6 +72,23 @@ class Autoscaling(_Strict):
     target_ongoing_requests: float = Field(
         2.0, gt=0, le=10_000, description="ongoing requests per replica the autoscaler aims for"
     )
+    initial_replicas: int | None = Field(
+        None, ge=0, le=1000, description="replicas at deploy time (default: min_replicas)"
+    )
+    upscale_delay_s: float = Field(
+        30.0, ge=0, le=3600, description="load must stay above target this long before scaling up"
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, le=86_400, description="load must stay below target this long before "
+        "scaling down",
+    )
+    look_back_period_s: float = Field(
+        30.0,
+        gt=10,
+        le=3600,
+        description="window over which ongoing requests are averaged; longer than the 10 s "
+        "at which Serve collects them",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -78,7 +96,30 @@ class Autoscaling(_Strict):
             raise ValueError(
                 f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
             )
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas ({initial}) must lie within min_replicas "
+                f"({self.min_replicas}) and max_replicas ({self.max_replicas})"
+            )
         return self
+
+
+class Resources(_Strict):
+    """What one replica of a deployment tier asks Ray for."""
+
+    num_cpus: float = Field(0.5, ge=0, le=1024, description="logical CPUs per replica")
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="GPUs per replica; default: 1 when providers name CUDAExecutionProvider "
+        "(only where the app is told it may use GPUs: `cascade config`, or a local Ray with "
+        "GPUs), else 0",
+    )
+    memory_mb: int | None = Field(
+        None, ge=1, le=10_000_000, description="memory Ray reserves per replica, in MiB"
+    )
 
 
 class Breaker(_Strict):
@@ -118,6 +159,24 @@ class Tier(_Strict):
     replicas: int = Field(1, ge=1, le=1000, description="fixed replica count (deployment tiers)")
     autoscaling: Autoscaling | None = Field(
         None, description="autoscaling instead of a fixed replica count (deployment tiers)"
+    )
+    resources: Resources = Field(
+        default_factory=lambda: Resources.model_validate({}),
+        description="Ray resources of one replica (deployment tiers)",
+    )
+    max_ongoing_requests: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="calls one replica runs at once (deployment tiers); default: the larger "
+        "of the ingress's max_ongoing_requests and batching.max_batch_size",
+    )
+    max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        le=1_000_000,
+        description="calls waiting for a replica before the call fails at once, so that the "
+        "engine falls back (deployment tiers; -1: no limit)",
     )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],

@@ -23,8 +23,20 @@ def test_config_validates_against_serve_schema(capsys: pytest.CaptureFixture[str
     ServeDeploySchema.model_validate(config)
     (app,) = config["applications"]
     assert app["import_path"] == "deployments.app:build_app"
-    assert app["args"] == {"policies": policies}
+    assert app["args"] == {"policies": policies, "use_gpus": True}
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8123}
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert sorted(deployments) == ["Ingress", "covertype-large", "digits-large"]
+    assert deployments["Ingress"] == {
+        "name": "Ingress", "num_replicas": 1, "max_ongoing_requests": 64,
+        "max_queued_requests": 256, "ray_actor_options": {"num_cpus": 0.5},
+    }  # fmt: skip
+    # covertype's large tier: a batch of 128 calls fits in one replica; autoscaling 1-4
+    large = deployments["covertype-large"]
+    assert large["max_ongoing_requests"] == 128
+    assert large["autoscaling_config"]["min_replicas"] == 1
+    assert large["autoscaling_config"]["max_replicas"] == 4
+    assert "num_replicas" not in large
 
 
 def test_config_refuses_an_invalid_policy(
@@ -52,3 +64,146 @@ def test_a_gear_the_replica_cannot_reach_is_refused(tmp_path: Path) -> None:
                        r"max_ongoing_requests \(64\)"):  # fmt: skip
         build_app({"policies": [str(policy)]})
     build_app({"policies": [str(policy)], "max_ongoing_requests": 128})  # now it can engage
+
+
+def _policy(directory: Path, large: str) -> Path:
+    """digits with its large tier configured by ``large`` (YAML flow mapping entries)."""
+    models = ROOT / "policies" / "models" / "digits"
+    path = directory / "custom.yaml"
+    path.write_text(
+        "name: custom\nallow_outside_paths: true\ntiers:\n"
+        f"  tiny: {{model: {models / 'tiny.onnx'}}}\n"
+        f"  large: {{model: {models / 'large.onnx'}, placement: deployment, {large}}}\n"
+        "routing:\n  kind: confidence\n  chain:\n    - {tier: tiny, threshold: 0.9}\n"
+        "    - {tier: large}\n"
+    )
+    return path
+
+
+def test_tier_settings_reach_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = _policy(
+        tmp_path,
+        "max_ongoing_requests: 7, max_queued_requests: 20, "
+        "resources: {num_cpus: 2, memory_mb: 512}, autoscaling: {min_replicas: 0, "
+        "initial_replicas: 1, max_replicas: 5, target_ongoing_requests: 3, "
+        "upscale_delay_s: 4, downscale_delay_s: 60, look_back_period_s: 15}",
+    )
+    assert main(["config", str(policy), "--ingress-replicas", "3", "--ingress-num-cpus", "1"]) == 0
+    (app,) = yaml.safe_load(capsys.readouterr().out)["applications"]
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert deployments["custom-large"] == {
+        "name": "custom-large", "max_ongoing_requests": 7, "max_queued_requests": 20,
+        "ray_actor_options": {"num_cpus": 2.0, "memory": 512 * 2**20},
+        "autoscaling_config": {
+            "min_replicas": 0, "max_replicas": 5, "target_ongoing_requests": 3.0,
+            "initial_replicas": 1, "upscale_delay_s": 4.0, "downscale_delay_s": 60.0,
+            "look_back_period_s": 15.0,
+        },
+    }  # fmt: skip
+    assert deployments["Ingress"]["num_replicas"] == 3
+    assert deployments["Ingress"]["ray_actor_options"] == {"num_cpus": 1.0}
+    assert app["args"]["ingress_replicas"] == 3
+
+
+def test_gpu_tiers_ask_for_gpus_unless_told_not_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = _policy(tmp_path, "providers: [CUDAExecutionProvider, CPUExecutionProvider]")
+    assert main(["config", str(policy)]) == 0
+    (app,) = yaml.safe_load(capsys.readouterr().out)["applications"]
+    large = next(d for d in app["deployments"] if d["name"] == "custom-large")
+    assert large["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 1.0}
+    assert main(["config", str(policy), "--cpu-only"]) == 0
+    (app,) = yaml.safe_load(capsys.readouterr().out)["applications"]
+    large = next(d for d in app["deployments"] if d["name"] == "custom-large")
+    assert large["ray_actor_options"] == {"num_cpus": 0.5}
+
+
+def test_kuberay_manifest_has_a_gpu_group_for_gpu_tiers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cascade.deploy import validate_serve_config
+
+    monkeypatch.chdir(tmp_path)
+    _policy(
+        tmp_path,
+        "providers: [CUDAExecutionProvider, CPUExecutionProvider], "
+        "autoscaling: {min_replicas: 1, max_replicas: 3}",
+    )
+    assert main(["config", "custom.yaml", "--kuberay", "--image", "reg/cascade:1"]) == 0
+    manifest = yaml.safe_load(capsys.readouterr().out)
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
+    serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    validate_serve_config(serve_config)
+    assert serve_config["applications"][0]["args"]["policies"] == ["/app/custom.yaml"]
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    gpu = groups["gpu"]
+    (container,) = gpu["template"]["spec"]["containers"]
+    assert container["image"] == "reg/cascade:1"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert gpu["rayStartParams"]["num-gpus"] == "1"
+    assert (gpu["minReplicas"], gpu["maxReplicas"]) == (1, 3)  # one GPU per large replica
+    assert (
+        "nvidia.com/gpu"
+        not in groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    )
+
+
+@pytest.mark.parametrize("name", ["digits", "covertype", "ltr", "clinc150"])
+def test_checked_in_kuberay_manifests_are_current(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """deployments/kuberay/NAME.yaml is what `cascade config --kuberay` writes today."""
+    monkeypatch.chdir(ROOT)
+    assert main(["config", f"policies/{name}.yaml", "--kuberay", "--ingress-replicas", "2"]) == 0
+    written = capsys.readouterr().out
+    checked_in = (ROOT / "deployments" / "kuberay" / f"{name}.yaml").read_text()
+    assert written == checked_in, (
+        f"regenerate: cascade config policies/{name}.yaml --kuberay --ingress-replicas 2 "
+        f"-o deployments/kuberay/{name}.yaml"
+    )
+
+
+def test_package_holds_exactly_what_the_policies_read(tmp_path: Path) -> None:
+    import zipfile
+
+    from cascade.deploy import PACKAGE_TOP, build_package
+
+    package = build_package(
+        [ROOT / "policies" / "digits.yaml", ROOT / "policies" / "clinc150.yaml"],
+        tmp_path / "app.zip",
+    )
+    assert package.policies == ["digits.yaml", "clinc150.yaml"]
+    names = zipfile.ZipFile(package.path).namelist()
+    assert all(n.startswith(f"{PACKAGE_TOP}/") for n in names)
+    files = {n.removeprefix(f"{PACKAGE_TOP}/") for n in names}
+    assert "models/digits/large.onnx" in files and "models/digits/large.card.json" in files
+    assert "models/clinc150/tokenizer.json" in files  # read by the MiniLM tier's sidecar
+    assert "models/clinc150/large.text.json" in files
+    # digits routes tiny -> large: its small tier is unused but declared, so it travels too;
+    # files no policy reads (the benchmarks' complexity scorers) stay out
+    assert not any("complexity" in f for f in files)
+
+
+def test_package_refuses_files_outside_the_policies_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = _policy(tmp_path, "replicas: 1")  # its models live in the repository
+    assert main(["config", str(policy), "--package", str(tmp_path / "app.zip")]) == 1
+    assert "lies outside" in capsys.readouterr().err
+    assert main(["config", str(policy), "--kuberay", "--package", "x.zip"]) == 1
+    assert "exclude each other" in capsys.readouterr().err
+    assert main(["config", str(policy), "--package-uri", "s3://b/x.zip"]) == 1
+    assert "needs --package" in capsys.readouterr().err
+
+
+def test_an_invalid_serve_config_is_refused() -> None:
+    from cascade.deploy import validate_serve_config
+    from cascade.errors import CascadeError
+
+    bad = {"name": "Ingress", "num_replicas": -2}
+    config = {"applications": [{"name": "x", "import_path": "a:b", "deployments": [bad]}]}
+    with pytest.raises(CascadeError, match="does not validate"):
+        validate_serve_config(config)

@@ -34,8 +34,8 @@ SCHEMA_FILE = POLICIES / "policy.schema.json"
 SCHEMA_LINE = "# yaml-language-server: $schema=policy.schema.json"
 
 TIER_KEYS = (
-    "model, cost, placement, batching, replicas, autoscaling, providers, timeout_ms, breaker, "
-    "latency_ms"
+    "model, cost, placement, batching, replicas, autoscaling, resources, max_ongoing_requests, "
+    "max_queued_requests, providers, timeout_ms, breaker, latency_ms"
 )
 
 CONFIDENCE = """\
@@ -434,6 +434,30 @@ def test_autoscaling_max_below_min(folder: Path) -> None:
     )
     with pytest.raises(PolicyError, match=match):
         load_policy(path)
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "problem"),
+    [
+        (
+            "{min_replicas: 1, max_replicas: 3, initial_replicas: 5}",
+            "tiers.large.autoscaling: initial_replicas (5) must lie within min_replicas (1) "
+            "and max_replicas (3)",
+        ),
+        (
+            "{look_back_period_s: 5}",
+            "tiers.large.autoscaling.look_back_period_s: must be > 10, got 5",
+        ),
+    ],
+)
+def test_autoscaling_settings_serve_would_refuse(
+    folder: Path, autoscaling: str, problem: str
+) -> None:
+    text = CONFIDENCE.replace(
+        "placement: deployment}", f"placement: deployment,\n          autoscaling: {autoscaling}}}"
+    )
+    with pytest.raises(PolicyError, match=re.escape(problem)):
+        load_policy(_write(folder, text))
 
 
 @pytest.mark.parametrize(

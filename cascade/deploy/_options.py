@@ -1,0 +1,96 @@
+"""Serve deployment options of a cascade app, computed once for `build_app` and `cascade config`.
+
+Pure: no Ray import. ``deployments.app.build_app`` binds deployments with these options, and
+`cascade config` writes the same ones into the Serve config, where an operator sees and edits
+them (a config's ``deployments`` entries override what the code sets).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cascade.policy import Policy, Tier
+
+__all__ = ["INGRESS", "AppArgs", "deployment_name", "ingress_options", "tier_options"]
+
+INGRESS = "Ingress"
+
+
+class AppArgs(BaseModel):
+    """Arguments of ``deployments.app.build_app`` (also the ``args`` of a Serve config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policies: list[str] = Field(min_length=1, description="policy files to serve")
+    max_rows: int = Field(4096, ge=1, description="most rows per request")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body")
+    coalesce_ms: float = Field(2.0, ge=0, description="window coalescing concurrent requests")
+    max_ongoing_requests: int = Field(64, ge=1, description="requests one replica runs at once")
+    max_queued_requests: int = Field(
+        256, ge=-1, description="requests waiting for an ingress replica before 503 (-1: no limit)"
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 for backpressure")
+    ingress_replicas: int = Field(1, ge=1, le=1000, description="ingress replicas")
+    ingress_num_cpus: float = Field(0.5, ge=0, description="logical CPUs per ingress replica")
+    use_gpus: bool = Field(
+        False,
+        description="let tiers whose providers name CUDAExecutionProvider ask Ray for a GPU "
+        "(`cascade config` sets it; a local Ray without GPUs runs them on CPU)",
+    )
+
+
+def deployment_name(policy: str, tier: str) -> str:
+    """The Serve deployment of a policy's deployment tier: ``digits-large``."""
+    return f"{policy}-{tier}"
+
+
+def _gpus(tier: Tier, use_gpus: bool) -> float:
+    if not use_gpus:
+        return 0.0
+    if tier.resources.num_gpus is not None:
+        return tier.resources.num_gpus
+    return 1.0 if "CUDAExecutionProvider" in tier.providers else 0.0
+
+
+def tier_options(policy: Policy, tier: str, args: AppArgs) -> dict[str, Any]:
+    """Serve options of one deployment tier: replicas or autoscaling, limits, resources.
+
+    Example::
+
+        tier_options(load_policy("policies/digits.yaml").policy, "large", AppArgs(policies=[...]))
+        # {'name': 'digits-large', 'max_ongoing_requests': 64, ..., 'num_replicas': 1}
+    """
+    spec = policy.tiers[tier]
+    actor: dict[str, Any] = {"num_cpus": spec.resources.num_cpus}
+    gpus = _gpus(spec, args.use_gpus)
+    if gpus:
+        actor["num_gpus"] = gpus
+    if spec.resources.memory_mb is not None:
+        actor["memory"] = spec.resources.memory_mb * 2**20
+    options: dict[str, Any] = {
+        "name": deployment_name(policy.name, tier),
+        # a replica must take at least one full batch of calls, else batches never fill
+        "max_ongoing_requests": spec.max_ongoing_requests
+        or max(args.max_ongoing_requests, spec.batching.max_batch_size),
+        "max_queued_requests": spec.max_queued_requests,
+        "ray_actor_options": actor,
+    }
+    scaling = spec.autoscaling
+    if scaling is None:
+        options["num_replicas"] = spec.replicas
+    else:
+        options["autoscaling_config"] = scaling.model_dump(exclude_none=True)
+    return options
+
+
+def ingress_options(args: AppArgs) -> dict[str, Any]:
+    """Serve options of the HTTP ingress (the engine and inline tiers run in it)."""
+    return {
+        "name": INGRESS,
+        "num_replicas": args.ingress_replicas,
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "max_queued_requests": args.max_queued_requests,
+        "ray_actor_options": {"num_cpus": args.ingress_num_cpus},
+    }
