@@ -22,6 +22,7 @@ import numpy as np
 from cascade._cli_bench import add_bench_command, run_bench
 from cascade._cli_config import add_config_command
 from cascade._cli_evaluate import add_evaluate_commands, run_calibrate, run_evaluate
+from cascade._cli_plan import add_plan_command
 from cascade._cli_serve import add_serve_command
 from cascade.errors import CascadeError
 
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     add_evaluate_commands(commands)
     add_serve_command(commands)
     add_config_command(commands)
+    add_plan_command(commands)
     add_bench_command(commands)
     _add_policy_commands(commands)
     return parser
