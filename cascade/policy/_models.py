@@ -57,7 +57,11 @@ class Batching(_Strict):
     """How requests to one tier are grouped into batches."""
 
     max_batch_size: int = Field(
-        32, ge=1, le=4096, description="most rows sent to the tier in one call"
+        32,
+        ge=1,
+        le=4096,
+        description="deployment tiers: most calls (each carries the rows one engine batch "
+        "escalates) that a replica joins into one model run",
     )
     max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="longest a row waits for its batch to fill, in ms"
