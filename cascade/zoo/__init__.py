@@ -1,8 +1,31 @@
-"""Model zoo: real datasets → trained, compressed tiers → ONNX files + model cards."""
+"""Model zoo: real datasets → trained, compressed tiers → ONNX files + model cards.
 
-from cascade.zoo.build import CompressionOptions, build_zoo
-from cascade.zoo.cards import ModelCard, format_cards, read_cards
-from cascade.zoo.datasets import Dataset, Split, available_datasets, load_dataset, load_table
+Names load on first use: a serving process reads model cards without importing
+scikit-learn, pandas and skl2onnx (about 140 MB of RSS).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cascade.zoo.build import CompressionOptions, build_zoo
+    from cascade.zoo.cards import ModelCard, format_cards, read_cards
+    from cascade.zoo.datasets import Dataset, Split, available_datasets, load_dataset, load_table
+
+_LAZY = {
+    "CompressionOptions": "cascade.zoo.build",
+    "build_zoo": "cascade.zoo.build",
+    "ModelCard": "cascade.zoo.cards",
+    "format_cards": "cascade.zoo.cards",
+    "read_cards": "cascade.zoo.cards",
+    "Dataset": "cascade.zoo.datasets",
+    "Split": "cascade.zoo.datasets",
+    "available_datasets": "cascade.zoo.datasets",
+    "load_dataset": "cascade.zoo.datasets",
+    "load_table": "cascade.zoo.datasets",
+}
 
 __all__ = [
     "CompressionOptions",
@@ -16,3 +39,16 @@ __all__ = [
     "load_table",
     "read_cards",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -34,15 +34,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from cascade.errors import DatasetError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "DATASETS",
@@ -54,6 +54,16 @@ __all__ = [
 ]
 
 _DATA_DIR = Path(__file__).with_name("data")
+
+
+def _pandas() -> Any:
+    """pandas, imported on first use: policy checks read dataset names, not tables, and a
+    serving process should not pay pandas's memory for that."""
+    import pandas
+
+    return pandas
+
+
 _COVERTYPE_FILE = _DATA_DIR / "covertype" / "covtype_ramp_subset.csv.gz"
 _CLINC150_FILE = _DATA_DIR / "clinc150" / "data_full.json.gz"
 
@@ -145,6 +155,8 @@ def _split_indices(
     """Stratified 60/20/20 row indices (train, calibration, test); see the module docstring."""
     rows = np.arange(len(y))
     held_out = _CALIBRATION_FRACTION + _TEST_FRACTION
+    from sklearn.model_selection import train_test_split
+
     train, rest = train_test_split(rows, test_size=held_out, stratify=y, random_state=seed)
     calibration, test = train_test_split(
         rest, test_size=_TEST_FRACTION / held_out, stratify=y[rest], random_state=seed
@@ -236,6 +248,8 @@ def _encode_labels(labels: npt.NDArray[Any]) -> tuple[tuple[str, ...], npt.NDArr
 
 
 def _load_digits(*, seed: int = 0) -> Dataset:
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     classes, y = _encode_labels(np.asarray(bunch.target))
     return _tabular(
@@ -251,7 +265,7 @@ def _load_digits(*, seed: int = 0) -> Dataset:
 
 @lru_cache(maxsize=1)
 def _covertype_arrays() -> tuple[npt.NDArray[np.float32], npt.NDArray[Any], tuple[str, ...]]:
-    frame = pd.read_csv(_COVERTYPE_FILE, dtype=np.float32)
+    frame = _pandas().read_csv(_COVERTYPE_FILE, dtype=np.float32)
     labels = frame.pop("Cover_Type").to_numpy().astype(np.int64)
     X = _read_only(np.ascontiguousarray(frame.to_numpy(dtype=np.float32)))
     return X, _read_only(labels), tuple(str(c) for c in frame.columns)
@@ -365,11 +379,12 @@ def _shown_suffix(path: Path) -> str:
 
 
 def _read_table(path: Path, *, where: str, suffix: str) -> pd.DataFrame:
+    frame: pd.DataFrame
     try:
         if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path, engine="pyarrow")
+            frame = _pandas().read_parquet(path, engine="pyarrow")
         else:
-            frame = pd.read_csv(path)
+            frame = _pandas().read_csv(path)
     except ImportError as exc:
         raise DatasetError(
             f'{where}: reading Parquet needs pyarrow; pip install "cascade[parquet]"'
@@ -387,13 +402,14 @@ def _read_table(path: Path, *, where: str, suffix: str) -> pd.DataFrame:
 
 
 def _is_number_column(column: pd.Series[Any]) -> bool:
-    return pd.api.types.is_bool_dtype(column) or (
-        pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_complex_dtype(column)
+    return _pandas().api.types.is_bool_dtype(column) or (
+        _pandas().api.types.is_numeric_dtype(column)
+        and not _pandas().api.types.is_complex_dtype(column)
     )
 
 
 def _first_non_number(column: pd.Series[Any]) -> str:
-    bad = column.notna() & pd.to_numeric(column, errors="coerce").isna()
+    bad = column.notna() & _pandas().to_numeric(column, errors="coerce").isna()
     if not bad.any():
         return "all missing" if column.isna().all() else f"e.g. {str(column.dropna().iloc[0])!r}"
     return f"e.g. {str(column[bad].iloc[0])!r}"
@@ -483,7 +499,7 @@ def load_table(
 
     frame = _read_table(file, where=where, suffix=suffix)
     columns = [str(c) for c in frame.columns]
-    frame.columns = pd.Index(columns)
+    frame.columns = _pandas().Index(columns)
     if label_column not in columns:
         shown = ", ".join(columns[:_MAX_LISTED_COLUMNS])
         if len(columns) > _MAX_LISTED_COLUMNS:
