@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         ndcg_at_k,
     )
     from cascade.routing import BatchResult, Decision, Engine
+    from cascade.serving import HttpModel
     from cascade.zoo import (
         CompressionOptions,
         Dataset,
@@ -65,6 +66,7 @@ _LAZY = {
     "Engine": "cascade.routing",
     "EvalRow": "cascade.evaluate",
     "Evaluator": "cascade.evaluate",
+    "HttpModel": "cascade.serving",
     "LoadedPolicy": "cascade.policy",
     "Policy": "cascade.policy",
     "Target": "cascade.evaluate",
@@ -105,6 +107,7 @@ __all__ = [
     "Evaluator",
     "FakeModel",
     "FidelityError",
+    "HttpModel",
     "InputError",
     "InputSpec",
     "LoadedPolicy",

@@ -1,4 +1,5 @@
-"""`cascade serve`: a local Ray + Serve running the policies, until Ctrl-C or SIGTERM."""
+"""`cascade serve`: the policies on a local Ray + Serve, or with ``--runtime edge`` in one
+process without Ray (uvicorn), until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cascade._cli_config import add_app_options, app_args_of
+from cascade._cli_edge import add_footprint_command
 
 if TYPE_CHECKING:
     from cascade.policy import LoadedPolicy
@@ -20,15 +22,24 @@ __all__ = ["add_serve_command", "run_reload", "run_serve"]
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser(
         "serve",
-        help="serve policies over HTTP (Open Inference Protocol v2) on a local Ray",
-        description="Start a local Ray (no dashboard), build missing models of bundled "
-        "datasets, serve the policies at /v2/models/NAME/infer, stop on Ctrl-C or SIGTERM.",
+        help="serve policies over HTTP (Open Inference Protocol v2) on a local Ray, or on "
+        "the edge without Ray",
+        description="Build missing models of bundled datasets, serve the policies at "
+        "/v2/models/NAME/infer, stop on Ctrl-C or SIGTERM. --runtime ray (default) starts a "
+        "local Ray (no dashboard); --runtime edge serves from this one process with uvicorn, "
+        "no Ray (SIGHUP re-reads the policy files).",
     )
     serve.add_argument("policies", nargs="+", type=Path, help="policy files")
+    serve.add_argument(
+        "--runtime",
+        choices=("ray", "edge"),
+        default="ray",
+        help="ray: local Ray Serve (default); edge: one process, no Ray",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--num-cpus", type=int, default=None,
-                       help="CPUs Ray may use (default: all)")  # fmt: skip
+                       help="CPUs Ray may use (default: all; ray runtime only)")  # fmt: skip
     serve.add_argument("--no-progress", action="store_true",
                        help="no progress bar while missing models are built")  # fmt: skip
     add_app_options(serve)
@@ -43,9 +54,12 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     reload.add_argument("policies", nargs="+", type=Path, help="policy files")
     reload.set_defaults(run=run_reload)
+    add_footprint_command(commands)
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.runtime == "edge":
+        return _run_edge(args)
     try:
         import ray  # noqa: F401
         from ray import serve
@@ -85,6 +99,38 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_edge(args: argparse.Namespace) -> int:
+    """The edge runtime: no Ray import on this path, nor in anything it calls."""
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print('cascade serve --runtime edge needs uvicorn: pip install "cascade[edge]"',
+              file=sys.stderr)  # fmt: skip
+        return 1
+    from cascade.edge import EdgeSettings, serve_edge
+    from cascade.policy import load_policy
+
+    loaded = [load_policy(p) for p in args.policies]  # fail fast on a bad file
+    names = [item.policy.name for item in loaded]
+    given = {key: getattr(args, key) for key in
+             ("max_ongoing_requests", "max_queued_requests", "coalesce_ms", "max_rows")
+             if getattr(args, key, None) is not None}  # fmt: skip
+    settings = EdgeSettings(policies=[str(p) for p in args.policies], **given)
+
+    def announce(url: str) -> None:
+        print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops; "
+              "edge runtime, no Ray)")  # fmt: skip
+        print(f"metadata: curl -s {url}/v2/models/{names[0]}")
+        print(f"infer:    {_curl_example(url, names[0], loaded[0])}")
+        print(f"metrics:  curl -s {url}/metrics")
+        sys.stdout.flush()
+
+    serve_edge(settings, host=args.host, port=args.port, announce=announce,
+               progress=not args.no_progress)  # fmt: skip
+    print("stopped")
+    return 0
+
+
 def run_reload(args: argparse.Namespace) -> int:
     try:
         import ray
@@ -113,7 +159,7 @@ def _curl_example(url: str, name: str, loaded: LoadedPolicy) -> str:
 
     from cascade.backends import open_model
 
-    first = next(iter(loaded.policy.tiers))
+    first = next(n for n, t in loaded.policy.tiers.items() if not t.is_remote)
     spec = open_model(loaded.model_path(first)).input_spec
     width = spec.width or 1
     body: dict[str, object] = {"inputs": [{"name": spec.name, "shape": [1, width],

@@ -136,15 +136,37 @@ def ensure_models(loaded: LoadedPolicy, *, progress: bool = True) -> list[Path]:
     return list(missing.values())
 
 
-def resolve_tiers(loaded: LoadedPolicy) -> dict[str, TierInfo]:
-    """Cost and latency estimate of every local tier (policy values first, then cards)."""
+REMOTE_LATENCY_MS = 10.0
+"""Initial latency estimate of a remote tier without ``latency_ms:``: a LAN round trip plus
+the remote's own inference; the engine's moving average corrects it from the first call."""
+
+
+def resolve_tiers(loaded: LoadedPolicy, *, remote: bool = False) -> dict[str, TierInfo]:
+    """Cost and latency estimate of every tier (policy values first, then cards).
+
+    Offline evaluation runs local ONNX files only; serving passes ``remote=True`` to accept
+    tiers that are endpoint URLs: they have no card, so their ``cost:`` is required, and
+    their ``path`` is the policy's folder (they have no file).
+    """
     tiers: dict[str, TierInfo] = {}
     for name, tier in loaded.policy.tiers.items():
         if tier.is_remote:
-            raise PolicyError(
-                f"tiers.{name}: remote tier {tier.model} cannot be evaluated offline; "
-                "evaluate a policy whose tiers are ONNX files"
+            if not remote:
+                raise PolicyError(
+                    f"tiers.{name}: remote tier {tier.model} cannot be evaluated offline; "
+                    "evaluate a policy whose tiers are ONNX files"
+                )
+            if tier.cost is None:
+                raise PolicyError(
+                    f"{loaded.path or loaded.policy.name}: tiers.{name}.cost: a remote tier "
+                    f"({tier.model}) needs `cost:` (relative cost of one row, large tier = 1): "
+                    "it has no model card to read it from"
+                )
+            latency = tier.latency_ms if tier.latency_ms is not None else REMOTE_LATENCY_MS
+            tiers[name] = TierInfo(
+                name=name, path=loaded.base_dir, card=None, cost=tier.cost, latency_ms=latency
             )
+            continue
         path = loaded.model_path(name)
         card = _read_card(path)
         cost = tier.cost if tier.cost is not None else (card.relative_cost if card else None)

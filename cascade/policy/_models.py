@@ -83,8 +83,10 @@ class Autoscaling(_Strict):
         30.0, ge=0, le=3600, description="load must stay above target this long before scaling up"
     )
     downscale_delay_s: float = Field(
-        600.0, ge=0, le=86_400, description="load must stay below target this long before "
-        "scaling down",
+        600.0,
+        ge=0,
+        le=86_400,
+        description="load must stay below target this long before scaling down",
     )
     look_back_period_s: float = Field(
         30.0,
@@ -206,6 +208,15 @@ class Tier(_Strict):
     @property
     def is_remote(self) -> bool:
         return self.model.startswith(("http://", "https://"))
+
+    @model_validator(mode="after")
+    def _remote_placement(self) -> Tier:
+        if self.is_remote and self.placement == "deployment":
+            raise ValueError(
+                f"a remote tier ({self.model}) runs where its URL points; placement: "
+                "deployment applies to ONNX files only (leave placement out)"
+            )
+        return self
 
 
 class Calibration(_Strict):

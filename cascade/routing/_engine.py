@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import math
 import time
@@ -27,7 +28,14 @@ from cascade.routing._decision import BatchResult
 from cascade.routing._scorers import Scorer, make_scorer
 from cascade.routing._strategies import RouteContext, Router, make_router, routed_tiers
 
-__all__ = ["Engine"]
+__all__ = ["CALL_DEADLINE", "Engine"]
+
+CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "cascade_call_deadline", default=None
+)
+"""The ``time.monotonic()`` by which the tier call running in this task must end (``None``:
+unbounded), set around each backend call: a remote backend sizes its network timeout and
+decides whether a retry still fits by it."""
 
 
 class _DeadlineCut(Exception):
@@ -202,7 +210,12 @@ class Engine:
                 outcome = "error"
                 try:
                     async with asyncio.timeout(None if timeout_ms is None else timeout_ms / 1e3):
-                        output = await self._backends[tier].predict(rows)
+                        ends = None if timeout_ms is None else time.monotonic() + timeout_ms / 1e3
+                        token = CALL_DEADLINE.set(ends)
+                        try:
+                            output = await self._backends[tier].predict(rows)
+                        finally:
+                            CALL_DEADLINE.reset(token)
                 except TimeoutError as exc:
                     outcome = "timeout"
                     if why != "its timeout":

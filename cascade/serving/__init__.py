@@ -1,8 +1,9 @@
 """Serving core shared by the Ray ingress and the plain ASGI edge: no Ray in here.
 
 The Open Inference Protocol (KServe v2) request/response layer, the coalescer that
-merges concurrent requests into engine batches, and the framework-free HTTP service
-(routes, errors, admission, decision trace) that every runtime puts behind its server.
+merges concurrent requests into engine batches, the framework-free HTTP service
+(routes, errors, admission, decision trace) that every runtime puts behind its server, and
+``HttpModel``, a tier answered by a remote v2 endpoint (split inference).
 
 Example::
 
@@ -15,6 +16,7 @@ Example::
 from __future__ import annotations
 
 from cascade.serving._coalescer import Coalescer
+from cascade.serving._http_model import HttpModel
 from cascade.serving._openapi import openapi_document
 from cascade.serving._protocol import (
     OUTPUT_NAMES,
@@ -37,6 +39,7 @@ from cascade.serving._service import (
 __all__ = [
     "OUTPUT_NAMES",
     "Coalescer",
+    "HttpModel",
     "HttpReply",
     "InferRequest",
     "InferenceService",

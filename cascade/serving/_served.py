@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cascade.backends import InputSpec, Model, open_model
+from cascade.errors import PolicyError
 from cascade.evaluate import resolve_tiers
 from cascade.load import Gear, GearShifter
 from cascade.policy import LoadedPolicy, Policy
@@ -27,20 +28,53 @@ RemoteFactory = Callable[[InputSpec], Model]
 def _backends(
     loaded: LoadedPolicy, remote: Mapping[str, RemoteFactory]
 ) -> tuple[dict[str, Model], InputSpec, Any, dict[str, Any]]:
-    """Every tier's backend (local ONNX or remote), the input spec, one local model, tiers."""
-    tiers = resolve_tiers(loaded)
+    """Every tier's backend (local ONNX or remote), the input spec, one local model, tiers.
+
+    A tier the runtime supplies in ``remote`` gets that backend; a tier whose model is an
+    endpoint URL gets an :class:`HttpModel` checked against the local tiers' classes; every
+    other tier runs here through onnxruntime.
+    """
+    from cascade.serving._http_model import HttpModel
+
+    policy = loaded.policy
+    tiers = resolve_tiers(loaded, remote=True)
     local = {
         name: open_model(tiers[name].path, providers=tier.providers)
-        for name, tier in loaded.policy.tiers.items()
-        if name not in remote
+        for name, tier in policy.tiers.items()
+        if name not in remote and not tier.is_remote
     }
     # The input spec from a session this process runs anyway; only a policy of remote
     # tiers alone needs one loaded here just to read it.
-    first = next(iter(local.values()), None) or open_model(next(iter(tiers.values())).path)
+    files = [name for name, tier in policy.tiers.items() if not tier.is_remote]
+    if not local and not files:
+        raise PolicyError(
+            f"{loaded.path or policy.name}: every tier is an endpoint URL; serving needs at "
+            "least one ONNX tier (it fixes the input and the classes)"
+        )
+    first = next(iter(local.values()), None) or open_model(tiers[files[0]].path)
+    card = next((t.card for t in tiers.values() if t.card is not None), None)
+    classes = list(card.classes) if card is not None else None
     backends: dict[str, Model] = dict(local)
     for name, factory in remote.items():
         backends[name] = factory(first.input_spec)
+    for name, tier in policy.tiers.items():
+        if tier.is_remote and name not in backends:
+            backends[name] = HttpModel(
+                tier.model,
+                input_spec=first.input_spec,
+                classes=classes,
+                n_classes=getattr(first, "n_classes", None),
+                name=name,
+                timeout_s=tier.timeout_ms / 1000.0,
+            )
     return backends, first.input_spec, first, tiers
+
+
+async def _close(backends: Mapping[str, Model]) -> None:
+    for backend in backends.values():
+        close = getattr(backend, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def serve_policy(
@@ -59,6 +93,7 @@ class ServedRanker:
         from cascade.ranking._ranker import Ranker
 
         backends, self.spec, _, tiers = _backends(loaded, remote)
+        self.backends = backends
         self.ranker = Ranker(loaded.policy, backends, costs={n: t.cost for n, t in tiers.items()})
         self.in_flight = 0
         self.policy: Policy | None = None
@@ -87,6 +122,10 @@ class ServedRanker:
     def load(self) -> dict[str, Any]:
         return {"in_flight": self.in_flight}
 
+    async def aclose(self) -> None:
+        """Close the connections of remote tiers (the server's shutdown calls it)."""
+        await _close(self.backends)
+
 
 class ServedModel:
     """A loaded policy ready to answer: engine, coalescer, gears and what metadata reports.
@@ -106,6 +145,7 @@ class ServedModel:
     ) -> None:
         policy = loaded.policy
         backends, self.spec, first, tiers = _backends(loaded, remote)
+        self.backends = backends
         card = next((t.card for t in tiers.values() if t.card is not None), None)
         self.classes = list(card.classes) if card is not None else None
         self.n_classes = len(self.classes) if self.classes else first.n_classes
@@ -188,6 +228,10 @@ class ServedModel:
             answer: tuple[Any, tuple[Any, ...]] = await run(rows)
             return answer
         return await self.caches.answer(self.version, rows, run, deadline_ms=deadline_ms)
+
+    async def aclose(self) -> None:
+        """Close the connections of remote tiers (the server's shutdown calls it)."""
+        await _close(self.backends)
 
     def load(self) -> dict[str, Any]:
         """The load state metadata reports: gear, requests in flight, breaker states."""

@@ -170,9 +170,10 @@ def _policy(directory: Path, large: str, *, copy_cards: bool) -> Path:
         if copy_cards:
             shutil.copy(MODELS / f"{name}.card.json", directory / f"{name}.card.json")
     path = directory / "p.yaml"
+    where = "cost: 1" if large.startswith("http") else "placement: deployment"
     path.write_text(
         "name: p\ndataset: digits\ntiers:\n  tiny: {model: tiny.onnx}\n"
-        f"  large: {{model: {large}, placement: deployment}}\n"
+        f"  large: {{model: {large}, {where}}}\n"
         "routing:\n  kind: confidence\n  chain:\n    - {tier: tiny, threshold: 0.9}\n"
         "    - {tier: large}\n"
     )

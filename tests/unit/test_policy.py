@@ -196,13 +196,22 @@ def test_complexity_scorer_model_is_read(folder: Path) -> None:
 def test_remote_tiers_skip_the_file_checks(folder: Path) -> None:
     text = CONFIDENCE.replace(
         "{model: models/large.onnx, placement: deployment}",
-        "{model: 'https://models.example:8443/v2/models/large', placement: deployment}",
+        "{model: 'https://models.example:8443/v2/models/large', cost: 1}",
     )
     loaded = load_policy(_write(folder, text))
     with pytest.raises(PolicyError, match=r"^tier 'large' is remote \(https://models\.example"):
         loaded.model_path("large")
     with pytest.raises(PolicyError, match=r"^unknown tier 'huge' \(tiers: tiny, large\)$"):
         loaded.model_path("huge")
+
+
+def test_a_remote_tier_cannot_be_a_deployment(folder: Path) -> None:
+    text = CONFIDENCE.replace(
+        "{model: models/large.onnx, placement: deployment}",
+        "{model: 'http://cluster:8000/v2/models/covertype', placement: deployment}",
+    )
+    with pytest.raises(PolicyError, match="runs where its URL points; placement: deployment"):
+        load_policy(_write(folder, text))
 
 
 def test_parse_policy_checks_no_files_unless_asked(tmp_path: Path) -> None:
@@ -652,7 +661,10 @@ def test_scorer_model_must_be_a_file(folder: Path) -> None:
 
 
 def test_remote_tier_needs_a_host(folder: Path) -> None:
-    path = _write(folder, CONFIDENCE.replace("models/large.onnx", "'http:///v2/models/large'"))
+    text = CONFIDENCE.replace(
+        "{model: models/large.onnx, placement: deployment}", "{model: 'http:///v2/models/large'}"
+    )
+    path = _write(folder, text)
     match = _exactly(path, "4 tiers.large.model: URL has no host (allowed: http://HOST/...)")
     with pytest.raises(PolicyError, match=match):
         load_policy(path)

@@ -1,0 +1,159 @@
+"""The edge runtime: the policies' engine in this one process behind uvicorn, without Ray.
+
+``cascade serve --runtime edge POLICY...`` runs :func:`serve_edge`; tests and benchmarks
+build the app with :func:`build_edge_app` and serve it however they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cascade.edge._asgi import EdgeApp
+from cascade.edge._metrics import PrometheusMetrics
+from cascade.errors import PolicyError
+from cascade.serving import InferenceService, PolicyText
+
+__all__ = ["EdgeSettings", "build_edge_app", "serve_edge"]
+
+
+class EdgeSettings(BaseModel):
+    """What the edge runtime serves and its limits; the Ray runtime's knobs, same defaults.
+
+    Example::
+
+        EdgeSettings(policies=["policies/covertype-edge.yaml"], max_rows=1024)
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    policies: list[str] = Field(min_length=1, description="policy files to serve")
+    max_rows: int = Field(4096, ge=1, description="most rows per request")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body")
+    coalesce_ms: float = Field(2.0, ge=0, description="window coalescing concurrent requests")
+    max_ongoing_requests: int = Field(64, ge=1, description="requests answered at once")
+    max_queued_requests: int = Field(
+        256, ge=-1, description="requests waiting beyond those before a 503 (-1: no limit)"
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 for backpressure")
+
+    @property
+    def max_requests(self) -> int:
+        """Requests the process holds at once before it sheds with a 503."""
+        if self.max_queued_requests < 0:
+            return 2**31
+        return self.max_ongoing_requests + self.max_queued_requests
+
+
+def _texts(paths: list[str]) -> list[PolicyText]:
+    return [PolicyText(str(Path(p).resolve()), Path(p).read_text()) for p in paths]
+
+
+def build_edge_app(
+    settings: EdgeSettings, *, build_models: bool = True, progress: bool = False
+) -> EdgeApp:
+    """The ASGI app serving ``settings.policies``; missing models of bundled datasets are
+    built first. A policy that does not load raises ``PolicyError`` here, before serving.
+
+    Example::
+
+        app = build_edge_app(EdgeSettings(policies=["policies/digits.yaml"]))
+        uvicorn.run(app, host="127.0.0.1", port=8000)
+    """
+    from cascade.evaluate import ensure_models
+    from cascade.policy import load_policy
+
+    for path in settings.policies:
+        loaded = load_policy(path)  # fail fast, with file and line
+        if build_models:
+            ensure_models(loaded, progress=progress)
+    metrics = PrometheusMetrics()
+    service = InferenceService(
+        max_rows=settings.max_rows,
+        max_body_bytes=settings.max_body_bytes,
+        coalesce_ms=settings.coalesce_ms,
+        metrics=metrics,
+    )
+    service.apply_policies(_texts(settings.policies), remote=lambda name: {})
+    if service.reload_errors:
+        raise PolicyError("; ".join(sorted(service.reload_errors.values())))
+    return EdgeApp(
+        service,
+        metrics,
+        max_requests=settings.max_requests,
+        retry_after_s=settings.retry_after_s,
+    )
+
+
+def serve_edge(
+    settings: EdgeSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    announce: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> None:
+    """Serve until SIGINT or SIGTERM; SIGHUP re-reads the policy files (an invalid one is
+    refused and reported in its model's metadata, the old one keeps serving).
+
+    ``announce(url)`` is called once the socket listens.
+    """
+    import uvicorn
+
+    app = build_edge_app(settings, progress=progress)
+
+    def reload() -> None:
+        app.service.apply_policies(_texts(settings.policies), remote=lambda name: {})
+
+    def started() -> None:
+        loop = asyncio.get_running_loop()
+        if hasattr(signal, "SIGHUP"):
+            loop.add_signal_handler(signal.SIGHUP, reload)
+
+    app.on_startup = started
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        interface="asgi3",
+        log_level="warning",
+        access_log=False,  # a log line per request costs more CPU than a tiny tier's answer
+        server_header=False,
+    )
+    _server(config, on_listening=announce).run()
+
+
+def _server(config: Any, *, on_listening: Callable[[str], None] | None) -> Any:
+    """uvicorn's server, announcing the URL once it listens (not merely once it starts), and
+    ending its run normally after SIGINT/SIGTERM (uvicorn re-raises the signal, which would
+    kill the process before `cascade serve` reports "stopped" and exits 0)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_listening is not None:
+                on_listening(f"http://{config.host}:{config.port}")
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            stops = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)

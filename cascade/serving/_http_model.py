@@ -1,0 +1,268 @@
+"""A tier answered by a remote Open Inference Protocol v2 endpoint: split inference.
+
+The edge runs its cheap tiers locally and reaches the large one over the network only for
+the rows it is unsure of. Everything the network can do wrong becomes a ``BackendError``
+(or a ``ModelTimeout``), so the engine's circuit breaker counts it and the rows fall back
+to the best local answer, marked ``degraded``, with the error in the trace::
+
+    refused, reset, DNS  ->  ModelUnavailable   (retried only if the request never left)
+    slow past the budget ->  ModelTimeout
+    non-200, bad JSON,   ->  BackendError       (503/429: ModelUnavailable)
+    wrong shape/classes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from cascade.backends import InputSpec
+from cascade.errors import BackendError, ModelTimeout, ModelUnavailable
+from cascade.routing._engine import CALL_DEADLINE
+
+__all__ = ["HttpModel"]
+
+_BUSY = (429, 503)
+_ERROR_CHARS = 200
+
+
+class _RemoteTimeout(ModelTimeout, TimeoutError):
+    """A ``ModelTimeout`` the engine sees as a timeout: it then tells a short request
+    deadline (which must not count against the tier) from the tier's own slowness."""
+
+
+class HttpModel:
+    """A remote v2 model as a tier backend, over a pooled ``httpx.AsyncClient``.
+
+    Rows go out in the binary tensor data extension (raw little-endian float32 after a JSON
+    header; texts as JSON ``BYTES``), asking for ``probabilities`` only and no trace. The
+    remote's metadata is read once before the first call: its input width and class list
+    must match the local tiers'. Each call's network timeout is what is left of the engine's
+    budget for it (``CALL_DEADLINE``), else ``timeout_s``. A call is retried (``retries``
+    times at most) only when the connection could not be made, so the request never reached
+    the server, and only while the budget left is at least ``min_retry_ms``.
+
+    Example::
+
+        large = HttpModel(
+            "http://cluster:8000/v2/models/covertype",
+            input_spec=InputSpec("input", 54),
+            classes=["1", "2", "3", "4", "5", "6", "7"],
+        )
+        probabilities = await large.predict(rows)   # (len(rows), 7) float32
+        await large.aclose()
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        input_spec: InputSpec,
+        classes: Sequence[str] | None = None,
+        n_classes: int | None = None,
+        name: str | None = None,
+        timeout_s: float = 10.0,
+        retries: int = 1,
+        min_retry_ms: float = 5.0,
+        max_connections: int = 32,
+        binary: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        segments = parts.path.rstrip("/").split("/")
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or len(segments) < 4
+            or (segments[-3:-1] != ["v2", "models"])
+        ):
+            raise ValueError(f"expected http(s)://HOST[:PORT]/.../v2/models/NAME, got {url!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.url = url.rstrip("/")
+        self.name = name or segments[-1]
+        self.input_spec = input_spec
+        self.classes = None if classes is None else [str(c) for c in classes]
+        self.n_classes = len(self.classes) if self.classes is not None else n_classes
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.min_retry_ms = min_retry_ms
+        self.binary = binary and input_spec.dtype != "string"
+        self.retried = 0  # connection retries so far: what the tests and metadata look at
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._verified = False
+
+    def _http(self) -> httpx.AsyncClient:
+        # Pooled connections belong to the event loop that opened them: a client made on
+        # another loop (a test's, a reload's) would hand out dead sockets.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = httpx.AsyncClient(limits=self._limits, transport=self._transport)
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the pooled connections (the server's shutdown calls it)."""
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.aclose()
+        self._client = None
+
+    def _where(self) -> str:
+        return f"remote tier '{self.name}' ({self.url})"
+
+    def _budget_s(self) -> float:
+        """Seconds left for this call: the engine's deadline for it, else ``timeout_s``."""
+        ends = CALL_DEADLINE.get()
+        if ends is None:
+            return self.timeout_s
+        return min(self.timeout_s, ends - time.monotonic())
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request, retried only when the connection could not be made."""
+        attempt = 0
+        while True:
+            budget_s = self._budget_s()
+            if budget_s <= 0:
+                raise _RemoteTimeout(f"{self._where()}: no time left for the call")
+            try:
+                return await self._http().request(method, url, timeout=budget_s, **kwargs)
+            except httpx.ConnectError as exc:
+                # Refused or unreachable: nothing was sent, so trying again is safe.
+                self._verified = False
+                if attempt < self.retries and self._budget_s() * 1000 >= self.min_retry_ms:
+                    attempt += 1
+                    self.retried += 1
+                    continue
+                raise ModelUnavailable(f"{self._where()}: cannot connect: {exc}") from exc
+            except httpx.TimeoutException as exc:
+                self._verified = False
+                raise _RemoteTimeout(
+                    f"{self._where()}: no answer within {budget_s * 1000:.0f} ms "
+                    f"({type(exc).__name__})"
+                ) from exc
+            except httpx.HTTPError as exc:  # reset mid-request: it may have reached the server
+                self._verified = False
+                raise ModelUnavailable(f"{self._where()}: {type(exc).__name__}: {exc}") from exc
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code != 200:
+            text = response.text[:_ERROR_CHARS]
+            kind = ModelUnavailable if response.status_code in _BUSY else BackendError
+            raise kind(f"{self._where()}: HTTP {response.status_code}: {text}")
+        try:
+            document = json.loads(response.content)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BackendError(f"{self._where()}: malformed JSON answer: {exc}") from exc
+        if not isinstance(document, dict):
+            raise BackendError(f"{self._where()}: answer is not a JSON object")
+        return document
+
+    async def _verify(self) -> None:
+        """Read the remote's metadata: its input and classes must match the local tiers'."""
+        meta = self._json(await self._send("GET", self.url))
+        try:
+            tensor = meta["inputs"][0]
+            remote_width = tensor["shape"][-1] if self.input_spec.dtype != "string" else None
+            params = meta.get("parameters") or {}
+            remote_classes = params.get("classes")
+            outputs = {o["name"]: o for o in meta.get("outputs", [])}
+        except (KeyError, IndexError, TypeError) as exc:
+            raise BackendError(f"{self._where()}: malformed metadata: {exc!r}") from exc
+        width = self.input_spec.width
+        if width is not None and remote_width not in (None, -1, width):
+            raise BackendError(
+                f"{self._where()}: takes {remote_width} features per row; the local tiers "
+                f"take {width}"
+            )
+        if self.classes is not None and remote_classes is not None:
+            if [str(c) for c in remote_classes] != self.classes:
+                raise BackendError(
+                    f"{self._where()}: classes {remote_classes} differ from the local tiers' "
+                    f"{self.classes}"
+                )
+        elif self.n_classes is not None and "probabilities" in outputs:
+            shape = outputs["probabilities"].get("shape") or []
+            if shape and shape[-1] not in (-1, self.n_classes):
+                raise BackendError(
+                    f"{self._where()}: answers {shape[-1]} classes; the local tiers "
+                    f"{self.n_classes}"
+                )
+        self._verified = True
+
+    def _request(self, batch: Any) -> tuple[bytes, dict[str, str], int]:
+        options: dict[str, Any] = {"trace": False}
+        if CALL_DEADLINE.get() is not None:
+            # the remote sheds (503) what it cannot answer in time instead of answering late
+            options["deadline_ms"] = max(1.0, round(self._budget_s() * 1000.0, 1))
+        parameters = {"outputs": [{"name": "probabilities"}], "parameters": options}
+        spec = self.input_spec
+        if spec.dtype == "string":
+            texts = [str(t) for t in np.asarray(batch, dtype=object).ravel()]
+            tensor: dict[str, Any] = {"name": spec.name, "shape": [len(texts)],
+                                      "datatype": "BYTES", "data": texts}  # fmt: skip
+            body = json.dumps({"inputs": [tensor], **parameters}).encode()
+            return body, {"content-type": "application/json"}, len(texts)
+        rows = np.ascontiguousarray(batch, dtype="<f4")
+        if rows.ndim != 2:
+            rows = rows.reshape(len(rows), -1)
+        tensor = {"name": spec.name, "shape": list(rows.shape), "datatype": "FP32"}
+        if not self.binary:
+            tensor["data"] = rows.ravel().tolist()
+            body = json.dumps({"inputs": [tensor], **parameters}).encode()
+            return body, {"content-type": "application/json"}, len(rows)
+        raw = rows.tobytes()
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+        header = json.dumps({"inputs": [tensor], **parameters}).encode()
+        headers = {
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        }
+        return header + raw, headers, len(rows)
+
+    def _probabilities(self, document: dict[str, Any], n: int) -> np.ndarray:
+        outputs = document.get("outputs")
+        found = None
+        if isinstance(outputs, list):
+            found = next(
+                (o for o in outputs if isinstance(o, dict) and o.get("name") == "probabilities"),
+                None,
+            )
+        if found is None:
+            raise BackendError(f"{self._where()}: the answer has no 'probabilities' output")
+        try:
+            data = np.asarray(found["data"], dtype=np.float32)
+            shape = [int(d) for d in found["shape"]]
+            probabilities = data.reshape(shape)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"{self._where()}: malformed 'probabilities': {exc}") from exc
+        k = self.n_classes
+        if (
+            probabilities.ndim != 2
+            or probabilities.shape[0] != n
+            or (k is not None and probabilities.shape[1] != k)
+        ):
+            raise BackendError(
+                f"{self._where()}: expected probabilities of shape [{n}, {k or 'n_classes'}], "
+                f"got {list(probabilities.shape)}"
+            )
+        return probabilities
+
+    async def predict(self, batch: Any) -> np.ndarray:
+        """Class probabilities ``(len(batch), n_classes)`` from the remote endpoint."""
+        if not self._verified:
+            await self._verify()
+        body, headers, n = self._request(batch)
+        response = await self._send("POST", f"{self.url}/infer", content=body, headers=headers)
+        return self._probabilities(self._json(response), n)
