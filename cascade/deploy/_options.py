@@ -9,29 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from cascade.policy import Policy, Tier
+from cascade.serving import ServingLimits
 
 __all__ = ["INGRESS", "AppArgs", "deployment_name", "ingress_options", "tier_options"]
 
 INGRESS = "Ingress"
 
 
-class AppArgs(BaseModel):
+class AppArgs(ServingLimits):
     """Arguments of ``deployments.app.build_app`` (also the ``args`` of a Serve config file)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    policies: list[str] = Field(min_length=1, description="policy files to serve")
-    max_rows: int = Field(4096, ge=1, description="most rows per request")
-    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body")
-    coalesce_ms: float = Field(2.0, ge=0, description="window coalescing concurrent requests")
-    max_ongoing_requests: int = Field(64, ge=1, description="requests one replica runs at once")
-    max_queued_requests: int = Field(
-        256, ge=-1, description="requests waiting for an ingress replica before 503 (-1: no limit)"
-    )
-    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 for backpressure")
     ingress_replicas: int = Field(1, ge=1, le=1000, description="ingress replicas")
     ingress_num_cpus: float = Field(0.5, ge=0, description="logical CPUs per ingress replica")
     use_gpus: bool = Field(

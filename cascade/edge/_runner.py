@@ -14,35 +14,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from cascade.edge._asgi import EdgeApp
 from cascade.edge._metrics import PrometheusMetrics
 from cascade.errors import PolicyError
-from cascade.serving import InferenceService, PolicyText
+from cascade.serving import InferenceService, PolicyText, ServingLimits
 
 __all__ = ["EdgeSettings", "build_edge_app", "serve_edge"]
 
 
-class EdgeSettings(BaseModel):
+class EdgeSettings(ServingLimits):
     """What the edge runtime serves and its limits; the Ray runtime's knobs, same defaults.
 
     Example::
 
         EdgeSettings(policies=["policies/covertype-edge.yaml"], max_rows=1024)
     """
-
-    model_config = ConfigDict(extra="forbid")
-
-    policies: list[str] = Field(min_length=1, description="policy files to serve")
-    max_rows: int = Field(4096, ge=1, description="most rows per request")
-    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body")
-    coalesce_ms: float = Field(2.0, ge=0, description="window coalescing concurrent requests")
-    max_ongoing_requests: int = Field(64, ge=1, description="requests answered at once")
-    max_queued_requests: int = Field(
-        256, ge=-1, description="requests waiting beyond those before a 503 (-1: no limit)"
-    )
-    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 for backpressure")
 
     @property
     def max_requests(self) -> int:

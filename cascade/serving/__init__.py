@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from cascade.serving._coalescer import Coalescer
 from cascade.serving._http_model import HttpModel
+from cascade.serving._limits import ServingLimits
 from cascade.serving._openapi import openapi_document
 from cascade.serving._protocol import (
     OUTPUT_NAMES,
@@ -47,6 +48,7 @@ __all__ = [
     "RemoteFactory",
     "ServedModel",
     "ServiceMetrics",
+    "ServingLimits",
     "build_infer_response",
     "error_body",
     "model_metadata",

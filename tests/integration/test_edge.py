@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from cli_server import CliServer
 
 from cascade.edge import EdgeSettings, build_edge_app
 from cascade.edge.testing import FlakyEndpoint, Mode, ThreadedServer
@@ -148,7 +149,6 @@ def test_footprint_of_the_covertype_edge_policy_fits_the_budget() -> None:
 
 def test_sighup_reloads_the_policy_files_of_the_edge_cli(tmp_path: Path) -> None:
     import signal
-    import threading
 
     from cascade.edge.testing import free_port
 
@@ -166,55 +166,37 @@ def test_sighup_reloads_the_policy_files_of_the_edge_cli(tmp_path: Path) -> None
     write(0.0)
     port = free_port()
     cli = Path(sys.executable).with_name("cascade")
-    process = subprocess.Popen(
+    server = CliServer(
         [str(cli), "serve", "--runtime", "edge", str(path), "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    announced = threading.Event()
+        cwd=ROOT,
+        ready_timeout_s=120,
+        stop_timeout_s=60,
+    )
+    with server, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
 
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("serving "):
-                announced.set()
+        def answered_by() -> set[str]:
+            decisions = _infer_mine(client)
+            return {d["answered_by"] for d in decisions}
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert announced.wait(timeout=120), "".join(lines)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-
-            def answered_by() -> set[str]:
-                decisions = _infer_mine(client)
-                return {d["answered_by"] for d in decisions}
-
-            assert answered_by() == {"tiny"}
-            write(1.0)
-            process.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 30
-            while answered_by() != {"large"} and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert answered_by() == {"large"}
-            write(1.5)  # invalid: refused, reported, the last good policy keeps serving
-            process.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 30
-            errors: list[str] = []
-            while not errors and time.monotonic() < deadline:
-                meta = client.get("/v2/models/mine").json()
-                errors = meta["parameters"]["reload_errors"]
-                time.sleep(0.1)
-            assert "must be <= 1, got 1.5" in errors[0]
-            assert answered_by() == {"large"}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-        reader.join(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
-    assert process.returncode == 0, "".join(lines)
-    assert "".join(lines).rstrip().endswith("stopped")
+        assert answered_by() == {"tiny"}
+        write(1.0)
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while answered_by() != {"large"} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert answered_by() == {"large"}
+        write(1.5)  # invalid: refused, reported, the last good policy keeps serving
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        errors: list[str] = []
+        while not errors and time.monotonic() < deadline:
+            meta = client.get("/v2/models/mine").json()
+            errors = meta["parameters"]["reload_errors"]
+            time.sleep(0.1)
+        assert "must be <= 1, got 1.5" in errors[0]
+        assert answered_by() == {"large"}
+    assert server.returncode == 0, server.output
+    assert server.output.rstrip().endswith("stopped")
 
 
 def _infer_mine(client: httpx.Client) -> list[dict[str, Any]]:

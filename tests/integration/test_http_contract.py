@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +20,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from cli_server import CliServer
 
+from cascade.edge.testing import free_port
 from cascade.evaluate import Evaluator
 from cascade.policy import load_policy
 from cascade.zoo import load_dataset
@@ -35,12 +33,6 @@ COVERTYPE = ROOT / "policies" / "covertype.yaml"
 LTR = ROOT / "policies" / "ltr.yaml"
 CLINC150 = ROOT / "policies" / "clinc150.yaml"
 DIGIT_MODELS = ROOT / "policies" / "models" / "digits"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _remote_ltr(directory: Path) -> Path:
@@ -127,7 +119,7 @@ def _ray(served: list[str], port: int) -> Iterator[Server]:
     serve = pytest.importorskip("ray.serve")
     from deployments.app import build_app
 
-    metrics_port = _free_port()
+    metrics_port = free_port()
     # 4 logical CPUs (2 real): the tier deployments' 0.5-CPU replicas fit
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=metrics_port)  # fmt: skip
@@ -154,44 +146,23 @@ def _ray(served: list[str], port: int) -> Iterator[Server]:
 def _edge(served: list[str], port: int) -> Iterator[Server]:
     pytest.importorskip("uvicorn")
     cli = Path(sys.executable).with_name("cascade")
-    process = subprocess.Popen(
+    server = CliServer(
         [str(cli), "serve", "--runtime", "edge", *served, "--port", str(port), "--no-progress"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    announced = threading.Event()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("serving "):
-                announced.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+        cwd=ROOT,
+        ready_timeout_s=180,
+        stop_timeout_s=60,
+    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        assert announced.wait(timeout=180), "".join(lines)
+    with server:
         yield Server("edge", url, lambda names: httpx.get(f"{url}/metrics", timeout=10).text)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        reader.join(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
-    output = "".join(lines)
-    assert process.returncode == 0, output
+    output = server.output
+    assert server.returncode == 0, output
     assert "edge runtime, no Ray" in output and output.rstrip().endswith("stopped")
 
 
 @pytest.fixture(scope="module", params=["ray", "edge"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    port = _free_port()
+    port = free_port()
     served = _policies(tmp_path_factory.mktemp("contract"), port)
     start = _ray if request.param == "ray" else _edge
     yield from start(served, port)

@@ -4,7 +4,6 @@ replica restarted. The HTTP contract both runtimes share is in test_http_contrac
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from test_http_contract import _body, _resilient_policy
 
+from cascade.edge.testing import free_port
 from cascade.zoo import load_dataset
 
 ray = pytest.importorskip("ray")
@@ -25,17 +25,11 @@ DIGITS = ROOT / "policies" / "digits.yaml"
 SERVED = [str(DIGITS)]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     from deployments.app import build_app
 
-    port = _free_port()
+    port = free_port()
     # 4 logical CPUs (2 real): two apps of 0.5-CPU replicas fit side by side
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:

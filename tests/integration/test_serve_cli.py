@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import signal
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
+from cli_server import CliServer
+
+from cascade.edge.testing import free_port
 
 pytest.importorskip("ray.serve")
 
@@ -25,12 +25,6 @@ def _readme_block(marker: str) -> str:
     match = re.search(rf"<!-- {marker} -->\n```bash\n(.*?)\n```\n<!-- /{marker} -->", README, re.S)
     assert match, f"README.md has no {marker} block"
     return match.group(1)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _policy(path: Path, threshold: float) -> Path:
@@ -50,31 +44,20 @@ def test_the_readme_main_command_serves_answers_reloads_and_stops_cleanly(
 ) -> None:
     """The README's `cascade serve policies/digits.yaml` (plus a second policy and a free
     port), its request example, then a reload and SIGTERM, as a user would."""
-    port = _free_port()
+    port = free_port()
     cli = Path(sys.executable).with_name("cascade")
     (step,) = [s.strip() for s in _readme_block("main-command").split("&&") if "cascade " in s]
     argv = shlex.split(step)
     digits = argv[2]
     mine = str(_policy(tmp_path / "mine.yaml", 0.0))
-    process = subprocess.Popen(
+    server = CliServer(
         [str(cli), *argv[1:], mine, "--port", str(port), "--num-cpus", "2", "--no-progress"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    announced = threading.Event()
-
-    def read() -> None:  # the user waits for the "serving ..." line; so does the test
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("serving "):
-                announced.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+        cwd=ROOT,
+        ready_timeout_s=180,
+        stop_timeout_s=90,
+    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        assert announced.wait(timeout=180), "".join(lines)
+    with server:
         assert httpx.get(f"{url}/v2/models/digits/ready", timeout=10).status_code == 200
         curl = shlex.split(_readme_block("request-example"))
         readme_url = curl[2].replace("localhost:8000", url)
@@ -83,7 +66,7 @@ def test_the_readme_main_command_serves_answers_reloads_and_stops_cleanly(
         assert example.status_code == 200, example.text
         labels = {o["name"]: o for o in example.json()["outputs"]}["label"]["data"]
         assert labels == ["0"]  # what the README says the example answers
-        printed = next(line for line in lines if line.startswith("infer:"))
+        printed = next(line for line in server.lines if line.startswith("infer:"))
         pasted = shlex.split(printed.removeprefix("infer:"))  # the curl cascade serve prints
         assert pasted[2] == f"{url}/v2/models/digits/infer"
         assert json.loads(pasted[pasted.index("-d") + 1])["inputs"][0]["shape"] == [1, 64]
@@ -105,17 +88,7 @@ def test_the_readme_main_command_serves_answers_reloads_and_stops_cleanly(
         assert reload.returncode == 0, reload.stdout + reload.stderr
         assert "reloaded 2 policies" in reload.stdout
         assert answered_by() == {"large"}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        reader.join(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
-    output = "".join(lines)
-    assert process.returncode == 0, output
+    output = server.output
+    assert server.returncode == 0, output
     assert f"serving digits, mine at {url}/v2/models/<name>/infer" in output
     assert output.rstrip().endswith("stopped")

@@ -231,9 +231,14 @@ def test_a_complexity_scorer_runs_at_the_ingress(
     scored = plan_capacity(digits, 300, reach=reach, scorer_us=flat)
     assert scored.ingress.cpu_cores == pytest.approx(plain.ingress.cpu_cores + 300 * 10 / 1e6)
 
-    scorer = MODELS / "bench-digits-complexity.complexity.onnx"
-    if not scorer.is_file():
-        pytest.skip("no complexity scorer built beside the digits models")
+    from cascade.backends import OnnxModel
+    from cascade.evaluate._complexity import train_scorer
+    from cascade.zoo import load_dataset
+
+    # a real scorer: "will tiny be wrong?", learnt on the digits calibration split
+    split = load_dataset("digits").calibration
+    tiny_wrong = OnnxModel(MODELS / "tiny.onnx").predict_sync(split.X).argmax(axis=1) != split.y
+    scorer = train_scorer(split.X, tiny_wrong, tmp_path / "c.complexity.onnx")
     path = tmp_path / "c.yaml"
     path.write_text(
         f"name: c\ndataset: digits\nallow_outside_paths: true\ntiers:\n"
