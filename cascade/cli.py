@@ -5,6 +5,10 @@ cascade models card DIR [--json]
 cascade datasets
 cascade policy schema [--out policies/policy.schema.json]
 cascade policy validate FILE...
+cascade evaluate POLICY [--split test] [--json]    cascade calibrate POLICY [--target-...]
+cascade serve [--runtime ray|edge] POLICY...        cascade reload POLICY...
+cascade config POLICY... [--package ZIP | --kuberay] [--ingress-replicas N] [-o FILE]
+cascade plan POLICY --qps N [--json]               cascade footprint POLICY... [--budget-mb MB]
 cascade bench URL --model NAME [--rate RPS | --ramp START:END] [--duration S] [options]
 """
 
