@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cascade.errors import BuildError, CascadeError
 from cascade.ranking.metrics import CascadeModels, Stage
 from cascade.zoo.cards import Fidelity, Latency, measure_latency, sha256_of
-from cascade.zoo.export import FIDELITY_TOLERANCE, TARGET_OPSET, check_fidelity
+from cascade.zoo.export import FIDELITY_TOLERANCE, TARGET_OPSET, check_fidelity, library_versions
 
 __all__ = [
     "COST_ROWS",
@@ -147,24 +147,6 @@ def build_steps(total: int, enabled: bool) -> AbstractContextManager[Callable[[s
     from cascade.zoo.build import _progress
 
     return _progress(total, enabled)
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape a build's output, for its cards."""
-    import platform
-
-    import onnxruntime
-    import skl2onnx
-    import sklearn
-
-    return {
-        "python": platform.python_version(),
-        "scikit-learn": sklearn.__version__,
-        "skl2onnx": skl2onnx.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def _finish(graph: onnx.GraphProto, *, name: str, metadata: Mapping[str, Any]) -> onnx.ModelProto:
@@ -403,8 +385,13 @@ def write_cascade_files(
     dataset: str,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, ScorerCard]:
-    """Add relative costs (vs the fine stage), write every card and the ``features.json``."""
-    by_stage = {card.stage: card for card in cards}
+    """Add relative costs (vs the fine stage) and the library versions, write every card and
+    the ``features.json``."""
+    versions = library_versions()
+    by_stage = {
+        card.stage: card.model_copy(update={"build": {**card.build, "versions": versions}})
+        for card in cards
+    }
     if "fine" not in by_stage:
         raise BuildError(f"{out_dir}: a cascade needs a fine stage, got {sorted(by_stage)}")
     fine_cost = by_stage["fine"].cost_us

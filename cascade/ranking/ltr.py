@@ -35,7 +35,6 @@ from cascade.ranking.export import (
     RankingBuild,
     build_steps,
     export_scorer,
-    library_versions,
     linear_onnx,
     tree_onnx,
     write_cascade_files,
@@ -214,8 +213,6 @@ def build_ltr(
             ),
         ]
         step("write cards")
-        versions = library_versions()
-        cards = [c.model_copy(update={"build": {**c.build, "versions": versions}}) for c in cards]
         written = write_cascade_files(out, cards, dataset="ltr_lightgbm_sample")
     return RankingBuild(
         out_dir=out,

@@ -51,7 +51,6 @@ from cascade.ranking.export import (
     RankingBuild,
     build_steps,
     export_scorer,
-    library_versions,
     linear_onnx,
     tree_onnx,
     write_cascade_files,
@@ -453,8 +452,6 @@ def build_movielens(
             ),
         ]
         step("write cards")
-        versions = library_versions()
-        cards = [c.model_copy(update={"build": {**c.build, "versions": versions}}) for c in cards]
         written = write_cascade_files(out, cards, dataset="movielens_small")
     return RankingBuild(
         out_dir=out,

@@ -26,9 +26,7 @@ Example::
 from __future__ import annotations
 
 import json
-import platform
 import shutil
-import statistics
 import tempfile
 import time
 import warnings
@@ -47,12 +45,12 @@ from cascade.errors import BuildError
 from cascade.text.backend import TextModel, sidecar_path
 from cascade.text.featurize import FORMAT_VERSION, HashedCharNgrams, SparseRows, Tfidf
 from cascade.zoo.build import _progress, _with_relative_costs
-from cascade.zoo.cards import BATCH_SIZES, Fidelity, Latency, ModelCard, sha256_of
+from cascade.zoo.cards import Fidelity, ModelCard, measure_latency, sha256_of
 from cascade.zoo.cards import write_card as _write_card
 from cascade.zoo.datasets import Dataset
-from cascade.zoo.export import FIDELITY_TOLERANCE, check_fidelity
+from cascade.zoo.export import FIDELITY_TOLERANCE, check_fidelity, library_versions
 
-__all__ = ["LINEAR_C", "TEXT_TIERS", "build_text_zoo", "linear_text_onnx", "measure_text_latency"]
+__all__ = ["LINEAR_C", "TEXT_TIERS", "build_text_zoo", "linear_text_onnx"]
 
 TEXT_TIERS = ("tiny", "small", "large", "oos")  # oos: the out-of-scope filter (cascade.text.oos)
 LINEAR_C = {"tiny": 10.0, "small": 10.0, "large": 10.0}
@@ -84,19 +82,6 @@ def _texts(X: npt.NDArray[Any]) -> list[str]:
     return [str(t) for t in X]
 
 
-def _versions() -> dict[str, str]:
-    import onnxruntime
-    import sklearn
-
-    return {
-        "python": platform.python_version(),
-        "scikit-learn": sklearn.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnx": onnx.__version__,
-        "numpy": np.__version__,
-    }
-
-
 def _metrics(
     probabilities: npt.NDArray[Any], y: npt.NDArray[Any], classes: Sequence[str]
 ) -> dict[str, float]:
@@ -120,58 +105,6 @@ def _predict_all(model: TextModel, texts: Sequence[str], *, batch_size: int = 25
         rows = order[start : start + batch_size]
         out[rows] = model.predict_sync([texts[i] for i in rows])
     return out
-
-
-def measure_text_latency(
-    model: TextModel,
-    texts: Sequence[str],
-    *,
-    single_row_runs: int = 300,
-    batch_sizes: Sequence[int] = BATCH_SIZES,
-    min_seconds: float = 0.2,
-) -> Latency:
-    """Time ``model.predict_sync`` on ``texts``, featurization or tokenization included.
-
-    Same protocol as :func:`cascade.zoo.cards.measure_latency`: single texts cycle through
-    ``texts``; each batch size runs for at least ``min_seconds`` and 5 calls and reports the
-    median call time divided by the batch size.
-
-    Example::
-
-        latency = measure_text_latency(TextModel("tiny.onnx"), test_texts[:512])
-    """
-    items = list(texts)
-    if not items:
-        raise BuildError("need at least one text to measure latency")
-    for i in range(20):
-        model.predict_sync(items[i % len(items) : i % len(items) + 1])
-    singles = []
-    for i in range(single_row_runs):
-        row = items[i % len(items) : i % len(items) + 1]
-        start = time.perf_counter()
-        model.predict_sync(row)
-        singles.append(time.perf_counter() - start)
-    per_row: dict[int, float] = {}
-    for size in batch_sizes:
-        batch = [items[i % len(items)] for i in range(size)]
-        model.predict_sync(batch)
-        calls: list[float] = []
-        began = time.perf_counter()
-        while len(calls) < 5 or time.perf_counter() - began < min_seconds:
-            start = time.perf_counter()
-            model.predict_sync(batch)
-            calls.append(time.perf_counter() - start)
-        per_row[size] = statistics.median(calls) / size * 1e6
-    micro = np.asarray(singles) * 1e6
-    return Latency(
-        threads=1,
-        p50_us=float(np.percentile(micro, 50)),
-        p99_us=float(np.percentile(micro, 99)),
-        per_row_us=per_row,
-    )
-
-
-# --- graphs ------------------------------------------------------------------------------
 
 
 def _set_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> None:
@@ -355,7 +288,7 @@ def _card(
         },
         size_bytes=model.path.stat().st_size,
         sha256=sha256_of(model.path),
-        latency=measure_text_latency(
+        latency=measure_latency(
             model, ctx.latency_texts, single_row_runs=100 if model.kind == "minilm" else 300
         ),
         fidelity=fidelity,
@@ -585,7 +518,7 @@ def build_text_zoo(
     test = _texts(dataset.test.X)
     stride = max(1, len(test) // _LATENCY_ROWS)  # spread over classes: splits are grouped by class
     steps = sum({"tiny": 4, "small": 4, "large": 6, "oos": 4}[t] for t in tiers)
-    versions = _versions()
+    versions = library_versions()
     with (
         _progress(steps, progress) as step,
         tempfile.TemporaryDirectory(prefix="minilm-", dir=out) as work,

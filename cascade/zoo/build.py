@@ -12,7 +12,6 @@ Compression options add variants of an MLP student beside the three tiers:
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from cascade.zoo.datasets import Dataset
 from cascade.zoo.export import (
     FIDELITY_TOLERANCE,
     check_fidelity,
+    library_versions,
     onnx_probabilities,
     sklearn_to_onnx,
 )
@@ -90,20 +90,6 @@ class _Context:
     step: Callable[[str], None]
     latency_rows: np.ndarray
     cards: list[ModelCard] = field(default_factory=list)
-
-
-def _versions() -> dict[str, str]:
-    import onnxruntime
-    import skl2onnx
-    import sklearn
-
-    return {
-        "python": platform.python_version(),
-        "scikit-learn": sklearn.__version__,
-        "skl2onnx": skl2onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def _accuracy(probabilities: np.ndarray, y: np.ndarray) -> float:
@@ -422,7 +408,7 @@ def build_zoo(
         steps += 1 + int(compression.distill) + len(compression.quantize)
         steps += int(compression.prune is not None)
     began = time.perf_counter()
-    versions = _versions()
+    versions = library_versions()
     with _progress(steps, progress) as step:
         ctx = _Context(
             dataset=dataset,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cascade.errors import CascadeError
+from cascade.errors import BuildError, CascadeError
 
 __all__ = [
     "BATCH_SIZES",
@@ -108,7 +108,7 @@ def sha256_of(path: Path) -> str:
 
 def measure_latency(
     model: Any,
-    rows: np.ndarray,
+    rows: np.ndarray | Sequence[str],
     *,
     threads: int = 1,
     single_row_runs: int = 300,
@@ -117,21 +117,32 @@ def measure_latency(
 ) -> Latency:
     """Time ``model.predict_sync`` on ``rows`` (an ``OnnxModel`` built with ``threads``).
 
-    Single rows cycle through ``rows``; each batch size runs for at least ``min_seconds``
-    and at least 5 calls, and reports the median call time divided by the batch size.
+    ``rows`` is a float matrix, or a sequence of texts for a text tier (its featurization or
+    tokenization is timed too). Single rows cycle through ``rows``; each batch size runs for
+    at least ``min_seconds`` and at least 5 calls, and reports the median call time divided
+    by the batch size.
     """
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    items: np.ndarray | list[str] = (
+        np.ascontiguousarray(rows, dtype=np.float32) if isinstance(rows, np.ndarray) else list(rows)
+    )
+    if len(items) == 0:
+        raise BuildError("need at least one row to measure latency")
+
+    def take(start: int, size: int) -> Any:
+        picked = [(start + j) % len(items) for j in range(size)]
+        return items[picked] if isinstance(items, np.ndarray) else [items[k] for k in picked]
+
     for i in range(20):  # warm-up: allocator, caches, branch predictors
-        model.predict_sync(rows[i % len(rows) : i % len(rows) + 1])
+        model.predict_sync(take(i, 1))
     singles = []
     for i in range(single_row_runs):
-        row = rows[i % len(rows) : i % len(rows) + 1]
+        row = take(i, 1)
         start = time.perf_counter()
         model.predict_sync(row)
         singles.append(time.perf_counter() - start)
     per_row: dict[int, float] = {}
     for size in batch_sizes:
-        batch = np.resize(rows, (size, rows.shape[1]))
+        batch = take(0, size)
         model.predict_sync(batch)
         calls: list[float] = []
         began = time.perf_counter()

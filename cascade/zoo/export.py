@@ -12,7 +12,13 @@ import onnx
 
 from cascade.errors import BuildError, FidelityError
 
-__all__ = ["FIDELITY_TOLERANCE", "check_fidelity", "onnx_probabilities", "sklearn_to_onnx"]
+__all__ = [
+    "FIDELITY_TOLERANCE",
+    "check_fidelity",
+    "library_versions",
+    "onnx_probabilities",
+    "sklearn_to_onnx",
+]
 
 FIDELITY_TOLERANCE = 1e-4
 """Largest allowed |p_onnx - p_sklearn| over all rows and classes of the checked split."""
@@ -133,3 +139,21 @@ def check_fidelity(
             f"(row {row}; allowed <= {tolerance:g}); the export is not faithful"
         )
     return worst
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a build's output, for its cards."""
+    import platform
+
+    import onnxruntime
+    import skl2onnx
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "skl2onnx": skl2onnx.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
