@@ -24,7 +24,7 @@ from cascade.deploy import AppArgs, ingress_options, tier_options
 from cascade.errors import PolicyError
 from cascade.evaluate import ensure_models
 from cascade.policy import load_policy
-from cascade.serving import InferenceService, PolicyText, RemoteFactory
+from cascade.serving import METRICS, InferenceService, PolicyText, RecordingMetrics, RemoteFactory
 
 __all__ = ["AppArgs", "Ingress", "ModelDeployment", "build_app"]
 
@@ -72,105 +72,32 @@ class _HandleModel:
         return result
 
 
-class _Metrics:
-    """Serve metrics of the ingress (exported by Ray's metrics agent, Prometheus format).
-
-    ``cascade_requests_total{model}``; ``cascade_answers_total{model,tier}`` (rows answered
-    per tier); ``cascade_escalations_total{model}`` (rows answered past their entry tier);
-    ``cascade_degraded_total{model}``; ``cascade_request_rows{model}`` (rows per request);
-    ``cascade_tier_latency_ms{model,tier}`` (calls as the engine timed them);
-    ``cascade_request_latency_ms{model}`` (end to end inside the ingress);
-    ``cascade_shed_total{model,why}`` (503s: ``admission``, a deadline out of reach on
-    arrival; ``late``, an answer that came past its deadline); ``cascade_gear{model}``;
-    ``cascade_stage_candidates_total{model,stage}`` (ranking: candidates each stage scored);
-    ``cascade_cache_hits_total{model,cache}`` (rows answered by the exact or similar cache;
-    they count as ``tier="cache"`` in ``cascade_answers_total``);
-    ``cascade_cache_rows_total{model,outcome}`` (exact_hit, similar_hit, miss);
-    ``cascade_cache_false_hit_rate{model}`` (audited similarity hits, see ``audit_rate``).
-    """
+class _Metrics(RecordingMetrics):
+    """The service's metrics (``cascade.serving._metrics``) as Ray Serve metrics, exported
+    by Ray's metrics agent in the Prometheus format."""
 
     def __init__(self) -> None:
         from ray.serve import metrics
 
-        model = ("model",)
-        tier = ("model", "tier")
-        buckets_ms = [0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
-        self.requests = metrics.Counter("cascade_requests_total", "requests", tag_keys=model)
-        self.answers = metrics.Counter("cascade_answers_total", "rows answered per tier",
-                                       tag_keys=tier)  # fmt: skip
-        self.escalations = metrics.Counter(
-            "cascade_escalations_total", "rows answered past their entry tier", tag_keys=model
-        )
-        self.degraded = metrics.Counter("cascade_degraded_total", "degraded rows", tag_keys=model)
-        self.rows = metrics.Histogram("cascade_request_rows", "rows per request",
-                                      boundaries=[1, 2, 4, 8, 16, 64, 256, 1024],
-                                      tag_keys=model)  # fmt: skip
-        self.tier_latency = metrics.Histogram("cascade_tier_latency_ms", "tier call latency",
-                                              boundaries=buckets_ms, tag_keys=tier)  # fmt: skip
-        self.latency = metrics.Histogram("cascade_request_latency_ms", "request latency",
-                                         boundaries=buckets_ms, tag_keys=model)  # fmt: skip
-        self.shed_total = metrics.Counter("cascade_shed_total", "requests refused with a 503",
-                                    tag_keys=("model", "why"))  # fmt: skip
-        self.cache_hits = metrics.Counter(
-            "cascade_cache_hits_total", "rows answered from a cache", tag_keys=("model", "cache")
-        )
-        self.cache_rows = metrics.Counter(
-            "cascade_cache_rows_total",
-            "rows looked up in the caches, by outcome (exact_hit, similar_hit, miss)",
-            tag_keys=("model", "outcome"),
-        )
-        self.cache_false_hits = metrics.Gauge(
-            "cascade_cache_false_hit_rate",
-            "audited similarity hits whose cached answer differed from the cascade's",
-            tag_keys=("model",),
-        )
-        self.stage_candidates = metrics.Counter(
-            "cascade_stage_candidates_total",
-            "candidates scored per ranking stage",
-            tag_keys=("model", "stage"),
-        )
-        self.gear_index = metrics.Gauge("cascade_gear", "engaged gear (0: normal)", tag_keys=model)
+        self._series: dict[str, Any] = {}
+        for name, spec in METRICS.items():
+            if spec.kind == "counter":
+                made: Any = metrics.Counter(name, spec.help, tag_keys=spec.labels)
+            elif spec.kind == "gauge":
+                made = metrics.Gauge(name, spec.help, tag_keys=spec.labels)
+            else:
+                made = metrics.Histogram(name, spec.help, boundaries=list(spec.buckets),
+                                         tag_keys=spec.labels)  # fmt: skip
+            self._series[name] = made
 
-    def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
-        tags = {"model": model}
-        self.requests.inc(1, tags)
-        self.rows.observe(len(decisions), tags)
-        self.latency.observe(elapsed_ms, tags)
-        for decision in decisions:
-            if decision.cache_hit:
-                self.cache_hits.inc(1, {"model": model, "cache": decision.cache or "exact"})
-                self.answers.inc(1, {"model": model, "tier": "cache"})
-                continue
-            self.answers.inc(1, {"model": model, "tier": decision.answered_by})
-            if decision.steps and decision.answered_by != decision.steps[0].tier:
-                self.escalations.inc(1, tags)
-            if decision.degraded:
-                self.degraded.inc(1, tags)
-        seen = {(s.tier, s.latency_ms) for d in decisions for s in d.steps}
-        for tier, latency_ms in seen:  # one observation per batched call, not per row
-            self.tier_latency.observe(latency_ms, {"model": model, "tier": tier})
+    def inc(self, name: str, amount: float, labels: dict[str, str]) -> None:
+        self._series[name].inc(amount, labels)
 
-    def record_ranking(self, model: str, ranking: Any, elapsed_ms: float) -> None:
-        tags = {"model": model}
-        self.requests.inc(1, tags)
-        self.latency.observe(elapsed_ms, tags)
-        for stage in ranking.stages:
-            stage_tags = {"model": model, "stage": stage.stage}
-            self.stage_candidates.inc(stage.candidates_in, stage_tags)
-            self.tier_latency.observe(stage.ms, {"model": model, "tier": stage.tier})
+    def set(self, name: str, value: float, labels: dict[str, str]) -> None:
+        self._series[name].set(value, labels)
 
-    def cache(self, model: str, outcomes: dict[str, int], false_hit_rate: float | None) -> None:
-        for outcome, rows in outcomes.items():
-            if rows:
-                self.cache_rows.inc(rows, {"model": model, "outcome": outcome})
-        if false_hit_rate is not None:
-            self.cache_false_hits.set(false_hit_rate, {"model": model})
-
-    def shed(self, model: str, why: str) -> None:
-        self.shed_total.inc(1, {"model": model, "why": why})
-
-    def gear(self, model: str, index: int) -> None:
-        self.gear_index.set(index, {"model": model})
+    def observe(self, name: str, value: float, labels: dict[str, str]) -> None:
+        self._series[name].observe(value, labels)
 
 
 @serve.deployment

@@ -18,6 +18,7 @@ from __future__ import annotations
 from cascade.serving._coalescer import Coalescer
 from cascade.serving._http_model import HttpModel
 from cascade.serving._limits import ServingLimits
+from cascade.serving._metrics import METRICS, MetricSpec, RecordingMetrics
 from cascade.serving._openapi import openapi_document
 from cascade.serving._protocol import (
     OUTPUT_NAMES,
@@ -38,13 +39,16 @@ from cascade.serving._service import (
 )
 
 __all__ = [
+    "METRICS",
     "OUTPUT_NAMES",
     "Coalescer",
     "HttpModel",
     "HttpReply",
     "InferRequest",
     "InferenceService",
+    "MetricSpec",
     "PolicyText",
+    "RecordingMetrics",
     "RemoteFactory",
     "ServedModel",
     "ServiceMetrics",

@@ -1,0 +1,124 @@
+"""What the service counts, once for every runtime: metric names, labels, buckets and the
+recording of a request's decisions into them.
+
+A runtime subclasses :class:`RecordingMetrics` with three primitives (``inc``, ``set``,
+``observe``) over its own sink: Ray Serve's metrics in the cluster, Prometheus text kept in
+memory on the edge. One dashboard reads both.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["LATENCY_BUCKETS_MS", "METRICS", "ROW_BUCKETS", "MetricSpec", "RecordingMetrics"]
+
+LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 64, 256, 1024)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: its kind, help text, label names and (histograms) bucket bounds."""
+
+    kind: Literal["counter", "gauge", "histogram"]
+    help: str
+    labels: tuple[str, ...] = ("model",)
+    buckets: tuple[float, ...] = ()
+
+
+METRICS: dict[str, MetricSpec] = {
+    "cascade_requests_total": MetricSpec("counter", "requests"),
+    "cascade_answers_total": MetricSpec("counter", "rows answered per tier", ("model", "tier")),
+    "cascade_escalations_total": MetricSpec("counter", "rows answered past their entry tier"),
+    "cascade_degraded_total": MetricSpec("counter", "degraded rows"),
+    "cascade_request_rows": MetricSpec("histogram", "rows per request", buckets=ROW_BUCKETS),
+    "cascade_tier_latency_ms": MetricSpec(
+        "histogram", "tier call latency", ("model", "tier"), LATENCY_BUCKETS_MS
+    ),
+    "cascade_request_latency_ms": MetricSpec(
+        "histogram", "request latency", buckets=LATENCY_BUCKETS_MS
+    ),
+    "cascade_shed_total": MetricSpec("counter", "requests refused with a 503", ("model", "why")),
+    "cascade_cache_hits_total": MetricSpec(
+        "counter", "rows answered from a cache", ("model", "cache")
+    ),
+    "cascade_cache_rows_total": MetricSpec(
+        "counter",
+        "rows looked up in the caches, by outcome (exact_hit, similar_hit, miss)",
+        ("model", "outcome"),
+    ),
+    "cascade_cache_false_hit_rate": MetricSpec(
+        "gauge", "audited similarity hits whose cached answer differed from the cascade's"
+    ),
+    "cascade_stage_candidates_total": MetricSpec(
+        "counter", "candidates scored per ranking stage", ("model", "stage")
+    ),
+    "cascade_gear": MetricSpec("gauge", "engaged gear (0: normal)"),
+}
+
+
+class RecordingMetrics(ABC):
+    """:class:`~cascade.serving.ServiceMetrics` over the metrics of :data:`METRICS`.
+
+    ``cascade_answers_total{tier}`` counts rows answered per tier (cache hits as
+    ``tier="cache"``); ``cascade_escalations_total``, rows answered past their entry tier;
+    ``cascade_tier_latency_ms``, one observation per batched call; ``cascade_shed_total{why}``,
+    503s (``admission``: a deadline out of reach on arrival, ``late``: an answer past its
+    deadline, ``body``, ``backpressure``); ``cascade_cache_false_hit_rate``, the audited
+    similarity hits (see ``audit_rate``).
+    """
+
+    @abstractmethod
+    def inc(self, name: str, amount: float, labels: dict[str, str]) -> None:
+        """Add ``amount`` to counter ``name``."""
+
+    @abstractmethod
+    def set(self, name: str, value: float, labels: dict[str, str]) -> None:
+        """Set gauge ``name``."""
+
+    @abstractmethod
+    def observe(self, name: str, value: float, labels: dict[str, str]) -> None:
+        """Add one observation to histogram ``name``."""
+
+    def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
+        tags = {"model": model}
+        self.inc("cascade_requests_total", 1, tags)
+        self.observe("cascade_request_rows", len(decisions), tags)
+        self.observe("cascade_request_latency_ms", elapsed_ms, tags)
+        for decision in decisions:
+            if decision.cache_hit:
+                self.inc("cascade_cache_hits_total", 1, tags | {"cache": decision.cache or "exact"})
+                self.inc("cascade_answers_total", 1, tags | {"tier": "cache"})
+                continue
+            self.inc("cascade_answers_total", 1, tags | {"tier": decision.answered_by})
+            if decision.steps and decision.answered_by != decision.steps[0].tier:
+                self.inc("cascade_escalations_total", 1, tags)
+            if decision.degraded:
+                self.inc("cascade_degraded_total", 1, tags)
+        seen = {(s.tier, s.latency_ms) for d in decisions for s in d.steps}
+        for tier, latency_ms in seen:  # one observation per batched call, not per row
+            self.observe("cascade_tier_latency_ms", latency_ms, tags | {"tier": tier})
+
+    def record_ranking(self, model: str, ranking: Any, elapsed_ms: float) -> None:
+        tags = {"model": model}
+        self.inc("cascade_requests_total", 1, tags)
+        self.observe("cascade_request_latency_ms", elapsed_ms, tags)
+        for stage in ranking.stages:
+            self.inc("cascade_stage_candidates_total", stage.candidates_in,
+                     tags | {"stage": stage.stage})  # fmt: skip
+            self.observe("cascade_tier_latency_ms", stage.ms, tags | {"tier": stage.tier})
+
+    def cache(self, model: str, outcomes: dict[str, int], false_hit_rate: float | None) -> None:
+        for outcome, rows in outcomes.items():
+            if rows:
+                self.inc("cascade_cache_rows_total", rows, {"model": model, "outcome": outcome})
+        if false_hit_rate is not None:
+            self.set("cascade_cache_false_hit_rate", false_hit_rate, {"model": model})
+
+    def shed(self, model: str, why: str) -> None:
+        self.inc("cascade_shed_total", 1, {"model": model, "why": why})
+
+    def gear(self, model: str, index: int) -> None:
+        self.set("cascade_gear", index, {"model": model})
