@@ -17,3 +17,15 @@ def digits_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Mod
     out = tmp_path_factory.mktemp("digits-zoo")
     cards = build_zoo(load_dataset("digits"), out, compression=DIGITS_COMPRESSION, progress=False)
     return out, cards
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2's files, fetched once into the cache; skips where that cannot be done."""
+    from cascade.errors import BuildError
+    from cascade.text import fetch_minilm
+
+    try:
+        return fetch_minilm()
+    except BuildError as exc:
+        pytest.skip(f"all-MiniLM-L6-v2 is not cached and cannot be downloaded: {exc}")

@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ import zlib
 from pathlib import Path
 
 from cascade.errors import BuildError
+from cascade.zoo.cards import sha256_of
 
 __all__ = [
     "CACHE_ENV",
@@ -97,14 +97,6 @@ def minilm_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return base / "minilm"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_minilm(source_dir: str | os.PathLike[str]) -> Path:
     """Check every file of :data:`PINNED_FILES` in ``source_dir`` against its sha256.
 
@@ -123,7 +115,7 @@ def verify_minilm(source_dir: str | os.PathLike[str]) -> Path:
                 f"{path}: missing; {directory} is not an all-MiniLM-L6-v2 folder "
                 "made by cascade.text.fetch_minilm()"
             )
-        actual = _sha256(path)
+        actual = sha256_of(path)
         if actual != expected:
             raise BuildError(
                 f"{path}: sha256 {actual} does not match the pinned {expected} "

@@ -38,14 +38,6 @@ N_CHECKED = 200  # the issue's check: cosine >= 0.9999 on 200 CLINC150 queries
 
 
 @pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    try:
-        return fetch_minilm()
-    except BuildError as exc:
-        pytest.skip(f"all-MiniLM-L6-v2 is not cached and cannot be downloaded: {exc}")
-
-
-@pytest.fixture(scope="session")
 def tokenizer(minilm_dir: Path) -> Tokenizer:
     return Tokenizer.from_file(minilm_dir / "tokenizer.json")
 

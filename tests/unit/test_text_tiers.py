@@ -65,16 +65,6 @@ def linear_zoo(
 
 
 @pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    from cascade.text import fetch_minilm
-
-    try:
-        return fetch_minilm()
-    except BuildError as exc:
-        pytest.skip(f"all-MiniLM-L6-v2 is not cached and cannot be downloaded: {exc}")
-
-
-@pytest.fixture(scope="session")
 def large_zoo(
     subset: Dataset, minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, list[ModelCard]]:
