@@ -50,11 +50,11 @@ from cascade.evaluate import (
 from cascade.policy import (
     ComplexityRouting,
     ConfidenceRouting,
-    LoadedPolicy,
     Policy,
+    PolicyFile,
     Provenance,
-    load_policy,
     parse_policy,
+    read_policy,
 )
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
@@ -82,14 +82,14 @@ class Variant:
     name: str
     kind: str
     result: CalibrationResult
-    loaded: LoadedPolicy | None
+    loaded: PolicyFile | None
 
 
 def _say(dataset: str, message: str) -> None:
     print(f"[{dataset}] {message}", file=sys.stderr, flush=True)
 
 
-def _target(loaded: LoadedPolicy) -> Target:
+def _target(loaded: PolicyFile) -> Target:
     provenance = loaded.policy.provenance
     if provenance is None:
         raise SystemExit(
@@ -99,7 +99,7 @@ def _target(loaded: LoadedPolicy) -> Target:
     return Target(**provenance.target, confidence=provenance.confidence)
 
 
-def _method(loaded: LoadedPolicy) -> str:
+def _method(loaded: PolicyFile) -> str:
     """The confidence calibration the shipped chain uses, so variants fit theirs alike."""
     routing = loaded.policy.routing
     assert isinstance(routing, ConfidenceRouting)
@@ -138,7 +138,7 @@ def _variant_routings(shipped: Policy) -> list[tuple[str, str, dict[str, Any]]]:
 
 def _written_policy(
     policy: Policy, *, base_dir: Path, provenance: Provenance, path: Path
-) -> LoadedPolicy:
+) -> PolicyFile:
     """Write ``policy`` to ``path`` with absolute model paths into ``base_dir``; load it back."""
     tiers = {
         name: tier.model_copy(update={"model": str(base_dir / tier.model)})
@@ -161,11 +161,11 @@ def _written_policy(
         f"# Written by {Path(__file__).name}: calibrated on {provenance.dataset}.\n"
         + yaml.safe_dump(document, sort_keys=False)
     )
-    return load_policy(path)
+    return read_policy(path)
 
 
 def calibrate_variant(
-    shipped: LoadedPolicy,
+    shipped: PolicyFile,
     name: str,
     kind: str,
     routing: dict[str, Any],
@@ -286,7 +286,7 @@ def _variant_json(variant: Variant) -> dict[str, Any]:
 def run_dataset(dataset: str, out_dir: Path) -> tuple[dict[str, Any], str]:
     """Everything for one dataset: the JSON section and the goal line."""
     began = time.perf_counter()
-    shipped = load_policy(POLICIES / f"{dataset}.yaml")
+    shipped = read_policy(POLICIES / f"{dataset}.yaml")
     _say(dataset, "making sure the tier models exist")
     built = ensure_models(shipped)
     if built:
@@ -320,7 +320,7 @@ def run_dataset(dataset: str, out_dir: Path) -> tuple[dict[str, Any], str]:
             (
                 variant.kind,
                 variant_evaluator.summarise(
-                    variant.name, policy, variant_evaluator.run(policy, X_test), y_test,
+                    variant.name, policy, variant_evaluator.replay(policy, X_test), y_test,
                     reference_accuracy=reference.accuracy,
                     reference_cost=variant_evaluator.costs[variant_evaluator.reference],
                 ),

@@ -42,11 +42,11 @@ import numpy as np
 import psutil
 import yaml
 
+from cascade._table import table
 from cascade.edge.testing import FlakyEndpoint, free_port, proxy_app
 from cascade.evaluate import ensure_models
-from cascade.policy import load_policy
-from cascade.zoo import load_dataset
-from cascade.zoo.cards import table
+from cascade.policy import read_policy
+from cascade.zoo import read_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "policies" / "covertype.yaml"
@@ -232,8 +232,8 @@ def main() -> None:
     args = parser.parse_args()
 
     for path in (POLICY, EDGE_POLICY):
-        ensure_models(load_policy(path), progress=False)
-    data = load_dataset("covertype")
+        ensure_models(read_policy(path), progress=False)
+    data = read_dataset("covertype")
     rows = np.asarray(data.test.X[: args.requests], np.float32)
     labels = np.asarray(data.test.y[: args.requests])
     classes = [str(c) for c in data.classes]

@@ -43,12 +43,12 @@ import numpy as np
 import ray
 from ray import serve
 
+from cascade._table import table
 from cascade.backends import OnnxModel
 from cascade.bench import BenchReport, poisson_arrivals, run_load
 from cascade.evaluate import ensure_models
-from cascade.policy import load_policy
-from cascade.zoo import load_dataset
-from cascade.zoo.cards import table
+from cascade.policy import read_policy
+from cascade.zoo import read_dataset
 from deployments.app import build_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,9 +137,9 @@ def main() -> None:
                         help="let the load generator share the server's cores")  # fmt: skip
     args = parser.parse_args()
 
-    loaded = load_policy(POLICY)
+    loaded = read_policy(POLICY)
     ensure_models(loaded, progress=True)
-    split = load_dataset("covertype").test
+    split = read_dataset("covertype").test
     X, y = np.asarray(split.X, dtype=np.float32), np.asarray(split.y)
     small = OnnxModel(loaded.model_path("small")).predict_sync(X)
     small_accuracy = float((small.argmax(axis=1) == y).mean())

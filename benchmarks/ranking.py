@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cascade._table import table
 from cascade.backends import OnnxModel
-from cascade.evaluate import ensure_models, resolve_tiers
+from cascade.catalog import resolve_tiers
+from cascade.evaluate import ensure_models
 from cascade.evaluate._ranking import evaluate_ranking, ranking_queries
-from cascade.policy import load_policy
-from cascade.ranking import Ranker, format_results, ndcg_of_ranking
-from cascade.zoo.cards import table
+from cascade.policy import read_policy
+from cascade.ranking import format_results, ndcg_of_ranking
+from cascade.routing import Ranker
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "policies" / "movielens.yaml"
@@ -65,7 +67,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     args = parser.parse_args()
 
-    loaded = load_policy(POLICY)
+    loaded = read_policy(POLICY)
     ensure_models(loaded, progress=True)
     began = time.perf_counter()
     queries, label = ranking_queries(loaded, split="test", data=args.data)

@@ -38,11 +38,11 @@ import ray
 from ray import serve
 from starlette.requests import Request
 
+from cascade._table import table
 from cascade.backends import OnnxModel
 from cascade.evaluate import ensure_models
-from cascade.policy import load_policy
-from cascade.zoo import load_dataset
-from cascade.zoo.cards import table
+from cascade.policy import read_policy
+from cascade.zoo import read_dataset
 from deployments.app import build_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,8 +235,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     args = parser.parse_args()
 
-    ensure_models(load_policy(ROOT / "policies" / "digits.yaml"), progress=True)
-    rows = np.asarray(load_dataset("digits").test.X)
+    ensure_models(read_policy(ROOT / "policies" / "digits.yaml"), progress=True)
+    rows = np.asarray(read_dataset("digits").test.X)
     tiny = OnnxModel(MODELS / "tiny.onnx").predict_sync(rows).max(axis=1)
     threshold = float(np.quantile(tiny, 0.2))  # ~20 % of rows fall below it and escalate
     workdir = Path(tempfile.mkdtemp())

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cascade._table import table
 from cascade.evaluate import Evaluator, ensure_models
-from cascade.policy import LoadedPolicy, load_policy
-from cascade.zoo import load_dataset
-from cascade.zoo.cards import table
+from cascade.policy import PolicyFile, read_policy
+from cascade.zoo import read_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "policies" / "clinc150.yaml"
@@ -40,8 +40,8 @@ POLICY = ROOT / "policies" / "clinc150.yaml"
 def _optimisation_table(n_texts: int, work: Path) -> list[dict[str, object]]:
     from sklearn.linear_model import LogisticRegression
 
+    from cascade.backends.tokenize import Tokenizer
     from cascade.text import (
-        Tokenizer,
         build_minilm_onnx,
         build_variants,
         embed_texts,
@@ -51,7 +51,7 @@ def _optimisation_table(n_texts: int, work: Path) -> list[dict[str, object]]:
         minilm_session,
     )
 
-    data = load_dataset("clinc150")
+    data = read_dataset("clinc150")
     source = fetch_minilm()
     tokenizer = Tokenizer.from_file(source / "tokenizer.json")
     fp32 = build_minilm_onnx(work / "minilm.onnx", source_dir=source)
@@ -81,7 +81,7 @@ def _scope_metrics(labels: np.ndarray, y: np.ndarray, oos: int) -> dict[str, flo
     }
 
 
-def _with_oos_filter(loaded: LoadedPolicy, work: Path) -> LoadedPolicy:
+def _with_oos_filter(loaded: PolicyFile, work: Path) -> PolicyFile:
     """The shipped chain with the oos filter first, cut to catch <= 1 % of in-scope queries.
 
     The filter's cut comes from the calibration split (the 99th percentile of P(oos) over
@@ -95,7 +95,7 @@ def _with_oos_filter(loaded: LoadedPolicy, work: Path) -> LoadedPolicy:
     path = work / "clinc150-oos.yaml"
     ensure_models(_first_tier_policy(path), progress=True)  # builds the oos tier if missing
     X, y, _ = labelled_split(loaded, split="calibration")
-    data = load_dataset("clinc150")
+    data = read_dataset("clinc150")
     oos = data.classes.index("oos")
     from cascade.backends import open_model
 
@@ -110,10 +110,10 @@ def _with_oos_filter(loaded: LoadedPolicy, work: Path) -> LoadedPolicy:
                     "chain": [{"tier": "oos", "threshold": round(margin_cut, 6)}, *yaml_chain]},
     }  # fmt: skip
     path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return load_policy(path)
+    return read_policy(path)
 
 
-def _first_tier_policy(path: Path) -> LoadedPolicy:
+def _first_tier_policy(path: Path) -> PolicyFile:
     """A one-step policy over the oos tier, just so that ensure_models builds it."""
     models = POLICY.parent / "models" / "clinc150"
     path.write_text(
@@ -121,7 +121,7 @@ def _first_tier_policy(path: Path) -> LoadedPolicy:
         f"  oos: {{model: {models / 'oos.onnx'}}}\n"
         "routing: {kind: confidence, chain: [{tier: oos}]}\n"
     )
-    return load_policy(path)
+    return read_policy(path)
 
 
 def main() -> None:
@@ -133,14 +133,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         variants = _optimisation_table(args.texts, Path(work))
 
-    loaded = load_policy(POLICY)
+    loaded = read_policy(POLICY)
     ensure_models(loaded, progress=True)
-    data = load_dataset("clinc150")
+    data = read_dataset("clinc150")
     X, y = np.asarray(data.test.X), np.asarray(data.test.y)
     oos = data.classes.index("oos")
     evaluator = Evaluator(loaded)
     rows = evaluator.evaluate(X, y)
-    result = evaluator.run(loaded.policy, X)
+    result = evaluator.replay(loaded.policy, X)
     scopes = {loaded.policy.name: _scope_metrics(result.labels, y, oos)}
     for tier in loaded.policy.tiers:
         labels = evaluator.probabilities(tier, X).argmax(axis=1)
@@ -159,7 +159,7 @@ def main() -> None:
         filtered = _with_oos_filter(loaded, Path(work))
         f_evaluator = Evaluator(filtered)
         f_row = f_evaluator.evaluate(X, y)[0]
-        f_scope = _scope_metrics(f_evaluator.run(filtered.policy, X).labels, y, oos)
+        f_scope = _scope_metrics(f_evaluator.replay(filtered.policy, X).labels, y, oos)
     scopes[f_row.name] = f_scope
     rows_filtered = [rows[0], f_row]
     print(f"\nwith and without the out-of-scope filter (first step; its margin threshold "

@@ -26,7 +26,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from cascade import OnnxModel
-from cascade.zoo import CompressionOptions, Dataset, build_zoo, format_cards, load_dataset
+from cascade.catalog import format_cards
+from cascade.zoo import CompressionOptions, Dataset, build_zoo, read_dataset
 from cascade.zoo.export import sklearn_to_onnx
 from cascade.zoo.report import format_compression
 from cascade.zoo.tiers import recipes_for
@@ -88,7 +89,7 @@ def speed_vs_sklearn(dataset: Dataset) -> list[dict[str, Any]]:
 
 
 def _speed_table(rows: list[dict[str, Any]]) -> str:
-    from cascade.zoo.cards import table
+    from cascade._table import table
 
     return table(
         ["tier", "sklearn 1-row µs", "onnx 1-row µs", "speedup", "sklearn µs/row @256",
@@ -129,7 +130,7 @@ def main() -> None:
         "datasets": {},
     }
     for name in args.datasets:
-        dataset = load_dataset(name)
+        dataset = read_dataset(name)
         began = time.perf_counter()
         cards = build_zoo(dataset, args.out / "models" / name, compression=COMPRESSION)
         build_seconds = time.perf_counter() - began

@@ -1,22 +1,32 @@
 """cascade: serve tiny/small/large model cascades, routed by a policy file.
 
-Everything users need is importable from here. The model zoo (scikit-learn, pandas,
-skl2onnx) loads on first use, so ``import cascade`` stays light for serving processes.
+Everything users need is importable from here. The request path (policies, model cards,
+backends, routing) loads with the package; the workshop (the model zoo, evaluation and
+ranking builders: scikit-learn, pandas, skl2onnx) loads on first use of one of its names, so
+``import cascade`` stays light for serving processes.
 
 Example::
 
     import cascade
 
-    cards = cascade.build_zoo(cascade.load_dataset("digits"), "models/digits")
+    cards = cascade.build_zoo(cascade.read_dataset("digits"), "models/digits")
     model = cascade.OnnxModel("models/digits/tiny.onnx")
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from cascade._lazy import lazy_exports
-from cascade.backends import FakeModel, InputSpec, Model, OnnxModel, ProviderFallbackWarning
+from cascade.backends import (
+    FakeModel,
+    HttpModel,
+    InputSpec,
+    Model,
+    OnnxModel,
+    ProviderFallbackWarning,
+)
+from cascade.catalog import ModelCard, format_cards, read_cards
 from cascade.errors import (
     BackendError,
     BuildError,
@@ -29,13 +39,12 @@ from cascade.errors import (
     OverloadedError,
     PolicyError,
 )
+from cascade.policy import Policy, PolicyFile, parse_policy, read_policy
+from cascade.routing import BatchResult, Decision, Engine, Ranker, Ranking
 
 if TYPE_CHECKING:
     from cascade.evaluate import EvalRow, Evaluator, Target, calibrate_policy
-    from cascade.policy import LoadedPolicy, Policy, load_policy, parse_policy
     from cascade.ranking import (
-        Ranker,
-        Ranking,
         build_ltr,
         build_movielens,
         evaluate_cascade,
@@ -43,38 +52,23 @@ if TYPE_CHECKING:
         movielens_queries,
         ndcg_at_k,
     )
-    from cascade.routing import BatchResult, Decision, Engine
-    from cascade.serving import HttpModel
     from cascade.zoo import (
         CompressionOptions,
         Dataset,
-        ModelCard,
         Split,
         available_datasets,
         build_zoo,
-        format_cards,
-        load_dataset,
-        load_table,
-        read_cards,
+        read_dataset,
+        read_table,
     )
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "BatchResult": "cascade.routing",
-    "Decision": "cascade.routing",
-    "Engine": "cascade.routing",
+_WORKSHOP = {
     "EvalRow": "cascade.evaluate",
     "Evaluator": "cascade.evaluate",
-    "HttpModel": "cascade.serving",
-    "LoadedPolicy": "cascade.policy",
-    "Policy": "cascade.policy",
     "Target": "cascade.evaluate",
     "calibrate_policy": "cascade.evaluate",
-    "load_policy": "cascade.policy",
-    "parse_policy": "cascade.policy",
-    "Ranker": "cascade.ranking",
-    "Ranking": "cascade.ranking",
     "build_ltr": "cascade.ranking",
     "build_movielens": "cascade.ranking",
     "evaluate_cascade": "cascade.ranking",
@@ -83,15 +77,13 @@ _LAZY = {
     "ndcg_at_k": "cascade.ranking",
     "CompressionOptions": "cascade.zoo",
     "Dataset": "cascade.zoo",
-    "ModelCard": "cascade.zoo",
     "Split": "cascade.zoo",
     "available_datasets": "cascade.zoo",
     "build_zoo": "cascade.zoo",
-    "format_cards": "cascade.zoo",
-    "load_dataset": "cascade.zoo",
-    "load_table": "cascade.zoo",
-    "read_cards": "cascade.zoo",
+    "read_dataset": "cascade.zoo",
+    "read_table": "cascade.zoo",
 }
+"""Workshop names, imported on first use (PEP 562): a serving process never pays for them."""
 
 __all__ = [
     "BackendError",
@@ -110,7 +102,6 @@ __all__ = [
     "HttpModel",
     "InputError",
     "InputSpec",
-    "LoadedPolicy",
     "Model",
     "ModelCard",
     "ModelTimeout",
@@ -119,6 +110,7 @@ __all__ = [
     "OverloadedError",
     "Policy",
     "PolicyError",
+    "PolicyFile",
     "ProviderFallbackWarning",
     "Ranker",
     "Ranking",
@@ -132,15 +124,25 @@ __all__ = [
     "calibrate_policy",
     "evaluate_cascade",
     "format_cards",
-    "load_dataset",
-    "load_policy",
-    "load_table",
     "ltr_queries",
     "movielens_queries",
     "ndcg_at_k",
     "parse_policy",
     "read_cards",
+    "read_dataset",
+    "read_policy",
+    "read_table",
 ]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
+def __getattr__(name: str) -> Any:
+    module = _WORKSHOP.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cascade' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup finds it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

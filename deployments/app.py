@@ -9,7 +9,6 @@ object in ``__init__`` and delegates.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,13 +19,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cascade.backends import InputSpec, open_model
-from cascade.deploy import AppArgs, ingress_options, tier_options
+from cascade.catalog import require_model_files
 from cascade.errors import PolicyError
-from cascade.evaluate import ensure_models
-from cascade.policy import load_policy
-from cascade.serving import METRICS, InferenceService, PolicyText, RecordingMetrics, RemoteFactory
+from cascade.policy import PolicyFile, read_policy
+from cascade.serving import (
+    METRICS,
+    AppArgs,
+    InferenceService,
+    PolicyText,
+    RecordingMetrics,
+    RemoteFactory,
+    ingress_options,
+    tier_options,
+)
 
-__all__ = ["AppArgs", "Ingress", "ModelDeployment", "build_app"]
+__all__ = ["AppArgs", "Ingress", "ModelDeployment", "app_for", "build_app"]
 
 
 @serve.deployment
@@ -137,6 +144,10 @@ class Ingress:
 
         return {tier: factory(tier, h) for tier, h in self.handles.get(policy, {}).items()}
 
+    def app_args(self) -> dict[str, Any]:
+        """The arguments this app was built with: `cascade reload` rebuilds it with them."""
+        return self.args.model_dump()
+
     async def __call__(self, request: Request) -> Response:
         path = request.scope["path"]
         root = request.scope.get("root_path", "")
@@ -147,45 +158,54 @@ class Ingress:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """The Serve application for ``args`` (see :class:`AppArgs`).
+    """The Serve application for ``args`` (see :class:`AppArgs`): the import path of
+    ``serve run`` and of a Serve config.
 
     Example::
 
         serve.run(build_app({"policies": ["policies/digits.yaml"]}), route_prefix="/")
     """
     parsed = AppArgs.model_validate(args)
+    return app_for([read_policy(path) for path in parsed.policies], parsed)
+
+
+def app_for(loaded: list[PolicyFile], args: AppArgs) -> serve.Application:
+    """The Serve application for policies already loaded (``args.policies`` in order).
+
+    Every local model file must exist: a missing one is a ``PolicyError`` that says how to
+    build it (``cascade serve`` builds them before it calls this; the app never trains).
+    """
     handles: dict[str, dict[str, Any]] = {}
-    paths = []
-    for path in parsed.policies:
-        loaded = load_policy(path)
-        policy = loaded.policy
+    texts = []
+    for item in loaded:
+        policy = item.policy
         unreachable = [g.name for g in policy.gears
-                       if g.queue_depth_at_least > parsed.max_ongoing_requests]  # fmt: skip
+                       if g.queue_depth_at_least > args.max_ongoing_requests]  # fmt: skip
         if unreachable:
             # the replica never holds more than max_ongoing_requests: such a gear never engages
             raise PolicyError(
-                f"{path}: gears {unreachable} engage above max_ongoing_requests "
-                f"({parsed.max_ongoing_requests}), a queue depth the replica never reaches"
+                f"{item.path}: gears {unreachable} engage above max_ongoing_requests "
+                f"({args.max_ongoing_requests}), a queue depth the replica never reaches"
             )
-        ensure_models(loaded, progress=False)
-        paths.append(str(Path(path).resolve()))
+        require_model_files(item)
+        # the text read above goes to the replica: what was checked here is what it parses
+        texts.append({"path": str(item.path), "text": item.text})
         bound: dict[str, Any] = {}
         for name, tier in policy.tiers.items():
             if tier.placement != "deployment":
                 continue
-            options = tier_options(policy, name, parsed)
+            options = tier_options(policy, name, args)
             options["user_config"] = {
                 "max_batch_size": tier.batching.max_batch_size,
                 "max_wait_ms": tier.batching.max_wait_ms,
             }
             bound[name] = ModelDeployment.options(**options).bind(
-                str(loaded.model_path(name)), tuple(tier.providers)
+                str(item.model_path(name)), tuple(tier.providers)
             )
         handles[policy.name] = bound
-    texts = [{"path": path, "text": Path(path).read_text()} for path in paths]
     ingress = Ingress.options(
-        **ingress_options(parsed),
-        backpressure_config=BackpressureConfig(retry_after_s=parsed.retry_after_s),
+        **ingress_options(args),
+        backpressure_config=BackpressureConfig(retry_after_s=args.retry_after_s),
         user_config={"policies": texts},
     )
-    return ingress.bind(handles, parsed.model_dump())
+    return ingress.bind(handles, args.model_dump())

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cascade.zoo import CompressionOptions, ModelCard, build_zoo, load_dataset
+from cascade.catalog import ModelCard
+from cascade.zoo import CompressionOptions, build_zoo, read_dataset
 
 DIGITS_COMPRESSION = CompressionOptions(distill=True, quantize=("dynamic", "static"), prune=0.8)
 
@@ -15,8 +16,20 @@ DIGITS_COMPRESSION = CompressionOptions(distill=True, quantize=("dynamic", "stat
 def digits_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ModelCard]]:
     """The digits tiers plus every compression variant, built once (≈15 s on 2 cores)."""
     out = tmp_path_factory.mktemp("digits-zoo")
-    cards = build_zoo(load_dataset("digits"), out, compression=DIGITS_COMPRESSION, progress=False)
+    cards = build_zoo(read_dataset("digits"), out, compression=DIGITS_COMPRESSION, progress=False)
     return out, cards
+
+
+@pytest.fixture(scope="session")
+def digits_policy_models() -> Path:
+    """``policies/models/digits``, built if missing, as `cascade serve` builds it before it
+    starts a host (a host never builds models)."""
+    from cascade.evaluate import ensure_models
+    from cascade.policy import read_policy
+
+    policy = Path(__file__).resolve().parents[1] / "policies" / "digits.yaml"
+    ensure_models(read_policy(policy), progress=False)
+    return policy.parent / "models" / "digits"
 
 
 @pytest.fixture(scope="session")

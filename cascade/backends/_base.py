@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -9,10 +10,25 @@ import numpy as np
 
 from cascade.errors import InputError
 
-__all__ = ["MAX_TEXT_CHARS", "InputSpec", "Model", "validate_batch", "validate_texts"]
+__all__ = [
+    "CALL_DEADLINE",
+    "MAX_TEXT_CHARS",
+    "InputSpec",
+    "Model",
+    "as_rows",
+    "validate_batch",
+    "validate_texts",
+]
 
 _MAX_LISTED_ROWS = 5
 
+
+CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "cascade_call_deadline", default=None
+)
+"""The ``time.monotonic()`` by which the tier call running in this task must end (``None``:
+unbounded), set by the engine around each backend call: a remote backend sizes its network
+timeout and decides whether a retry still fits by it."""
 
 MAX_TEXT_CHARS = 10_000
 """Longest text one row of a text model may hold."""
@@ -45,8 +61,35 @@ class Model(Protocol):
     input_spec: InputSpec
 
     async def predict(self, batch: Any) -> np.ndarray:
-        """Return class probabilities, float32 of shape ``(len(batch), n_classes)``."""
+        """Return class probabilities, float32 of shape ``(len(batch), n_classes)``.
+
+        The engine calls it with rows it has validated (:func:`validate_batch`, once per
+        request); a backend re-checks only what costs nothing (:func:`as_rows`).
+        """
         ...
+
+
+def as_rows(batch: Any, spec: InputSpec) -> np.ndarray:
+    """``batch`` as a backend runs it, checked in O(1) when it already has the form
+    :func:`validate_batch` returns (a float32 ``[n, width]`` C-contiguous array, or a 1-D
+    object array of texts); anything else goes through :func:`validate_batch`.
+
+    Values are scanned once per request, where the request enters (the protocol parser,
+    ``Engine.run``); a backend called by the engine gets those rows and does not scan them
+    again.
+    """
+    if type(batch) is np.ndarray and batch.ndim >= 1 and batch.shape[0] > 0:
+        if spec.dtype == "string":
+            if batch.dtype == object and batch.ndim == 1:
+                return batch
+        elif (
+            batch.dtype == np.float32
+            and batch.ndim == 2
+            and (spec.width is None or batch.shape[1] == spec.width)
+            and batch.flags.c_contiguous
+        ):
+            return batch
+    return validate_batch(batch, spec)
 
 
 def validate_batch(batch: Any, spec: InputSpec) -> np.ndarray:

@@ -7,21 +7,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cascade.backends._base import Model
+from cascade.backends._session import CPU
 from cascade.backends.onnx import OnnxModel
+from cascade.backends.text import TextModel
+from cascade.catalog import TEXT_SIDECAR_SUFFIX, beside
 
-__all__ = ["TEXT_SIDECAR_SUFFIX", "open_model"]
-
-TEXT_SIDECAR_SUFFIX = ".text.json"
-"""Beside ``tiny.onnx``, ``tiny.text.json`` says how texts become the graph's inputs."""
+__all__ = ["open_model"]
 
 
 def open_model(
     path: str | os.PathLike[str],
     *,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
+    providers: Sequence[str] = (CPU,),
     offload: bool = False,
 ) -> Model:
-    """An :class:`OnnxModel`, or a text model when a ``.text.json`` sidecar sits beside it.
+    """An :class:`OnnxModel`, or a :class:`TextModel` when a ``.text.json`` sidecar sits
+    beside it.
 
     ``offload`` runs the graph in a worker thread (the Ray tier deployments do).
 
@@ -30,9 +31,6 @@ def open_model(
         model = open_model("policies/models/clinc150/tiny.onnx")   # takes texts
     """
     path = Path(path)
-    sidecar = path.with_name(path.name.removesuffix(".onnx") + TEXT_SIDECAR_SUFFIX)
-    if sidecar.is_file():
-        from cascade.text.backend import TextModel
-
+    if beside(path, TEXT_SIDECAR_SUFFIX).is_file():
         return TextModel(path, providers=tuple(providers), offload=offload)
     return OnnxModel(path, providers=providers, offload=offload)

@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from cascade.backends._base import InputSpec, validate_batch
-from cascade.errors import BackendError, CascadeError, ModelUnavailable
+from cascade.backends._base import InputSpec, as_rows, validate_batch
+from cascade.backends._session import (
+    CPU,
+    GraphOptimization,
+    onnxruntime_errors,
+    open_session,
+    resolve_providers,
+)
+from cascade.errors import ModelUnavailable
 
-__all__ = ["GraphOptimization", "OnnxModel", "ProviderFallbackWarning"]
-
-GraphOptimization = Literal["disable", "basic", "extended", "all"]
-
-_CPU = "CPUExecutionProvider"
-
-
-class ProviderFallbackWarning(UserWarning):
-    """A requested execution provider is not available here; the model runs without it."""
-
-
-@contextmanager
-def _translate(where: str) -> Iterator[None]:
-    """Re-raise onnxruntime's errors as cascade's, keeping the original as the cause."""
-    try:
-        yield
-    except CascadeError:
-        raise
-    except Exception as exc:  # onnxruntime's pybind errors share no useful base class
-        raise BackendError(f"{where}: onnxruntime failed: {exc}") from exc
+__all__ = ["OnnxModel"]
 
 
 class OnnxModel:
@@ -58,22 +44,20 @@ class OnnxModel:
         path: str | os.PathLike[str],
         *,
         name: str | None = None,
-        providers: Sequence[str] = (_CPU,),
+        providers: Sequence[str] = (CPU,),
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
         graph_optimization: GraphOptimization = "all",
         warmup_runs: int = 3,
         offload: bool = False,
     ) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         self.name = name if name is not None else self.path.name.split(".")[0]
         self.offload = offload
         if not self.path.is_file():
             raise ModelUnavailable(f"{self.path}: no such model file")
-        self.providers = _resolve_providers(providers, ort.get_available_providers())
-        self._session = load_session(
+        self.providers = resolve_providers(providers)
+        self._session = open_session(
             self.path,
             providers=self.providers,
             intra_op_threads=intra_op_threads,
@@ -92,66 +76,25 @@ class OnnxModel:
         return f"OnnxModel({str(self.path)!r}, providers={list(self.providers)})"
 
     def predict_sync(self, batch: Any) -> np.ndarray:
-        """Validate ``batch`` and run the graph in the calling thread."""
-        rows = validate_batch(batch, self.input_spec)
-        with _translate(str(self.path)):
-            (probabilities,) = self._session.run([self._output_name], {self.input_spec.name: rows})
-        return np.asarray(probabilities, dtype=np.float32)
+        """Validate ``batch`` (every value) and run the graph in the calling thread."""
+        return self._run(validate_batch(batch, self.input_spec))
 
     async def predict(self, batch: Any) -> np.ndarray:
-        """Validate ``batch`` and return probabilities ``(n, n_classes)``.
+        """Probabilities ``(n, n_classes)`` of rows the engine has validated (anything not
+        in validated form is validated here: :func:`~cascade.backends.as_rows`).
 
         With ``offload=True`` the graph runs in a worker thread, which pays for models
         costing milliseconds; µs-cheap tiers are faster run inline.
         """
+        rows = as_rows(batch, self.input_spec)
         if self.offload:
-            return await asyncio.to_thread(self.predict_sync, batch)
-        return self.predict_sync(batch)
+            return await asyncio.to_thread(self._run, rows)
+        return self._run(rows)
 
-
-def load_session(
-    path: Path,
-    *,
-    providers: Sequence[str],
-    intra_op_threads: int = 1,
-    inter_op_threads: int = 1,
-    graph_optimization: GraphOptimization = "all",
-) -> Any:
-    """An onnxruntime session as every backend runs one: sequential, quiet, these threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = inter_op_threads
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[graph_optimization]
-    options.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not to us
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
-    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
-        raise ModelUnavailable(f"{path}: cannot load ONNX model: {exc}") from exc
-
-
-def _resolve_providers(requested: Sequence[str], available: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(requested, str):
-        requested = (requested,)
-    kept = [p for p in requested if p in available]
-    if _CPU not in kept:
-        kept.append(_CPU)
-    missing = [p for p in requested if p not in available]
-    if missing:
-        warnings.warn(
-            f"execution providers {missing} are not available here "
-            f"(available: {list(available)}); falling back to {kept}",
-            ProviderFallbackWarning,
-            stacklevel=3,
-        )
-    return tuple(kept)
+    def _run(self, rows: np.ndarray) -> np.ndarray:
+        with onnxruntime_errors(str(self.path)):
+            (probabilities,) = self._session.run([self._output_name], {self.input_spec.name: rows})
+        return np.asarray(probabilities, dtype=np.float32)
 
 
 def _input_spec(session: Any, path: Path) -> InputSpec:

@@ -9,9 +9,9 @@ Example::
 
     import asyncio
     from cascade.bench import poisson_arrivals, run_load
-    from cascade.zoo import load_dataset
+    from cascade.zoo import read_dataset
 
-    split = load_dataset("digits").test
+    split = read_dataset("digits").test
     report = asyncio.run(run_load(
         "http://127.0.0.1:8000", "digits", split.X, split.y,
         poisson_arrivals(100, duration_s=30, seed=0), duration_s=30, deadline_ms=50,
@@ -22,6 +22,13 @@ Example::
 
 from __future__ import annotations
 
+from cascade.bench._footprint import (
+    Footprint,
+    TierFootprint,
+    format_footprint,
+    measure_footprint,
+    rss_mb,
+)
 from cascade.bench._loadgen import LOOPBACK_HOSTS, ModelInfo, fetch_metadata, loopback_url, run_load
 from cascade.bench._report import BenchReport, Outcome, RequestRecord, SecondStats
 from cascade.bench._schedule import poisson_arrivals, ramp_arrivals
@@ -29,13 +36,18 @@ from cascade.bench._schedule import poisson_arrivals, ramp_arrivals
 __all__ = [
     "LOOPBACK_HOSTS",
     "BenchReport",
+    "Footprint",
     "ModelInfo",
     "Outcome",
     "RequestRecord",
     "SecondStats",
+    "TierFootprint",
     "fetch_metadata",
+    "format_footprint",
     "loopback_url",
+    "measure_footprint",
     "poisson_arrivals",
     "ramp_arrivals",
+    "rss_mb",
     "run_load",
 ]

@@ -9,7 +9,7 @@ at someone else's server is a denial of service.
 
 Example::
 
-    split = cascade.load_dataset("digits").test
+    split = cascade.read_dataset("digits").test
     offsets = poisson_arrivals(100, duration_s=30, seed=0)
     report = asyncio.run(run_load("http://127.0.0.1:8000", "digits", split.X, split.y,
                                   offsets, deadline_ms=50))
@@ -211,7 +211,7 @@ def _score(body: Any, expected: list[str]) -> tuple[int, int, tuple[str, ...], s
     return correct, degraded, tiers, gear
 
 
-class _Run:
+class _Sender:
     """The state of one run: the client, the in-flight count and a record per request."""
 
     def __init__(
@@ -270,7 +270,9 @@ class _Run:
     def _since(self, offset: float) -> float:
         return 1000.0 * (self.loop.time() - self.start - offset)
 
-    async def run(self, offsets: npt.NDArray[np.float64], progress: bool) -> list[RequestRecord]:
+    async def send_all(
+        self, offsets: npt.NDArray[np.float64], progress: bool
+    ) -> list[RequestRecord]:
         from tqdm import tqdm
 
         records: list[RequestRecord | None] = [None] * len(offsets)
@@ -353,10 +355,10 @@ async def run_load(
         bodies, expected, header_lengths = _requests(
             features, labels, info, rows_per_request, deadline_ms, count=len(times), binary=binary
         )
-        run = _Run(client, f"{base}{_model_path(model)}/infer", bodies, expected,
+        sender = _Sender(client, f"{base}{_model_path(model)}/infer", bodies, expected,
                    timeout_s=timeout_s, max_in_flight=max_in_flight,
                    header_lengths=header_lengths)  # fmt: skip
-        records = await run.run(times, progress)
+        records = await sender.send_all(times, progress)
     return BenchReport.from_records(
         records,
         duration_s=window,

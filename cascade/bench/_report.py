@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cascade.zoo.cards import table
+from cascade._table import table
 
 __all__ = ["BenchReport", "Outcome", "RequestRecord", "SecondStats"]
 
@@ -307,9 +307,7 @@ class BenchReport:
 
             report.plot("bench-results/bench.png")
         """
-        from cascade.bench._plot import plot_report
-
-        return plot_report(self, Path(path))
+        return _plot_report(self, Path(path))
 
 
 def _pct(value: float | None) -> str:
@@ -324,3 +322,60 @@ def _counts(counts: dict[str, int], unit: str) -> str:
     if not counts:
         return "n/a"
     return ", ".join(f"{name} {n}" for name, n in counts.items()) + f" {unit}"
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _plot_report(report: BenchReport, path: Path) -> Path:
+    """Save the report's timeline to ``path`` (PNG); see :meth:`BenchReport.plot`."""
+    try:
+        import matplotlib  # noqa: F401  (absent: the hint below, not an error half-way)
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError('plots need matplotlib: pip install "cascade[plots]"') from exc
+
+    timeline = report.timeline
+    x = [second.second + 0.5 for second in timeline]
+    # a Figure of its own, not pyplot: the caller's backend (a notebook's) stays as it is
+    figure = Figure(figsize=(8, 7), dpi=110)
+    latency, quality, gear = figure.subplots(3, 1, sharex=True, height_ratios=(3, 2, 1))
+    figure.suptitle(f"{report.target} — {report.schedule}", fontsize=10)
+
+    latency.plot(x, [_nan(s.p50_ms) for s in timeline], label="p50", color="tab:blue")
+    latency.plot(x, [_nan(s.p95_ms) for s in timeline], label="p95", color="tab:orange")
+    if report.deadline_ms is not None:
+        latency.axhline(report.deadline_ms, color="tab:red", ls="--", lw=1,
+                        label=f"deadline {report.deadline_ms:g} ms")  # fmt: skip
+    latency.set_ylabel("latency of answers (ms)")
+    latency.set_ylim(bottom=0)
+    latency.legend(loc="upper left", fontsize=8)
+
+    quality.plot(x, [_nan(s.accuracy) for s in timeline], label="accuracy", color="tab:green")
+    quality.plot(x, [_nan(s.degraded_fraction) for s in timeline], label="degraded",
+                 color="tab:purple")  # fmt: skip
+    shed = [s.shed / s.offered if s.offered else float("nan") for s in timeline]
+    quality.plot(x, shed, label="shed (503)", color="tab:gray", ls=":")
+    quality.set_ylabel("fraction")
+    quality.set_ylim(-0.02, 1.02)
+    quality.legend(loc="lower left", fontsize=8)
+
+    names = list(dict.fromkeys(s.gear for s in timeline if s.gear is not None))
+    if names:
+        levels = [float(names.index(s.gear)) if s.gear is not None else float("nan")
+                  for s in timeline]  # fmt: skip
+        gear.step(x, levels, where="mid", color="tab:brown")
+        gear.set_yticks(range(len(names)), names)
+        gear.set_ylim(-0.5, len(names) - 0.5)
+    else:
+        gear.set_yticks([])
+        gear.text(0.5, 0.5, "gear: n/a", ha="center", va="center", transform=gear.transAxes)
+    gear.set_ylabel("gear")
+    gear.set_xlabel("seconds since start (by scheduled send time)")
+    gear.set_xlim(0, max(len(timeline), 1))
+
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

@@ -4,7 +4,7 @@ A bare ASGI app (:class:`EdgeApp`) over the framework-free
 :class:`~cascade.serving.InferenceService` the Ray ingress uses too, served by uvicorn:
 the same Open Inference Protocol routes, errors, decision trace and caches, metrics as
 Prometheus text at ``/metrics``. Tiers whose model is an endpoint URL are reached over
-HTTP (:class:`~cascade.serving.HttpModel`): split inference, degraded to the best local
+HTTP (:class:`~cascade.backends.HttpModel`): split inference, degraded to the best local
 answer when the network is gone. Nothing here imports Ray.
 
 Example::
@@ -17,25 +17,13 @@ Example::
 from __future__ import annotations
 
 from cascade.edge._asgi import EdgeApp
-from cascade.edge._footprint import (
-    Footprint,
-    TierFootprint,
-    format_footprint,
-    measure_footprint,
-    rss_mb,
-)
 from cascade.edge._metrics import PrometheusMetrics
 from cascade.edge._runner import EdgeSettings, build_edge_app, serve_edge
 
 __all__ = [
     "EdgeApp",
     "EdgeSettings",
-    "Footprint",
     "PrometheusMetrics",
-    "TierFootprint",
     "build_edge_app",
-    "format_footprint",
-    "measure_footprint",
-    "rss_mb",
     "serve_edge",
 ]

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import signal
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from cascade.edge._asgi import EdgeApp
 from cascade.edge._metrics import PrometheusMetrics
 from cascade.errors import PolicyError
+from cascade.policy import PolicyFile, read_policy
 from cascade.serving import InferenceService, PolicyText, ServingLimits
 
 __all__ = ["EdgeSettings", "build_edge_app", "serve_edge"]
@@ -42,24 +45,37 @@ def _texts(paths: list[str]) -> list[PolicyText]:
     return [PolicyText(str(Path(p).resolve()), Path(p).read_text()) for p in paths]
 
 
+def _return_freed_memory_to_the_system(threshold: int = 128 * 1024) -> None:
+    """Let glibc hand big freed blocks back at once (``mallopt(M_MMAP_THRESHOLD)``).
+
+    Loading an ONNX forest, onnxruntime frees about 140 MB of temporaries; glibc raises its
+    mmap threshold after big frees and then keeps such blocks in the heap, so the process
+    stays that much larger for good. Fixing the threshold kept the covertype edge process
+    at 323 MB RSS instead of 424 MB (`cascade footprint policies/covertype.yaml`; same
+    sessions, same answers, no system call per request). Linux with glibc only; elsewhere
+    nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # another C library: leave it be
+        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # -3: M_MMAP_THRESHOLD
+
+
 def build_edge_app(
-    settings: EdgeSettings, *, build_models: bool = True, progress: bool = False
+    settings: EdgeSettings, *, policies: Sequence[PolicyFile] | None = None
 ) -> EdgeApp:
-    """The ASGI app serving ``settings.policies``; missing models of bundled datasets are
-    built first. A policy that does not load raises ``PolicyError`` here, before serving.
+    """The ASGI app serving ``settings.policies`` (or ``policies``, those files already
+    read, in the same order). A policy that does not load, or whose model files are
+    missing, raises ``PolicyError`` here, before serving: the edge never builds models
+    (`cascade serve` does, before it starts the app).
 
     Example::
 
         app = build_edge_app(EdgeSettings(policies=["policies/digits.yaml"]))
         uvicorn.run(app, host="127.0.0.1", port=8000)
     """
-    from cascade.evaluate import ensure_models
-    from cascade.policy import load_policy
-
-    for path in settings.policies:
-        loaded = load_policy(path)  # fail fast, with file and line
-        if build_models:
-            ensure_models(loaded, progress=progress)
+    _return_freed_memory_to_the_system()
+    read = list(policies) if policies is not None else [read_policy(p) for p in settings.policies]
     metrics = PrometheusMetrics()
     service = InferenceService(
         max_rows=settings.max_rows,
@@ -67,7 +83,7 @@ def build_edge_app(
         coalesce_ms=settings.coalesce_ms,
         metrics=metrics,
     )
-    service.apply_policies(_texts(settings.policies), remote=lambda name: {})
+    service.apply_policies(read, remote=lambda name: {})
     if service.reload_errors:
         raise PolicyError("; ".join(sorted(service.reload_errors.values())))
     return EdgeApp(
@@ -84,7 +100,7 @@ def serve_edge(
     host: str = "127.0.0.1",
     port: int = 8000,
     announce: Callable[[str], None] | None = None,
-    progress: bool = False,
+    policies: Sequence[PolicyFile] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; SIGHUP re-reads the policy files (an invalid one is
     refused and reported in its model's metadata, the old one keeps serving).
@@ -93,7 +109,7 @@ def serve_edge(
     """
     import uvicorn
 
-    app = build_edge_app(settings, progress=progress)
+    app = build_edge_app(settings, policies=policies)
 
     def reload() -> None:
         app.service.apply_policies(_texts(settings.policies), remote=lambda name: {})

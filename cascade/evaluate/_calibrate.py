@@ -30,6 +30,9 @@ import numpy as np
 
 from cascade.errors import PolicyError
 from cascade.evaluate._bounds import loss_upper_bound
+from cascade.evaluate._candidate import Candidate
+from cascade.evaluate._complexity import complexity_search
+from cascade.evaluate._fit import fit_isotonic, fit_temperature
 from cascade.evaluate._frontier import Point, pareto_front
 from cascade.evaluate._policy_edit import edit_policy_file
 from cascade.evaluate._replay import Evaluator
@@ -37,15 +40,14 @@ from cascade.policy import (
     Calibration,
     ComplexityRouting,
     ConfidenceRouting,
-    LoadedPolicy,
     Policy,
+    PolicyFile,
     SlaRouting,
     SpeculativeRouting,
     parse_policy,
 )
 from cascade.routing import calibrate as apply_calibration
 from cascade.routing import confidence as measure_confidence
-from cascade.routing import fit_isotonic, fit_temperature
 
 __all__ = ["CalibrationResult", "Target", "calibrate_policy", "calibration_provenance"]
 
@@ -80,14 +82,6 @@ class Target:
             "max_escalation": self.max_escalation,
         }
         return {k: v for k, v in out.items() if v is not None}
-
-
-@dataclass
-class _Candidate:
-    params: dict[str, Any]
-    correct: np.ndarray
-    cost: float
-    escalation: float
 
 
 @dataclass
@@ -138,7 +132,7 @@ class _Chain:
         depth = len(self.tiers) if max_escalations is None else max_escalations + 1
         self.depth = min(depth, len(self.tiers))
 
-    def simulate(self, thresholds: Sequence[float]) -> _Candidate:
+    def simulate(self, thresholds: Sequence[float]) -> Candidate:
         n = len(next(iter(self.correct.values())))
         open_rows = np.ones(n, dtype=bool)
         correct = np.zeros(n, dtype=bool)
@@ -153,7 +147,7 @@ class _Chain:
             (self.conf[self.tiers[0]] >= thresholds[0]).mean() if self.depth > 1 else 1.0
         )
         params = {f"{t}": float(v) for t, v in zip(self.tiers, thresholds, strict=False)}
-        return _Candidate(params, correct, float(cost.mean()), escalated)
+        return Candidate(params, correct, float(cost.mean()), escalated)
 
 
 def _fit_confidences(
@@ -186,10 +180,10 @@ def _fit_confidences(
 
 
 def _select(
-    candidates: list[_Candidate],
+    candidates: list[Candidate],
     reference_correct: np.ndarray,
     target: Target,
-) -> tuple[_Candidate | None, float | None, float | None, list[str]]:
+) -> tuple[Candidate | None, float | None, float | None, list[str]]:
     """Fixed-sequence selection; returns (chosen, its bound, allowed loss, notes)."""
     notes: list[str] = []
     feasible = [
@@ -205,7 +199,7 @@ def _select(
         best = max(feasible, key=lambda c: (c.correct.mean(), -c.cost))
         return best, None, None, notes
     allowed = (1.0 - target.relative_accuracy) * float(reference_correct.mean())
-    chosen: _Candidate | None = None
+    chosen: Candidate | None = None
     bound: float | None = None
     # Safest first: most cost; ties broken by more escalation. Labels play no part.
     for candidate in sorted(feasible, key=lambda c: (-c.cost, -c.escalation)):
@@ -223,7 +217,7 @@ def _select(
 
 
 def _points(
-    candidates: list[_Candidate], reference_correct: np.ndarray, reference_cost: float
+    candidates: list[Candidate], reference_correct: np.ndarray, reference_cost: float
 ) -> list[Point]:
     ref = float(reference_correct.mean())
     return [
@@ -238,7 +232,7 @@ def _chain_search(
     X: np.ndarray,
     y: np.ndarray,
     method: ConfidenceCalibration,
-) -> tuple[list[_Candidate], dict[str, Calibration | None]]:
+) -> tuple[list[Candidate], dict[str, Calibration | None]]:
     tiers = [step.tier for step in routing.chain]
     probabilities = {t: evaluator.probabilities(t, X) for t in tiers}
     confidences, calibrations = _fit_confidences(routing, tiers[:-1], probabilities, y, method)
@@ -253,7 +247,7 @@ def _chain_search(
 
 
 def calibrate_policy(
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     X: np.ndarray,
     y: np.ndarray,
     *,
@@ -268,7 +262,7 @@ def calibrate_policy(
 
     Example::
 
-        result = calibrate_policy(load_policy("policies/covertype.yaml"), X_cal, y_cal,
+        result = calibrate_policy(read_policy("policies/covertype.yaml"), X_cal, y_cal,
                                   target=Target(relative_accuracy=0.995), data_label="covertype")
     """
     evaluator = evaluator or Evaluator(loaded)
@@ -289,8 +283,6 @@ def calibrate_policy(
         selection_rows = reference_correct
     else:
         say("training the complexity scorer on half of the calibration split")
-        from cascade.evaluate._complexity import complexity_search
-
         candidates, selection_rows, scorer_path = complexity_search(
             evaluator, loaded, routing, X, y, reference_correct=reference_correct
         )
@@ -332,7 +324,7 @@ def _speculative_search(
     X: np.ndarray,
     y: np.ndarray,
     method: ConfidenceCalibration,
-) -> tuple[list[_Candidate], dict[str, Calibration | None]]:
+) -> tuple[list[Candidate], dict[str, Calibration | None]]:
     cheap, expensive = routing.cheap, routing.expensive
     probabilities = {t: evaluator.probabilities(t, X) for t in (cheap, expensive)}
     confidences, calibrations = _fit_confidences(routing, [cheap], probabilities, y, method)
@@ -344,7 +336,7 @@ def _speculative_search(
         won = confidences[cheap] >= threshold
         cost = costs[cheap] + costs[expensive] * np.where(won, share, 1.0)
         candidates.append(
-            _Candidate(
+            Candidate(
                 {cheap: float(threshold)},
                 np.where(won, correct[cheap], correct[expensive]),
                 float(cost.mean()),
@@ -355,8 +347,8 @@ def _speculative_search(
 
 
 def _apply(
-    loaded: LoadedPolicy,
-    chosen: _Candidate,
+    loaded: PolicyFile,
+    chosen: Candidate,
     calibrations: dict[str, Calibration | None],
     extra_files: list[Path],
 ) -> Policy:
@@ -399,7 +391,7 @@ def _apply(
 
 
 def _write(
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     result: CalibrationResult,
     *,
     target: Target,

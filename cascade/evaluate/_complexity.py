@@ -10,8 +10,9 @@ import numpy as np
 
 from cascade.backends import OnnxModel
 from cascade.errors import PolicyError
+from cascade.evaluate._candidate import Candidate
 from cascade.evaluate._replay import Evaluator
-from cascade.policy import ComplexityRouting, LoadedPolicy
+from cascade.policy import ComplexityRouting, PolicyFile
 
 __all__ = ["complexity_search", "train_scorer"]
 
@@ -45,7 +46,7 @@ def train_scorer(X: np.ndarray, cheap_wrong: np.ndarray, path: Path, *, seed: in
 
 def complexity_search(
     evaluator: Evaluator,
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     routing: ComplexityRouting,
     X: np.ndarray,
     y: np.ndarray,
@@ -57,7 +58,6 @@ def complexity_search(
     Returns the candidates, the reference (always-large) correctness on half B, and the
     scorer's path (beside the cheapest tier's model file).
     """
-    from cascade.evaluate._calibrate import _Candidate
 
     tiers = [band.tier for band in routing.bands]
     cheap = tiers[0]
@@ -83,7 +83,7 @@ def complexity_search(
             mask = band == index
             row_correct[mask] = correct[tier][mask]
         candidates.append(
-            _Candidate(
+            Candidate(
                 {f"band{i}": float(c) for i, c in enumerate(cuts)},
                 row_correct,
                 float(scorer_cost + costs[band].mean()),

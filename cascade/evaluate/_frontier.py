@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cascade.zoo.cards import table
+from cascade._table import table
 
 __all__ = ["Point", "format_frontier", "pareto_front", "plot_frontier"]
 
@@ -74,14 +74,14 @@ def plot_frontier(
 ) -> Path:
     """Save accuracy against relative cost: all candidates, the frontier, the chosen point."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401  (absent: the hint below, not an error half-way)
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError('plots need matplotlib: pip install "cascade[plots]"') from exc
 
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    # a Figure of its own, not pyplot: the caller's backend (a notebook's) stays as it is
+    figure = Figure(figsize=(7, 4.5), dpi=110)
+    axes = figure.subplots()
     axes.scatter(
         [p.relative_cost for p in points],
         [p.relative_accuracy for p in points],
@@ -113,5 +113,4 @@ def plot_frontier(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)
-    plt.close(figure)
     return out

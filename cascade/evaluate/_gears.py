@@ -20,7 +20,7 @@ import numpy as np
 
 from cascade.errors import PolicyError
 from cascade.evaluate._replay import Evaluator
-from cascade.policy import LoadedPolicy, Policy
+from cascade.policy import Policy, PolicyFile
 from cascade.routing import routed_tiers
 
 __all__ = ["GearCandidate", "GearPlan", "plan_gears"]
@@ -63,7 +63,7 @@ def _candidates(
 
 
 def plan_gears(
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     X: np.ndarray,
     y: np.ndarray,
     *,
@@ -97,7 +97,7 @@ def plan_gears(
     )
 
     def replay(name: str | None) -> tuple[float, float]:
-        result = evaluator.run(trial, X, gear=name)
+        result = evaluator.replay(trial, X, gear=name)
         cost = float(np.mean([d.cost for d in result.decisions]))
         return cost, float((result.labels == y).mean())
 

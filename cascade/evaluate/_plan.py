@@ -34,11 +34,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cascade.catalog import CARD_SUFFIX, ModelCard, beside
 from cascade.errors import PolicyError
 from cascade.evaluate._replay import Evaluator
-from cascade.evaluate._tiers import card_path
-from cascade.policy import ComplexityRouting, LoadedPolicy, SlaRouting
-from cascade.zoo.cards import ModelCard
+from cascade.policy import ComplexityRouting, PolicyFile, SlaRouting
 
 __all__ = [
     "Assumptions",
@@ -172,12 +171,12 @@ def per_row_us_at(per_row_us: Mapping[int, float], batch: float) -> float:
     return float(t0 + weight * (t1 - t0))
 
 
-def tier_cards(loaded: LoadedPolicy) -> dict[str, ModelCard]:
+def tier_cards(loaded: PolicyFile) -> dict[str, ModelCard]:
     """The model card of every tier; a clear PolicyError where planning cannot go.
 
     Example::
 
-        tier_cards(load_policy("policies/digits.yaml"))["large"].latency.per_row_us
+        tier_cards(read_policy("policies/digits.yaml"))["large"].latency.per_row_us
     """
     where = loaded.path or loaded.policy.name
     if loaded.policy.routing is None:
@@ -192,7 +191,7 @@ def tier_cards(loaded: LoadedPolicy) -> dict[str, ModelCard]:
                 f"{where}: tiers.{name}: remote tier {tier.model} runs outside this app; "
                 "capacity planning needs local ONNX tiers with model cards"
             )
-        path = card_path(loaded.model_path(name))
+        path = beside(loaded.model_path(name), CARD_SUFFIX)
         if not path.is_file():
             raise PolicyError(
                 f"{where}: tiers.{name}: no model card {path.name} beside "
@@ -214,7 +213,7 @@ def _needed(load: TierLoad) -> int:
 
 
 def _ingress_at(
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     cards: Mapping[str, ModelCard],
     qps: float,
     reach: Mapping[str, float],
@@ -247,7 +246,7 @@ def _ingress_at(
 
 def _deployment_at(
     name: str,
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     card: ModelCard,
     share: float,
     rows: float,
@@ -271,7 +270,7 @@ def _deployment_at(
 
 
 def _loads(
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     cards: Mapping[str, ModelCard],
     qps: float,
     reach: Mapping[str, float],
@@ -303,7 +302,7 @@ def _loads(
     return [loads[name] for name in loaded.policy.tiers], ingress
 
 
-def _notes(loaded: LoadedPolicy, plan: CapacityPlan) -> tuple[str, ...]:
+def _notes(loaded: PolicyFile, plan: CapacityPlan) -> tuple[str, ...]:
     policy = loaded.policy
     notes = []
     for load in plan.tiers:
@@ -330,7 +329,7 @@ def _notes(loaded: LoadedPolicy, plan: CapacityPlan) -> tuple[str, ...]:
 
 
 def plan_capacity(
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     qps: float,
     *,
     reach: Mapping[str, float],
@@ -351,7 +350,7 @@ def plan_capacity(
 
     Example::
 
-        loaded = load_policy("policies/digits.yaml")
+        loaded = read_policy("policies/digits.yaml")
         X, y, label = labelled_split(loaded, split="calibration")
         plan = plan_capacity(loaded, 500, reach=measure_reach(loaded, X))
         [(t.name, t.replicas) for t in plan.tiers]     # [('tiny', None), ..., ('large', 1)]
@@ -378,7 +377,7 @@ def plan_capacity(
 
 
 def measure_reach(
-    loaded: LoadedPolicy, X: np.ndarray, *, evaluator: Evaluator | None = None
+    loaded: PolicyFile, X: np.ndarray, *, evaluator: Evaluator | None = None
 ) -> dict[str, float]:
     """Share of rows reaching each tier when ``X`` is replayed through the policy.
 
@@ -388,13 +387,13 @@ def measure_reach(
 
     Example::
 
-        measure_reach(load_policy("policies/digits.yaml"), X)  # {'tiny': 1.0, 'small': 0.0, ...}
+        measure_reach(read_policy("policies/digits.yaml"), X)  # {'tiny': 1.0, 'small': 0.0, ...}
     """
     tier_cards(loaded)  # its clear errors before the replay's
     if len(X) == 0:
         raise PolicyError("capacity plan: no rows to measure the escalation on")
     evaluator = evaluator if evaluator is not None else Evaluator(loaded)
-    decisions = evaluator.run(loaded.policy, X).decisions
+    decisions = evaluator.replay(loaded.policy, X).decisions
     reached = dict.fromkeys(loaded.policy.tiers, 0)
     for decision in decisions:
         for step in decision.steps:
@@ -402,17 +401,17 @@ def measure_reach(
     return {tier: count / len(decisions) for tier, count in reached.items()}
 
 
-def scorer_per_row_us(loaded: LoadedPolicy) -> dict[int, float] | None:
+def scorer_per_row_us(loaded: PolicyFile) -> dict[int, float] | None:
     """Per-row cost by batch size of a complexity policy's ONNX scorer, measured now.
 
     None for other policies and for rule or custom scorers (their cost is not measured).
 
     Example::
 
-        scorer_per_row_us(load_policy("policies/my-complexity.yaml"))  # {1: 9.8, 32: 0.7, ...}
+        scorer_per_row_us(read_policy("policies/my-complexity.yaml"))  # {1: 9.8, 32: 0.7, ...}
     """
     from cascade.backends import OnnxModel
-    from cascade.zoo.cards import measure_latency
+    from cascade.zoo.measure import measure_latency
 
     routing = loaded.policy.routing
     if not isinstance(routing, ComplexityRouting):

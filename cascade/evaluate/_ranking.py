@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cascade.errors import PolicyError
-from cascade.policy import LoadedPolicy
+from cascade.policy import PolicyFile
 from cascade.ranking.metrics import CascadeModels, CascadeResult, Query, Stage, evaluate_cascade
 
 __all__ = [
@@ -39,7 +39,7 @@ FILTER_DROP = (0.0, 0.5, 0.75, 0.9)  # filter cuts tried: share of candidates dr
 BOOTSTRAP = 2000
 
 
-def _dataset(loaded: LoadedPolicy) -> str:
+def _dataset(loaded: PolicyFile) -> str:
     dataset = loaded.policy.dataset
     if dataset not in RANKING_DATASETS:
         raise PolicyError(
@@ -50,7 +50,7 @@ def _dataset(loaded: LoadedPolicy) -> str:
 
 
 def ranking_queries(
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     *,
     split: str = "test",
     data: Path | None = None,
@@ -71,10 +71,10 @@ def ranking_queries(
     return queries, f"movielens {ml_split} split ({path})"
 
 
-def ranking_models(loaded: LoadedPolicy, *, min_score: float | None = None) -> CascadeModels:
+def ranking_models(loaded: PolicyFile, *, min_score: float | None = None) -> CascadeModels:
     """The policy's stage models as scorers, with per-row costs relative to fine's."""
     from cascade.backends import OnnxModel
-    from cascade.evaluate._tiers import resolve_tiers
+    from cascade.catalog import resolve_tiers
 
     policy = loaded.policy
     tiers = resolve_tiers(loaded)
@@ -100,7 +100,7 @@ def ranking_models(loaded: LoadedPolicy, *, min_score: float | None = None) -> C
     )
 
 
-def _policy_n(loaded: LoadedPolicy) -> int:
+def _policy_n(loaded: PolicyFile) -> int:
     coarse = loaded.policy.stage("coarse")
     fine = loaded.policy.stage("fine")
     assert fine is not None and fine.keep is not None
@@ -108,7 +108,7 @@ def _policy_n(loaded: LoadedPolicy) -> int:
 
 
 def evaluate_ranking(
-    loaded: LoadedPolicy, queries: list[Query], *, n_values: tuple[int, ...] = ()
+    loaded: PolicyFile, queries: list[Query], *, n_values: tuple[int, ...] = ()
 ) -> list[CascadeResult]:
     """Rows: coarse-only, fine-only, the policy (``policy N=…``), then ``cascade N=…``."""
     n = _policy_n(loaded)
@@ -130,7 +130,7 @@ class RankingCalibration:
 
 
 def calibrate_ranking(
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     queries: list[Query],
     *,
     target_relative_ndcg: float,
@@ -191,7 +191,7 @@ def _lower_bound(result: CascadeResult, resamples: np.ndarray, confidence: float
 
 
 def _write(
-    loaded: LoadedPolicy,
+    loaded: PolicyFile,
     chosen: tuple[float | None, CascadeResult],
     bound: float,
     target: float,

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 
 from cascade.backends import OnnxModel, open_model
-from cascade.evaluate._tiers import TierInfo, check_provenance, resolve_tiers
+from cascade.catalog import TierInfo, check_provenance, resolve_tiers
 from cascade.policy import (
     ChainStep,
     ComplexityRouting,
     ConfidenceRouting,
-    LoadedPolicy,
     Policy,
+    PolicyFile,
     SpeculativeRouting,
 )
 from cascade.routing import BatchResult, Decision, Engine
@@ -79,12 +79,12 @@ class Evaluator:
 
     Example::
 
-        evaluator = Evaluator(load_policy("policies/digits.yaml"))
+        evaluator = Evaluator(read_policy("policies/digits.yaml"))
         for row in evaluator.evaluate(X, y):
             print(row.name, row.accuracy, row.relative_cost)
     """
 
-    def __init__(self, loaded: LoadedPolicy, *, tiers: dict[str, TierInfo] | None = None) -> None:
+    def __init__(self, loaded: PolicyFile, *, tiers: dict[str, TierInfo] | None = None) -> None:
         self.loaded = loaded
         self.tiers = tiers if tiers is not None else resolve_tiers(loaded)
         check_provenance(loaded, self.tiers)
@@ -103,7 +103,7 @@ class Evaluator:
     def latencies(self) -> dict[str, float]:
         return {name: info.latency_ms for name, info in self.tiers.items()}
 
-    def run(self, policy: Policy, X: np.ndarray, *, gear: str | None = None) -> BatchResult:
+    def replay(self, policy: Policy, X: np.ndarray, *, gear: str | None = None) -> BatchResult:
         """Route ``X`` through ``policy`` with this evaluator's backends, as one batch
         (in one of the policy's degradation gears when ``gear`` names one)."""
         engine = Engine(
@@ -128,7 +128,7 @@ class Evaluator:
 
     def model_cost(self, path: Path) -> float:
         """Cost units per row of any ONNX model, measured like the tiers' cards."""
-        from cascade.zoo.cards import measure_latency
+        from cascade.zoo.measure import measure_latency
 
         model = OnnxModel(path)
         rows = np.zeros((256, model.input_spec.width or 1), dtype=np.float32)
@@ -207,18 +207,18 @@ class Evaluator:
         """The policy beside always-<tier> for every tier, cheapest first after the policy."""
         policy = self.loaded.policy
         reference_policy = _always(policy, self.reference)
-        reference = self.run(reference_policy, X)
+        reference = self.replay(reference_policy, X)
         reference_accuracy = float((reference.labels == y).mean())
         reference_cost = self.costs[self.reference]
         rows = [
             self.summarise(
-                policy.name, policy, self.run(policy, X), y,
+                policy.name, policy, self.replay(policy, X), y,
                 reference_accuracy=reference_accuracy, reference_cost=reference_cost,
             )
         ]  # fmt: skip
         for tier in sorted(self.tiers, key=lambda t: self.tiers[t].cost):
             always = _always(policy, tier)
-            result = reference if tier == self.reference else self.run(always, X)
+            result = reference if tier == self.reference else self.replay(always, X)
             rows.append(
                 self.summarise(
                     f"always-{tier}", always, result, y,

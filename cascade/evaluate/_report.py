@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cascade._table import table
 from cascade.evaluate._replay import EvalRow
-from cascade.zoo.cards import table
 
 __all__ = ["format_rows"]
 

@@ -2,16 +2,18 @@
 
 Example::
 
-    from cascade.policy import load_policy
+    from cascade.policy import read_policy
 
-    loaded = load_policy("policies/digits.yaml")
+    loaded = read_policy("policies/digits.yaml")
     loaded.policy.routing.kind, loaded.model_path("tiny")
 """
 
 from __future__ import annotations
 
-from cascade.policy._loader import LoadedPolicy, load_policy, parse_policy
+from cascade.policy._loader import PolicyFile, parse_policy, read_policy
 from cascade.policy._models import (
+    BUNDLED_DATASETS,
+    RANKING_DATASETS,
     Autoscaling,
     Band,
     Batching,
@@ -35,6 +37,8 @@ from cascade.policy._models import (
 from cascade.policy._schema import policy_json_schema, write_schema
 
 __all__ = [
+    "BUNDLED_DATASETS",
+    "RANKING_DATASETS",
     "Autoscaling",
     "Band",
     "Batching",
@@ -45,8 +49,8 @@ __all__ = [
     "ConfidenceMeasure",
     "ConfidenceRouting",
     "Gear",
-    "LoadedPolicy",
     "Policy",
+    "PolicyFile",
     "Provenance",
     "Resources",
     "Routing",
@@ -55,8 +59,8 @@ __all__ = [
     "SpeculativeRouting",
     "Stage",
     "Tier",
-    "load_policy",
     "parse_policy",
     "policy_json_schema",
+    "read_policy",
     "write_schema",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
@@ -22,10 +22,17 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from cascade._files import TEXT_SIDECAR_SUFFIX, beside
 from cascade.errors import PolicyError
-from cascade.policy._models import ComplexityRouting, Policy
+from cascade.policy._graph import graph_inputs
+from cascade.policy._models import (
+    BUNDLED_DATASETS,
+    RANKING_DATASETS,
+    ComplexityRouting,
+    Policy,
+)
 
-__all__ = ["LoadedPolicy", "load_policy", "parse_policy"]
+__all__ = ["PolicyFile", "parse_policy", "read_policy"]
 
 Loc = tuple[str | int, ...]
 
@@ -43,12 +50,13 @@ _LEAVES = "path leaves the policy folder (set allow_outside_paths: true to allow
 
 
 @dataclass(frozen=True)
-class LoadedPolicy:
-    """A validated policy and the folder its model paths are relative to.
+class PolicyFile:
+    """A validated policy, the text it was read from and the folder its model paths are
+    relative to.
 
     Example::
 
-        loaded = load_policy("policies/digits.yaml")
+        loaded = read_policy("policies/digits.yaml")
         loaded.policy.routing.kind          # 'confidence'
         loaded.model_path("tiny")           # PosixPath('/.../policies/models/digits/tiny.onnx')
     """
@@ -56,6 +64,7 @@ class LoadedPolicy:
     policy: Policy
     path: Path | None
     base_dir: Path
+    text: str = field(default="", repr=False)
 
     def model_path(self, tier: str) -> Path:
         """The resolved ONNX file of a local tier; PolicyError for a remote or unknown tier.
@@ -82,7 +91,7 @@ class LoadedPolicy:
         return resolved
 
 
-def load_policy(path: str | os.PathLike[str], *, check_files: bool = True) -> LoadedPolicy:
+def read_policy(path: str | os.PathLike[str], *, check_files: bool = True) -> PolicyFile:
     """Read and validate a policy file; model paths are relative to the file's folder.
 
     With ``check_files`` (the default), every local tier's model file (and the complexity
@@ -99,7 +108,7 @@ def load_policy(path: str | os.PathLike[str], *, check_files: bool = True) -> Lo
 
     Example::
 
-        loaded = load_policy("policies/digits.yaml")
+        loaded = read_policy("policies/digits.yaml")
         print(len(loaded.policy.tiers), loaded.policy.routing.kind)
     """
     given = os.fspath(path)
@@ -111,7 +120,7 @@ def load_policy(path: str | os.PathLike[str], *, check_files: bool = True) -> Lo
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"{given}: cannot read: {exc}") from exc
     resolved = file.resolve()
-    return _load(text, source=given, path=resolved, base_dir=resolved.parent, check=check_files)
+    return _read(text, source=given, path=resolved, base_dir=resolved.parent, check=check_files)
 
 
 def parse_policy(
@@ -120,19 +129,19 @@ def parse_policy(
     source: str = "<policy>",
     base_dir: Path | None = None,
     check_files: bool = False,
-) -> LoadedPolicy:
+) -> PolicyFile:
     """Validate policy text; ``source`` names it in messages, ``base_dir`` (default: the
     working directory) is where its model paths start.
 
     Without ``check_files`` only the schema and the cross-field rules are checked; no file is
-    touched (``LoadedPolicy.model_path`` still applies the folder rule when a path is used).
+    touched (``PolicyFile.model_path`` still applies the folder rule when a path is used).
 
     Example::
 
         loaded = parse_policy(text, source="user_config", base_dir=Path("policies"))
     """
     folder = (base_dir if base_dir is not None else Path.cwd()).resolve()
-    return _load(text, source=source, path=None, base_dir=folder, check=check_files)
+    return _read(text, source=source, path=None, base_dir=folder, check=check_files)
 
 
 # --- one problem, one line ----------------------------------------------------------------
@@ -154,9 +163,7 @@ def _fail(source: str, problems: list[_Problem]) -> PolicyError:
     return PolicyError("\n".join(p.format(source) for p in ordered))
 
 
-def _load(
-    text: str, *, source: str, path: Path | None, base_dir: Path, check: bool
-) -> LoadedPolicy:
+def _read(text: str, *, source: str, path: Path | None, base_dir: Path, check: bool) -> PolicyFile:
     root, data, problems = _read_yaml(text, source)
     try:
         policy = Policy.model_validate(data, strict=True)
@@ -170,7 +177,7 @@ def _load(
         problems += _check_files(policy, root, base_dir)
     if problems:
         raise _fail(source, problems)
-    return LoadedPolicy(policy=policy, path=path, base_dir=base_dir)
+    return PolicyFile(policy=policy, path=path, base_dir=base_dir, text=text)
 
 
 # --- YAML with line numbers ---------------------------------------------------------------
@@ -490,18 +497,11 @@ def _cross_field(error: ErrorDetails, loc: Loc, place: _Place, root: yaml.Mappin
 # --- checks beyond the schema ---------------------------------------------------------------
 
 
-def _bundled_datasets() -> list[str]:
-    from cascade.zoo.datasets import available_datasets  # pandas + scikit-learn: load on need
-
-    return available_datasets()
-
-
 def _check_dataset(policy: Policy, root: yaml.MappingNode) -> list[_Problem]:
     if policy.dataset is None:
         return []
-    ranking = ("ltr", "movielens")  # datasets of ranking scorers (cascade.ranking)
-    bundled = [*_bundled_datasets(), *ranking]
-    if policy.dataset in ranking and not policy.stages:
+    bundled = [*BUNDLED_DATASETS, *RANKING_DATASETS]
+    if policy.dataset in RANKING_DATASETS and not policy.stages:
         text = f"'{policy.dataset}' is a ranking dataset: the policy needs stages"
         return [_Problem(_locate(("dataset",), root).line, "dataset", text)]
     if policy.dataset in bundled:
@@ -538,26 +538,19 @@ def _read_input(path: Path) -> _Input | str:
     A text model (a ``.text.json`` sidecar beside the file says how texts become the
     graph's inputs) takes texts, whatever its graph's inputs are.
     """
-    import onnx  # only file checks need it
-
-    if path.with_name(path.name.removesuffix(".onnx") + ".text.json").is_file():
+    if beside(path, TEXT_SIDECAR_SUFFIX).is_file():
         return _Input(element="string", width=None)
-
     try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        inputs = graph_inputs(path.read_bytes())
+    except (OSError, ValueError) as exc:
         return f"not a readable ONNX model ({type(exc).__name__}: {exc})"
-    weights = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in weights]
     if len(inputs) != 1:
         return f"has {len(inputs)} inputs (allowed: 1, a [rows, features] tensor)"
-    if not inputs[0].type.HasField("tensor_type"):
+    (graph_input,) = inputs
+    if graph_input.element is None:
         return "its input is not a tensor (allowed: a [rows, features] tensor)"
-    tensor = inputs[0].type.tensor_type
-    element = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
-    dims = tensor.shape.dim
-    width = dims[-1].dim_value if len(dims) >= 2 and dims[-1].HasField("dim_value") else None
-    return _Input(element=element, width=width)
+    dims = graph_input.dims
+    return _Input(element=graph_input.element, width=dims[-1] if len(dims) >= 2 else None)
 
 
 def _model_files(policy: Policy) -> Iterator[tuple[Loc, str, str]]:

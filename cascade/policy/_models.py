@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cascade.errors import PolicyError
 
 __all__ = [
+    "BUNDLED_DATASETS",
+    "RANKING_DATASETS",
     "Autoscaling",
     "Band",
     "Batching",
@@ -36,6 +38,11 @@ __all__ = [
     "Stage",
     "Tier",
 ]
+
+BUNDLED_DATASETS = ("clinc150", "covertype", "digits")
+"""Datasets that ship with cascade: a policy naming one gets its tiers built on first use."""
+RANKING_DATASETS = ("ltr", "movielens")
+"""Datasets of ranking scorers (stages); MovieLens is read from a path, never bundled."""
 
 ConfidenceMeasure = Literal["max_prob", "margin", "entropy"]
 TierName = Annotated[

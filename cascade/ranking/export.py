@@ -10,12 +10,12 @@ Linear scorers (filter, coarse) read only their few columns, with a ``Gather`` i
 graph, then ``MatMul`` + ``Add``. Tree ensembles are converted by skl2onnx and reduced to the
 ``score`` output (positive-class probability for classifiers, the prediction for
 regressors). Every export is checked against scikit-learn (max |difference| <= 1e-4) and
-timed with onnxruntime on one thread; the per-row cost at a batch of :data:`COST_ROWS` rows
+timed with onnxruntime on one thread; the per-row cost at a batch of :data:`SCORER_COST_ROWS` rows
 goes into the stage's card (``{stage}.scorer.json``).
 
 Example::
 
-    models = load_cascade("models/movielens")        # CascadeModels for evaluate_cascade
+    models = open_cascade("models/movielens")        # CascadeModels for evaluate_cascade
     cards = read_scorer_cards("models/movielens")    # {"filter": ..., "coarse": ..., "fine": ...}
 """
 
@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,70 +32,39 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cascade.catalog import (
+    SCORER_CARD_SUFFIX,
+    SCORER_COST_ROWS,
+    Fidelity,
+    ScorerCard,
+    read_scorer_cards,
+    sha256_of,
+)
 from cascade.errors import BuildError, CascadeError
 from cascade.ranking.metrics import CascadeModels, Stage
-from cascade.zoo.cards import Fidelity, Latency, measure_latency, sha256_of
 from cascade.zoo.export import FIDELITY_TOLERANCE, TARGET_OPSET, check_fidelity, library_versions
+from cascade.zoo.measure import measure_latency
 
 __all__ = [
-    "COST_ROWS",
     "INPUT_NAME",
     "MANIFEST",
     "OUTPUT_NAME",
-    "SCORER_CARD_SUFFIX",
     "LinearScorer",
     "RankingBuild",
-    "ScorerCard",
-    "build_steps",
     "export_scorer",
     "library_versions",
     "linear_onnx",
-    "load_cascade",
     "onnx_scores",
-    "read_scorer_cards",
+    "open_cascade",
     "tree_onnx",
     "write_cascade_files",
 ]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "score"
-COST_ROWS = 1000
-"""Per-row cost is measured on batches of this many rows (a typical candidate set)."""
-SCORER_CARD_SUFFIX = ".scorer.json"
 MANIFEST = "features.json"
 StageName = Literal["filter", "coarse", "fine"]
-
-
-class ScorerCard(BaseModel):
-    """What one stage's ONNX scorer is, how faithful and how costly, as measured here."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    card_version: int = 1
-    name: str = Field(description="file stem, e.g. 'coarse'")
-    stage: StageName = Field(description="filter | coarse | fine")
-    file: str = Field(description="ONNX file name, relative to the card")
-    dataset: str
-    dataset_source: str
-    seed: int = Field(description="seed of sampling and training")
-    input_name: str = Field(description="the graph's one input, float32 [None, n_features]")
-    output_name: str = Field(description="the graph's one output, float32 [None, 1]")
-    n_features: int
-    feature_names: list[str] = Field(description="every column of the input, in order")
-    used_features: list[str] = Field(description="the columns this scorer reads")
-    threshold: float | None = Field(
-        None, description="filters only: a candidate is kept when its score >= threshold"
-    )
-    family: str = Field(description="estimator, e.g. 'LogisticRegression'")
-    size_bytes: int
-    sha256: str
-    latency: Latency
-    cost_us: float = Field(description=f"per-row cost at a batch of {COST_ROWS} rows, µs")
-    relative_cost: float | None = Field(None, description="cost_us over the fine scorer's")
-    fidelity: Fidelity
-    build: dict[str, Any] = Field(description="parameters, training rows, timing, versions")
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,13 +108,6 @@ class RankingBuild:
     cards: dict[str, ScorerCard]
     filter_threshold: float | None
     estimators: Mapping[str, Any] = field(default_factory=dict, repr=False)
-
-
-def build_steps(total: int, enabled: bool) -> AbstractContextManager[Callable[[str], None]]:
-    """A tqdm bar of ``total`` named steps; call ``step("label")`` as each one starts."""
-    from cascade.zoo.build import _progress
-
-    return _progress(total, enabled)
 
 
 def _finish(graph: onnx.GraphProto, *, name: str, metadata: Mapping[str, Any]) -> onnx.ModelProto:
@@ -217,12 +178,12 @@ def tree_onnx(
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
-    from cascade.zoo.export import _bool_attributes_as_ints
+    from cascade.zoo.export import bool_attributes_as_ints
 
     is_classifier = hasattr(estimator, "predict_proba")
     options = {id(estimator): {"zipmap": False}} if is_classifier else None
     try:
-        with _bool_attributes_as_ints():
+        with bool_attributes_as_ints():
             converted = convert_sklearn(
                 estimator,
                 initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
@@ -349,8 +310,8 @@ def export_scorer(
         np.asarray(reference, dtype=np.float64).reshape(-1, 1),
         what=f"{path}",
     )
-    rows = np.resize(check_rows, (COST_ROWS, check_rows.shape[1])).astype(np.float32)
-    latency = measure_latency(scorer, rows, threads=1, batch_sizes=(1, COST_ROWS))
+    rows = np.resize(check_rows, (SCORER_COST_ROWS, check_rows.shape[1])).astype(np.float32)
+    latency = measure_latency(scorer, rows, threads=1, batch_sizes=(1, SCORER_COST_ROWS))
     return ScorerCard(
         name=stage,
         stage=stage,
@@ -368,7 +329,7 @@ def export_scorer(
         size_bytes=path.stat().st_size,
         sha256=sha256_of(path),
         latency=latency,
-        cost_us=latency.per_row_us[COST_ROWS],
+        cost_us=latency.per_row_us[SCORER_COST_ROWS],
         fidelity=Fidelity(
             reference=reference_name or f"scikit-learn {family} scores",
             max_abs_diff=worst,
@@ -422,36 +383,12 @@ def write_cascade_files(
     return final
 
 
-def read_scorer_cards(directory: str | os.PathLike[str]) -> dict[str, ScorerCard]:
-    """Read the ``{stage}.scorer.json`` cards of a built cascade, by stage.
-
-    Example::
-
-        costs = {s: c.cost_us for s, c in read_scorer_cards("models/ltr").items()}
-    """
-    directory = Path(directory)
-    paths = sorted(directory.glob(f"*{SCORER_CARD_SUFFIX}"))
-    if not paths:
-        raise CascadeError(
-            f"{directory}: no scorer cards (*{SCORER_CARD_SUFFIX}); build them with "
-            "cascade.ranking.build_movielens or build_ltr"
-        )
-    cards: dict[str, ScorerCard] = {}
-    for path in paths:
-        try:
-            card = ScorerCard.model_validate_json(path.read_text())
-        except ValidationError as exc:
-            raise CascadeError(f"{path}: not a valid scorer card: {exc}") from exc
-        cards[card.stage] = card
-    return cards
-
-
-def load_cascade(directory: str | os.PathLike[str], *, threads: int = 1) -> CascadeModels:
+def open_cascade(directory: str | os.PathLike[str], *, threads: int = 1) -> CascadeModels:
     """Load a built cascade's ONNX scorers with their measured costs, for evaluation.
 
     Example::
 
-        results = evaluate_cascade(queries, load_cascade("models/movielens"), [100, 200])
+        results = evaluate_cascade(queries, open_cascade("models/movielens"), [100, 200])
     """
     directory = Path(directory)
     cards = read_scorer_cards(directory)

@@ -33,13 +33,13 @@ from cascade.errors import DatasetError
 from cascade.ranking.export import (
     LinearScorer,
     RankingBuild,
-    build_steps,
     export_scorer,
     linear_onnx,
     tree_onnx,
     write_cascade_files,
 )
 from cascade.ranking.metrics import Query
+from cascade.zoo.measure import progress_steps
 
 __all__ = [
     "FEATURE_NAMES",
@@ -49,8 +49,8 @@ __all__ = [
     "LtrSplit",
     "build_ltr",
     "coarse_columns",
-    "load_ltr",
     "ltr_queries",
+    "read_ltr",
 ]
 
 LTR_DIR = Path(__file__).parents[1] / "zoo" / "data" / "ltr"
@@ -75,14 +75,14 @@ class LtrSplit:
         return np.concatenate([[0], np.cumsum(self.group_sizes)]).astype(np.int64)
 
 
-def load_ltr(
+def read_ltr(
     split: SplitName = "train", *, directory: str | os.PathLike[str] = LTR_DIR
 ) -> LtrSplit:
     """Read one split of the bundled sample as dense float32.
 
     Example::
 
-        test = load_ltr("test")
+        test = read_ltr("test")
         test.X.shape, len(test.group_sizes)        # ((768, 300), 50)
     """
     from sklearn.datasets import load_svmlight_file
@@ -114,7 +114,7 @@ def ltr_queries(split: SplitName = "test") -> list[Query]:
     Relevance is the grade (0..4), so NDCG's gains are ``2**grade - 1``. Queries whose
     grades are all 0 are kept here; :func:`evaluate_cascade` skips them.
     """
-    data = load_ltr(split)
+    data = read_ltr(split)
     bounds = data.bounds
     return [
         Query(
@@ -162,9 +162,9 @@ def build_ltr(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with build_steps(4, progress) as step:
+    with progress_steps(4, progress) as step:
         step("load LTR sample")
-        train, test = load_ltr("train"), load_ltr("test")
+        train, test = read_ltr("train"), read_ltr("test")
 
         step("fit coarse (ridge) and fine (gradient boosting)")
         columns = coarse_columns(train.X, train.y, n_coarse_features)

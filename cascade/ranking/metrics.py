@@ -278,7 +278,7 @@ def evaluate_cascade(
 
     Example::
 
-        results = evaluate_cascade(queries, load_cascade("models/movielens"), [50, 100, 200])
+        results = evaluate_cascade(queries, open_cascade("models/movielens"), [50, 100, 200])
         print(format_results(results))
     """
     kept = [q for q in queries if np.any(_gains(q.relevance) > 0)]
@@ -337,7 +337,7 @@ def evaluate_cascade(
 
 def format_results(results: Sequence[CascadeResult]) -> str:
     """A plain-text table of :func:`evaluate_cascade`'s rows."""
-    from cascade.zoo.cards import table
+    from cascade._table import table
 
     header = ["name", "NDCG@10", "rel NDCG", "recall@10 vs fine", "rel cost"]
     rows = [

@@ -49,7 +49,6 @@ from cascade.errors import DatasetError
 from cascade.ranking.export import (
     LinearScorer,
     RankingBuild,
-    build_steps,
     export_scorer,
     linear_onnx,
     tree_onnx,
@@ -63,6 +62,7 @@ from cascade.ranking.features import (
     fit_features,
 )
 from cascade.ranking.metrics import K, Query, top_k
+from cascade.zoo.measure import progress_steps
 
 __all__ = [
     "COARSE_FEATURES",
@@ -75,8 +75,8 @@ __all__ = [
     "TrainingExamples",
     "build_movielens",
     "evaluation_users",
-    "load_movielens",
     "movielens_queries",
+    "read_movielens",
     "split_by_time",
     "training_examples",
 ]
@@ -145,7 +145,7 @@ def _ratings_path(data: str | os.PathLike[str]) -> Path:
     return path / RATINGS_FILE if path.is_dir() or not path.suffix else path
 
 
-def load_movielens(data: str | os.PathLike[str] = DEFAULT_MOVIELENS_PATH) -> MovieLens:
+def read_movielens(data: str | os.PathLike[str] = DEFAULT_MOVIELENS_PATH) -> MovieLens:
     """Read MovieLens from ``data``: a directory holding ``ratings.csv.gz``, or the CSV itself.
 
     Raises ``DatasetError`` naming the path (and where to get the data) when it is absent,
@@ -153,7 +153,7 @@ def load_movielens(data: str | os.PathLike[str] = DEFAULT_MOVIELENS_PATH) -> Mov
 
     Example::
 
-        ml = load_movielens("../shared/data/movielens_small")
+        ml = read_movielens("../shared/data/movielens_small")
         len(ml.ratings), ml.n_users, len(ml.catalogue)    # (100004, 671, 9066)
     """
     import pandas as pd
@@ -258,7 +258,7 @@ def movielens_queries(
         for X, relevance, movie_ids in movielens_queries(max_users=100):
             ...
     """
-    ml = data if isinstance(data, MovieLens) else load_movielens(data)
+    ml = data if isinstance(data, MovieLens) else read_movielens(data)
     if split == "validation":
         tables, targets = _inner_split(ml, seed=seed)
     else:
@@ -314,7 +314,7 @@ def training_examples(
 
     Example::
 
-        examples = training_examples(load_movielens(), seed=0)
+        examples = training_examples(read_movielens(), seed=0)
         examples.X.shape        # (343477, 14), 7,977 positives
     """
     tables, targets = _inner_split(ml, seed=seed)
@@ -373,9 +373,9 @@ def build_movielens(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with build_steps(6, progress) as step:
+    with progress_steps(6, progress) as step:
         step("load MovieLens")
-        ml = data if isinstance(data, MovieLens) else load_movielens(data)
+        ml = data if isinstance(data, MovieLens) else read_movielens(data)
         step("features of the inner split")
         tables, targets = _inner_split(ml, seed=seed)
         examples = _examples(tables, targets, negatives_per_user=NEGATIVES_PER_USER, seed=seed)

@@ -12,15 +12,10 @@ Example::
 
 from __future__ import annotations
 
-from cascade.routing._confidence import (
-    MAX_ISOTONIC_KNOTS,
-    calibrate,
-    confidence,
-    fit_isotonic,
-    fit_temperature,
-)
+from cascade.routing._confidence import calibrate, confidence
 from cascade.routing._decision import BatchResult, Decision, Reason, Step
 from cascade.routing._engine import Engine
+from cascade.routing._ranker import Ranker, Ranking, StageTrace
 from cascade.routing._scorers import SCORERS, FeatureScorer, OnnxScorer, Scorer, make_scorer
 from cascade.routing._strategies import (
     ROUTERS,
@@ -37,7 +32,6 @@ from cascade.routing._strategies import (
 )
 
 __all__ = [
-    "MAX_ISOTONIC_KNOTS",
     "ROUTERS",
     "SCORERS",
     "BatchResult",
@@ -48,18 +42,19 @@ __all__ = [
     "FeatureScorer",
     "OnnxScorer",
     "Pending",
+    "Ranker",
+    "Ranking",
     "Reason",
     "RouteContext",
     "Router",
     "Scorer",
     "SlaRouter",
     "SpeculativeRouter",
+    "StageTrace",
     "Step",
     "TierCall",
     "calibrate",
     "confidence",
-    "fit_isotonic",
-    "fit_temperature",
     "make_router",
     "make_scorer",
     "routed_tiers",

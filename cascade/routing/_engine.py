@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import math
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cascade.backends import Model, validate_batch
+from cascade.backends import CALL_DEADLINE, Model, validate_batch
 from cascade.errors import BackendError, CascadeError, InputError, ModelTimeout, PolicyError
 from cascade.load import CircuitBreaker, LoadSignals, Outcome
 from cascade.policy import ComplexityRouting, Policy, SlaRouting
@@ -28,14 +27,7 @@ from cascade.routing._decision import BatchResult
 from cascade.routing._scorers import Scorer, make_scorer
 from cascade.routing._strategies import RouteContext, Router, make_router, routed_tiers
 
-__all__ = ["CALL_DEADLINE", "Engine"]
-
-CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "cascade_call_deadline", default=None
-)
-"""The ``time.monotonic()`` by which the tier call running in this task must end (``None``:
-unbounded), set around each backend call: a remote backend sizes its network timeout and
-decides whether a retry still fits by it."""
+__all__ = ["Engine"]
 
 
 class _DeadlineCut(Exception):
@@ -179,7 +171,7 @@ class Engine:
                 f"no latency estimate for tier '{tier}' (tiers: {sorted(self._estimates)})"
             ) from None
 
-    async def _call(
+    async def _call_tier(
         self,
         tier: str,
         rows: np.ndarray,
@@ -294,7 +286,7 @@ class Engine:
 
     async def run(
         self,
-        rows: np.ndarray,
+        rows: Any,
         *,
         deadlines_ms: Sequence[float | None] | None = None,
         max_tiers: Sequence[str | None] | None = None,
@@ -312,13 +304,27 @@ class Engine:
         answers that differ from full quality because of it are flagged ``degraded``. A batch
         that does not fit the first tier's input raises ``InputError`` as a whole.
         """
+        batch = validate_batch(rows, self._backends[self._tiers[0]].input_spec)
+        return await self.run_validated(
+            batch, deadlines_ms=deadlines_ms, max_tiers=max_tiers, gear=gear
+        )
+
+    async def run_validated(
+        self,
+        batch: np.ndarray,
+        *,
+        deadlines_ms: Sequence[float | None] | None = None,
+        max_tiers: Sequence[str | None] | None = None,
+        gear: str | None = None,
+    ) -> BatchResult:
+        """:meth:`run` for a batch already checked by ``validate_batch`` against the first
+        tier's input (the serving path validates each request once, where it is parsed)."""
         start_s = self._clock()
-        policy, router, tiers = self._policy, self._router, self._tiers
-        batch = validate_batch(rows, self._backends[tiers[0]].input_spec)
+        policy, router = self._policy, self._router
         ctx = RouteContext(
             rows=batch,
             budgets_ms=self._budgets(policy, len(batch), deadlines_ms),
-            call=functools.partial(self._call, policy=policy),
+            call=functools.partial(self._call_tier, policy=policy),
             clock=self._clock,
             start_s=start_s,
             estimate=self.latency_estimate,

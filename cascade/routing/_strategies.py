@@ -9,7 +9,7 @@ is a few lines of numpy over confidences::
         async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
             call = await ctx.call("tiny", ctx.everyone())
             ctx.record(call, accepted=True)
-            ctx.answer(call, None, "last_tier")
+            ctx.settle(call, None, "last_tier")
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class RouteContext:
         call = await ctx.call("tiny", ctx.everyone())
         sure = confidence(call.probabilities, "max_prob") >= 0.9
         ctx.record(call, accepted=sure)
-        ctx.answer(call, sure, "confident")
+        ctx.settle(call, sure, "confident")
         if ctx.now_ms() + ctx.estimate("large") <= ctx.deadline_ms(call.idx[~sure]).min(): ...
     """
 
@@ -339,7 +339,7 @@ class RouteContext:
                 )
             )
 
-    def answer(
+    def settle(
         self,
         call: TierCall,
         which: np.ndarray | None,
@@ -446,7 +446,7 @@ async def _chain(
             attempt = await ctx.try_call(step.tier, open_rows)
             if isinstance(attempt, BackendError):
                 # the best answer already computed: the previous tier's, degraded
-                ctx.answer(previous, np.isin(previous.idx, open_rows), "fallback", degraded=True)
+                ctx.settle(previous, np.isin(previous.idx, open_rows), "fallback", degraded=True)
                 return
             call = attempt
         conf = _confidences(call, measure, step)
@@ -467,14 +467,14 @@ async def _chain(
                 fits = ctx.now_ms() + ctx.estimate(chain[k + 1].tier) <= ctx.deadline_ms(call.idx)
                 stop |= degraded | ~fits
         ctx.record(call, confidences=conf, threshold=threshold, accepted=stop)
-        ctx.answer(call, degraded, "deadline", degraded=True)
-        ctx.answer(call, stop & sure & ~degraded, "confident", degraded=loosened)
-        ctx.answer(call, stop & capped & ~sure & ~degraded, "max_tier", degraded=geared)
+        ctx.settle(call, degraded, "deadline", degraded=True)
+        ctx.settle(call, stop & sure & ~degraded, "confident", degraded=loosened)
+        ctx.settle(call, stop & capped & ~sure & ~degraded, "max_tier", degraded=geared)
         rest = stop & ~sure & ~degraded & ~capped
         if k < final:
-            ctx.answer(call, rest, "deadline")
+            ctx.settle(call, rest, "deadline")
         else:
-            ctx.answer(call, rest, "last_tier" if k == len(chain) - 1 else "max_escalations")
+            ctx.settle(call, rest, "last_tier" if k == len(chain) - 1 else "max_escalations")
         open_rows = call.idx[~stop]
         if open_rows.size == 0:
             return
@@ -491,7 +491,9 @@ class ConfidenceRouter:
     already had, ``degraded`` with reason ``fallback``.
     """
 
-    def __init__(self, routing: ConfidenceRouting, *, scorer: Scorer | None = None) -> None:
+    def __init__(
+        self, routing: ConfidenceRouting | SlaRouting, *, scorer: Scorer | None = None
+    ) -> None:
         self.routing = routing
 
     async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
@@ -499,20 +501,15 @@ class ConfidenceRouter:
         await _chain(ctx, r.chain, r.measure, r.max_escalations)
 
 
-class SlaRouter:
+class SlaRouter(ConfidenceRouter):
     """A confidence chain that never starts a tier its estimate says would end past a deadline.
 
     Rows that cannot fit the next tier are answered by the current one (reason
     ``deadline``). The first tier always runs: rows whose budget is below even its estimate
-    are answered by it, ``degraded`` and with reason ``deadline``.
+    are answered by it, ``degraded`` and with reason ``deadline``. The chain is the
+    confidence router's; what SLA routing adds is a default deadline for every request
+    (``default_deadline_ms``), applied by the engine.
     """
-
-    def __init__(self, routing: SlaRouting, *, scorer: Scorer | None = None) -> None:
-        self.routing = routing
-
-    async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
-        r = self.routing
-        await _chain(ctx, r.chain, r.measure, r.max_escalations)
 
 
 class ComplexityRouter:
@@ -600,13 +597,13 @@ class ComplexityRouter:
                 row_capped = capped[call.idx] & ~row_failed & ~row_late
                 plain = ~(row_failed | row_late | row_capped)
                 row_scores = scores[call.idx]
-                ctx.answer(call, plain, "band", scores=row_scores)
-                ctx.answer(call, row_capped, "max_tier", scores=row_scores,
+                ctx.settle(call, plain, "band", scores=row_scores)
+                ctx.settle(call, row_capped, "max_tier", scores=row_scores,
                            degraded=geared[call.idx])  # fmt: skip
-                ctx.answer(call, row_late & ~hopeless[call.idx], "deadline", scores=row_scores)
-                ctx.answer(call, row_late & hopeless[call.idx], "deadline", scores=row_scores,
+                ctx.settle(call, row_late & ~hopeless[call.idx], "deadline", scores=row_scores)
+                ctx.settle(call, row_late & hopeless[call.idx], "deadline", scores=row_scores,
                            degraded=True)  # fmt: skip
-                ctx.answer(call, row_failed, "fallback", scores=row_scores, degraded=True)
+                ctx.settle(call, row_failed, "fallback", scores=row_scores, degraded=True)
             plan = [(tier, np.concatenate(parts)) for tier, parts in retry.items()]
 
 
@@ -660,9 +657,9 @@ class SpeculativeRouter:
         loosened = sure & ~(conf >= r.threshold)
         geared = capped & ctx.allowed(r.expensive, everyone, gear=False)
         ctx.record(cheap, confidences=conf, threshold=threshold, accepted=sure | skip)
-        ctx.answer(cheap, sure, "speculative_cheap", degraded=loosened)
-        ctx.answer(cheap, capped & ~sure, "max_tier", degraded=geared)
-        ctx.answer(cheap, late & ~capped & ~sure, "deadline")
+        ctx.settle(cheap, sure, "speculative_cheap", degraded=loosened)
+        ctx.settle(cheap, capped & ~sure, "max_tier", degraded=geared)
+        ctx.settle(cheap, late & ~capped & ~sure, "deadline")
         if expensive_pending is None:
             return
         waiting = ~sure[expensive_pending.idx]
@@ -676,10 +673,10 @@ class SpeculativeRouter:
                                    expensive_pending.started_s, exc)  # fmt: skip
                 fallback = np.zeros(ctx.n, dtype=bool)
                 fallback[expensive_pending.idx[waiting]] = True
-                ctx.answer(cheap, fallback, "fallback", degraded=True)
+                ctx.settle(cheap, fallback, "fallback", degraded=True)
                 return
         ctx.record(expensive, accepted=waiting)
-        ctx.answer(expensive, waiting, "speculative_expensive")
+        ctx.settle(expensive, waiting, "speculative_expensive")
 
 
 RouterFactory = Callable[..., Router]

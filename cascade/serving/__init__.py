@@ -2,8 +2,7 @@
 
 The Open Inference Protocol (KServe v2) request/response layer, the coalescer that
 merges concurrent requests into engine batches, the framework-free HTTP service
-(routes, errors, admission, decision trace) that every runtime puts behind its server, and
-``HttpModel``, a tier answered by a remote v2 endpoint (split inference).
+(routes, errors, admission, decision trace) that every runtime puts behind its server.
 
 Example::
 
@@ -16,8 +15,6 @@ Example::
 from __future__ import annotations
 
 from cascade.serving._coalescer import Coalescer
-from cascade.serving._http_model import HttpModel
-from cascade.serving._limits import ServingLimits
 from cascade.serving._metrics import METRICS, MetricSpec, RecordingMetrics
 from cascade.serving._openapi import openapi_document
 from cascade.serving._protocol import (
@@ -37,12 +34,21 @@ from cascade.serving._service import (
     ServiceMetrics,
     unavailable,
 )
+from cascade.serving._settings import (
+    INGRESS,
+    AppArgs,
+    ServingLimits,
+    deployment_name,
+    ingress_options,
+    tier_options,
+)
 
 __all__ = [
+    "INGRESS",
     "METRICS",
     "OUTPUT_NAMES",
+    "AppArgs",
     "Coalescer",
-    "HttpModel",
     "HttpReply",
     "InferRequest",
     "InferenceService",
@@ -54,10 +60,13 @@ __all__ = [
     "ServiceMetrics",
     "ServingLimits",
     "build_infer_response",
+    "deployment_name",
     "error_body",
+    "ingress_options",
     "model_metadata",
     "openapi_document",
     "parse_infer_request",
     "policy_hash",
+    "tier_options",
     "unavailable",
 ]

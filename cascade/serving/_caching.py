@@ -56,15 +56,15 @@ class AnswerCaches:
         )
         self.counts = {"exact_hit": 0, "similar_hit": 0, "miss": 0}
 
-    async def answer(
+    async def read_through(
         self,
         version: str,
         rows: np.ndarray,
-        run: Callable[[np.ndarray], Awaitable[Answer]],
+        route: Callable[[np.ndarray], Awaitable[Answer]],
         *,
         deadline_ms: float | None,
     ) -> Answer:
-        """Answer ``rows``: cached ones from the caches, the rest by ``run`` (the cascade)."""
+        """Answer ``rows``: cached ones from the caches, the rest by ``route`` (the cascade)."""
         began = time.perf_counter()
         n = len(rows)
         cached: list[tuple[Any, str, float | None] | None] = [None] * n
@@ -96,7 +96,7 @@ class AnswerCaches:
         probabilities: np.ndarray | None = None
         decisions: list[Decision | None] = [None] * n
         if len(misses):
-            got, got_decisions = await run(rows[misses])
+            got, got_decisions = await route(rows[misses])
             probabilities = np.zeros((n, got.shape[1]), dtype=np.float32)
             probabilities[misses] = got
             for row, decision in zip(misses.tolist(), got_decisions, strict=True):

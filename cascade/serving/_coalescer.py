@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cascade.backends import InputSpec, validate_batch
 from cascade.errors import BackendError
 from cascade.routing import BatchResult, Decision
 
@@ -60,14 +59,12 @@ class Coalescer:
         max_batch_rows: int = 256,
         max_wait_ms: float = 2.0,
         eager: bool = True,
-        spec: InputSpec | None = None,
     ) -> None:
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
         if not max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         self._run = run
-        self._spec = spec or InputSpec(name="input", width=None)  # texts: dtype "string"
         self._eager = eager
         self._max_batch_rows = max_batch_rows
         self._max_wait_s = max_wait_ms / 1000.0
@@ -99,10 +96,11 @@ class Coalescer:
         """Answer ``rows`` as part of a coalesced batch: this request's probabilities and
         decisions, one per row.
 
-        ``rows`` are validated here (rank 2, real, finite) so that one bad request cannot
-        fail the batch it would have shared with others.
+        ``rows`` must be validated already (``validate_batch``, as the request parser
+        does), so that no bad request reaches a batch it would share with others: the
+        coalescer only merges them.
         """
-        batch = validate_batch(rows, self._spec)
+        batch = rows
         loop = asyncio.get_running_loop()
         if len(batch) >= self._max_batch_rows:
             result = await self._run(batch, [deadline_ms] * len(batch), [max_tier] * len(batch))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cascade.backends import InputSpec, validate_batch
+from cascade.backends import InputSpec, validate_batch, validate_texts
 from cascade.errors import InputError
 from cascade.policy import Policy
 
@@ -27,7 +27,11 @@ __all__ = [
     "error_body",
     "model_metadata",
     "parse_infer_request",
+    "parse_input",
+    "parse_json_object",
     "policy_hash",
+    "split_binary",
+    "type_name",
 ]
 
 OUTPUT_NAMES = ("probabilities", "label")
@@ -67,7 +71,8 @@ class InferRequest:
     output_names: list[str]
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """How an error message names a JSON value's type: ``null``, ``a string``, ``a list``..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -107,7 +112,8 @@ def _first_non_number(data: Any, path: str = "") -> tuple[str, Any] | None:
     return None if _is_number(data) else (path, data)
 
 
-def _parse_json(body: bytes, max_bytes: int) -> dict[str, Any]:
+def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
+    """A request body as a JSON object, or an ``InputError`` saying why it is not one."""
     if len(body) > max_bytes:
         raise InputError(f"request body is {len(body)} bytes; the limit is {max_bytes}")
     try:
@@ -117,7 +123,7 @@ def _parse_json(body: bytes, max_bytes: int) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise InputError(f"request body is not UTF-8 text: {exc}") from exc
     if not isinstance(document, dict):
-        raise InputError(f"request body must be a JSON object, got {_type_name(document)}")
+        raise InputError(f"request body must be a JSON object, got {type_name(document)}")
     return document
 
 
@@ -127,7 +133,7 @@ def _parse_parameters(
     if parameters is None:
         return None, None, True
     if not isinstance(parameters, dict):
-        raise InputError(f"'parameters' must be an object, got {_type_name(parameters)}")
+        raise InputError(f"'parameters' must be an object, got {type_name(parameters)}")
     deadline = parameters.get("deadline_ms")
     if deadline is not None and not (
         _is_number(deadline) and math.isfinite(deadline) and deadline > 0
@@ -151,7 +157,7 @@ def _parse_outputs(outputs: Any) -> list[str]:
     if outputs is None or outputs == []:
         return list(OUTPUT_NAMES)
     if not isinstance(outputs, list):
-        raise InputError(f"'outputs' must be a list, got {_type_name(outputs)}")
+        raise InputError(f"'outputs' must be a list, got {type_name(outputs)}")
     names: list[str] = []
     for i, output in enumerate(outputs):
         name = output.get("name") if isinstance(output, dict) else None
@@ -164,7 +170,7 @@ def _parse_outputs(outputs: Any) -> list[str]:
     return names
 
 
-def _parse_input(
+def parse_input(
     inputs: Any,
     *,
     input_name: str,
@@ -174,14 +180,17 @@ def _parse_input(
     binary: bytes | None = None,
     text: bool = False,
 ) -> np.ndarray:
+    """The request's one input (``inputs`` of a v2 body) as validated rows: float32
+    ``[n, width]`` (from JSON ``data`` or the binary extension's bytes), or with ``text`` a
+    1-D array of texts. Every value is checked here, once per request."""
     if not isinstance(inputs, list) or not inputs:
-        got = "none" if inputs is None or inputs == [] else _type_name(inputs)
+        got = "none" if inputs is None or inputs == [] else type_name(inputs)
         raise InputError(f"'inputs' must list one input named '{input_name}', got {got}")
     if len(inputs) != 1:
         raise InputError(f"expected exactly one input ('{input_name}'), got {len(inputs)}")
     tensor = inputs[0]
     if not isinstance(tensor, dict):
-        raise InputError(f"inputs[0] must be an object, got {_type_name(tensor)}")
+        raise InputError(f"inputs[0] must be an object, got {type_name(tensor)}")
     name = tensor.get("name")
     if name != input_name:
         if not isinstance(name, str):
@@ -189,7 +198,7 @@ def _parse_input(
         raise InputError(f"unknown input '{name}' (expected '{input_name}')")
     where = f"input '{input_name}'"
     if text:
-        return _text_rows(tensor, where, max_rows=max_rows)
+        return _text_rows(tensor, input_name, max_rows=max_rows)
     binary_size = _binary_size(tensor, where)
     for key in ("shape", "datatype") if binary_size is not None else ("shape", "datatype", "data"):
         if key not in tensor:
@@ -221,14 +230,13 @@ def _parse_input(
         )
     data = tensor["data"]
     if not isinstance(data, list):
-        raise InputError(f"{where}: 'data' must be a list of numbers, got {_type_name(data)}")
+        raise InputError(f"{where}: 'data' must be a list of numbers, got {type_name(data)}")
     return _to_rows(data, datatype, shape=(n_rows, width), input_name=input_name, body=body)
 
 
-def _text_rows(tensor: dict[str, Any], where: str, *, max_rows: int) -> np.ndarray:
+def _text_rows(tensor: dict[str, Any], input_name: str, *, max_rows: int) -> np.ndarray:
     """A ``BYTES`` input of texts, shape ``[n]`` or ``[n, 1]``, as a 1-D object array."""
-    from cascade.backends import InputSpec, validate_texts
-
+    where = f"input '{input_name}'"
     for key in ("shape", "datatype", "data"):
         if key not in tensor:
             raise InputError(f"{where}: missing '{key}'")
@@ -252,13 +260,13 @@ def _text_rows(tensor: dict[str, Any], where: str, *, max_rows: int) -> np.ndarr
         raise InputError(f"{where}: {n_rows} rows; the limit is {max_rows} per request")
     data = tensor["data"]
     if not isinstance(data, list):
-        raise InputError(f"{where}: 'data' must be a list of strings, got {_type_name(data)}")
+        raise InputError(f"{where}: 'data' must be a list of strings, got {type_name(data)}")
     flat = [d[0] if isinstance(d, list) and len(d) == 1 else d for d in data]
     if len(flat) != n_rows:
         raise InputError(
             f"{where}: data has {len(flat)} texts; shape {json.dumps(shape)} needs {n_rows}"
         )
-    return validate_texts(flat, InputSpec(name=where.split("'")[1], width=None, dtype="string"))
+    return validate_texts(flat, InputSpec(name=input_name, width=None, dtype="string"))
 
 
 def _binary_size(tensor: dict[str, Any], where: str) -> int | None:
@@ -314,7 +322,7 @@ def _to_rows(
         if found is not None:
             path, value = found
             raise InputError(
-                f"{where}: data{path} is {_type_name(value)}, not a number ({json.dumps(value)})"
+                f"{where}: data{path} is {type_name(value)}, not a number ({json.dumps(value)})"
             )
     if array.dtype.kind not in "iuf":  # all numbers, but integers too large for int64
         raise InputError(f"{where}: data holds integers beyond the 64-bit range")
@@ -384,13 +392,13 @@ def parse_infer_request(
         request.deadline_ms  # 20.0
     """
     body, binary = split_binary(body, header_length, max_bytes)
-    document = _parse_json(body, max_bytes)
+    document = parse_json_object(body, max_bytes)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise InputError(f"'id' must be a string, got {_type_name(request_id)}")
+        raise InputError(f"'id' must be a string, got {type_name(request_id)}")
     deadline_ms, max_tier, trace = _parse_parameters(document.get("parameters"), tiers)
     output_names = _parse_outputs(document.get("outputs"))
-    rows = _parse_input(
+    rows = parse_input(
         document.get("inputs"),
         input_name=input_name,
         width=width,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cascade.errors import InputError
-from cascade.serving._protocol import _parse_input, _parse_json, _type_name, split_binary
+from cascade.serving._protocol import parse_input, parse_json_object, split_binary, type_name
 
 __all__ = ["RankRequest", "build_rank_response", "parse_rank_request"]
 
@@ -45,7 +45,7 @@ def _count(parameters: dict[str, Any], key: str) -> int | None:
 
 def _parse_ids(tensor: Any, count: int) -> list[Any]:
     if not isinstance(tensor, dict):
-        raise InputError(f"input 'ids' must be an object, got {_type_name(tensor)}")
+        raise InputError(f"input 'ids' must be an object, got {type_name(tensor)}")
     datatype = tensor.get("datatype")
     if datatype not in ("BYTES", "INT64"):
         raise InputError(
@@ -84,13 +84,13 @@ def parse_rank_request(
         parse_rank_request(body, input_name="input", width=1).k   # 1
     """
     body, binary = split_binary(body, header_length, max_bytes)
-    document = _parse_json(body, max_bytes)
+    document = parse_json_object(body, max_bytes)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise InputError(f"'id' must be a string, got {_type_name(request_id)}")
+        raise InputError(f"'id' must be a string, got {type_name(request_id)}")
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise InputError(f"'parameters' must be an object, got {_type_name(parameters)}")
+        raise InputError(f"'parameters' must be an object, got {type_name(parameters)}")
     trace = parameters.get("trace", True)
     if not isinstance(trace, bool):
         raise InputError(f"parameters.trace must be true or false, got {json.dumps(trace)}")
@@ -106,7 +106,7 @@ def parse_rank_request(
         )
     if input_name not in named:
         raise InputError(f"missing input '{input_name}' (the candidates' features)")
-    rows = _parse_input(
+    rows = parse_input(
         [named[input_name]],
         input_name=input_name,
         width=width,

@@ -2,9 +2,7 @@
 
 One object answers ``(method, path, headers, body)`` with an :class:`HttpReply`. The Ray
 ingress calls it from its ``__call__``, a plain ASGI server from its app: the routes, errors,
-admission and decision trace exist once. No web framework sits on the request path: on this
-machine FastAPI's routing and middleware cost about 6 % of a served request's latency, as
-much as the whole cascade engine.
+admission and decision trace exist once. No web framework sits on the request path.
 
 Routes::
 
@@ -19,13 +17,13 @@ import json
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from cascade.errors import CascadeError, CircuitOpen, InputError
-from cascade.policy import parse_policy
+from cascade.policy import PolicyFile, parse_policy
 from cascade.serving._protocol import (
     build_infer_response,
     error_body,
@@ -148,34 +146,37 @@ class InferenceService:
 
     def apply_policies(
         self,
-        policies: list[PolicyText],
+        policies: Sequence[PolicyText | PolicyFile],
         *,
         remote: Callable[[str], Mapping[str, RemoteFactory]],
     ) -> None:
         """Serve ``policies``: new thresholds swap in without rebuilding the engine.
 
-        ``remote(policy_name)`` gives the backends of that policy's tiers that do not run
-        here. A policy that does not validate is refused and the one serving stays; the
+        Each is a policy file's text as shipped to this process (parsed and checked here) or
+        one already read in this process (:func:`~cascade.policy.read_policy`: not parsed
+        again). ``remote(policy_name)`` gives the backends of that policy's tiers that do not
+        run here. A policy that does not validate is refused and the one serving stays; the
         error is reported in that model's metadata. Never raises: a failed reload must not
         take down the good policies this service answers for.
         """
         for item in policies:
-            path = Path(item.path)
+            key = item.path if isinstance(item, PolicyText) else str(item.path or item.policy.name)
             try:
-                loaded = parse_policy(
-                    item.text, source=str(path), base_dir=path.parent, check_files=True
-                )
-                name = loaded.policy.name
+                if isinstance(item, PolicyText):
+                    item = parse_policy(
+                        item.text, source=key, base_dir=Path(key).parent, check_files=True
+                    )
+                name = item.policy.name
                 current = self.models.get(name)
-                if current is not None and current.same_tiers(loaded.policy):
-                    current.set_policy(loaded.policy)
+                if current is not None and current.same_tiers(item.policy):
+                    current.set_policy(item.policy)
                 else:
                     self.models[name] = serve_policy(
-                        loaded, remote=remote(name), coalesce_ms=self.coalesce_ms
+                        item, remote=remote(name), coalesce_ms=self.coalesce_ms
                     )
-                self.reload_errors.pop(str(path), None)
+                self.reload_errors.pop(key, None)
             except CascadeError as exc:
-                self.reload_errors[str(path)] = str(exc)
+                self.reload_errors[key] = str(exc)
 
     # ---- dispatch ----------------------------------------------------------------------
 
@@ -356,7 +357,7 @@ class InferenceService:
         if gears:  # no gears: nothing to shift, and no cost per request
             served.shifter.update(served.in_flight)
         try:
-            probabilities, decisions = await served.answer(
+            probabilities, decisions = await served.infer(
                 parsed.rows, deadline_ms=parsed.deadline_ms, max_tier=parsed.max_tier
             )
         except (TimeoutError, CascadeError) as exc:

@@ -129,7 +129,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _load_weights(path: Path) -> dict[str, npt.NDArray[Any]]:
+def _read_weights(path: Path) -> dict[str, npt.NDArray[Any]]:
     try:
         from safetensors.numpy import load_file
     except ImportError as exc:
@@ -313,7 +313,7 @@ def build_minilm_graph(
         _verify(directory)
     cfg = MiniLMConfig.from_dir(directory)
     checked_head = _check_head(head, cfg.hidden_size) if head is not None else None
-    tensors = _load_weights(directory / "model.safetensors")
+    tensors = _read_weights(directory / "model.safetensors")
     weights = _Weights(tensors, directory / "model.safetensors")
     vocab_size = int(tensors.get("embeddings.word_embeddings.weight", np.empty((0, 0))).shape[0])
 

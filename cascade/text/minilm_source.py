@@ -33,8 +33,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from cascade.catalog import sha256_of
 from cascade.errors import BuildError
-from cascade.zoo.cards import sha256_of
 
 __all__ = [
     "CACHE_ENV",

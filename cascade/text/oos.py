@@ -13,12 +13,24 @@ fits its threshold like any other step's.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
+from cascade.backends.featurize import HashedCharNgrams
+from cascade.backends.text import TextModel
+from cascade.catalog import Fidelity
 from cascade.errors import BuildError
-from cascade.zoo.cards import Fidelity
+from cascade.text.common import (
+    TextBuild,
+    linear_text_onnx,
+    predict_all,
+    save_model,
+    text_card,
+    texts_of,
+    to_csr,
+    write_sidecar,
+)
+from cascade.zoo.export import FIDELITY_TOLERANCE, check_fidelity
 
 __all__ = ["OOS_LABEL", "build_oos_filter"]
 
@@ -26,21 +38,9 @@ OOS_LABEL = "oos"
 _C = 10.0
 
 
-def build_oos_filter(ctx: Any) -> None:
+def build_oos_filter(ctx: TextBuild) -> None:
     """Build ``oos.onnx`` (+ sidecar and card) into ``ctx.out`` for a dataset with ``oos``."""
     from sklearn.linear_model import LogisticRegression
-
-    from cascade.text.backend import TextModel
-    from cascade.text.build import (
-        _card,
-        _predict_all,
-        _save,
-        _texts,
-        _write_sidecar,
-        linear_text_onnx,
-    )
-    from cascade.text.featurize import HashedCharNgrams
-    from cascade.zoo.export import FIDELITY_TOLERANCE, check_fidelity
 
     ds = ctx.dataset
     if OOS_LABEL not in ds.classes:
@@ -48,7 +48,7 @@ def build_oos_filter(ctx: Any) -> None:
     oos = ds.classes.index(OOS_LABEL)
     featurizer = HashedCharNgrams(n_features=2**14)
     ctx.step("oos filter: featurizing")
-    X = featurizer.transform(_texts(ds.train.X)).csr()
+    X = to_csr(featurizer.transform(texts_of(ds.train.X)))
     y = (np.asarray(ds.train.y) == oos).astype(np.int64)
     ctx.step("oos filter: training logistic regression (in scope vs oos)")
     estimator = LogisticRegression(C=_C, class_weight="balanced", max_iter=2000,
@@ -62,16 +62,16 @@ def build_oos_filter(ctx: Any) -> None:
     path = ctx.out / "oos.onnx"
     metadata = {"tier": "oos", "dataset": ds.name, "classes": list(ds.classes),
                 "kind": featurizer.kind}  # fmt: skip
-    _save(linear_text_onnx(W, b, metadata=metadata), path)
-    _write_sidecar(path, featurizer.to_json())
+    save_model(linear_text_onnx(W, b, metadata=metadata), path)
+    write_sidecar(path, featurizer.to_json())
     model = TextModel(path)
-    test_texts = _texts(ds.test.X)
-    probabilities = _predict_all(model, test_texts)
-    reference = estimator.predict_proba(featurizer.transform(test_texts).csr())[:, 1]
+    test_texts = texts_of(ds.test.X)
+    probabilities = predict_all(model, test_texts)
+    reference = estimator.predict_proba(to_csr(featurizer.transform(test_texts)))[:, 1]
     worst = check_fidelity(probabilities[:, oos], reference, what=f"{ds.name}/oos")
     test_oos = np.asarray(ds.test.y) == oos
     caught = probabilities[:, oos] >= 0.5
-    _card(
+    text_card(
         ctx,
         model,
         tier="oos",

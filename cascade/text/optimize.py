@@ -33,8 +33,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from cascade.backends.tokenize import Tokenizer
 from cascade.errors import BuildError
-from cascade.text.tokenize import Tokenizer
 
 __all__ = [
     "VARIANTS",
@@ -338,7 +338,7 @@ def format_variant_table(rows: Sequence[VariantRow]) -> str:
 
         print(format_variant_table(rows))
     """
-    from cascade.zoo.cards import table
+    from cascade._table import table
 
     threads = sorted({n for row in rows for n in row.b1_ms})
     header = [

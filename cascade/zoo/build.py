@@ -13,8 +13,7 @@ Compression options add variants of an MLP student beside the three tiers:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,16 +22,8 @@ from typing import Any, Literal
 import numpy as np
 
 from cascade.backends.onnx import OnnxModel
+from cascade.catalog import Fidelity, ModelCard, sha256_of, write_card
 from cascade.errors import BuildError
-from cascade.zoo.cards import (
-    BATCH_SIZES,
-    COST_BATCH,
-    Fidelity,
-    ModelCard,
-    measure_latency,
-    sha256_of,
-    write_card,
-)
 from cascade.zoo.datasets import Dataset
 from cascade.zoo.export import (
     FIDELITY_TOLERANCE,
@@ -41,6 +32,7 @@ from cascade.zoo.export import (
     onnx_probabilities,
     sklearn_to_onnx,
 )
+from cascade.zoo.measure import measure_latency, progress_steps, with_relative_costs
 from cascade.zoo.tiers import TierRecipe, recipes_for
 
 __all__ = ["CompressionOptions", "build_zoo"]
@@ -333,41 +325,6 @@ def _build_students(ctx: _Context, teacher: Any, options: CompressionOptions) ->
         )
 
 
-def _with_relative_costs(cards: Sequence[ModelCard]) -> list[ModelCard]:
-    large = next((c for c in cards if c.tier == "large" and c.variant is None), None)
-    if large is None:
-        return list(cards)
-    out = []
-    for card in cards:
-        by_batch = {
-            b: card.latency.per_row_us[b] / large.latency.per_row_us[b] for b in BATCH_SIZES
-        }
-        out.append(
-            card.model_copy(
-                update={"relative_cost": by_batch[COST_BATCH], "relative_cost_by_batch": by_batch}
-            )
-        )
-    return out
-
-
-@contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
-    from tqdm import tqdm
-
-    with tqdm(total=total, disable=not enabled, unit="step", leave=False) as bar:
-        first = True
-
-        def step(label: str) -> None:
-            nonlocal first
-            if not first:
-                bar.update(1)
-            first = False
-            bar.set_description(label)
-
-        yield step
-        bar.update(1)
-
-
 def build_zoo(
     dataset: Dataset,
     out_dir: str | Path,
@@ -380,22 +337,14 @@ def build_zoo(
 
     Example::
 
-        cards = build_zoo(load_dataset("digits"), "models/digits")
+        cards = build_zoo(read_dataset("digits"), "models/digits")
         print(format_cards(cards))
     """
-    if dataset.kind == "text":  # hashed char-grams, TF-IDF, MiniLM: cascade.text
-        if compression is not None and compression.wants_student:
-            raise BuildError(
-                "distill / quantize / prune apply to tabular tiers; the text tiers ship their "
-                "own INT8 MiniLM"
-            )
-        from cascade.text.build import build_text_zoo
-
-        tiers = ("tiny", "small", "large", *(("oos",) if "oos" in dataset.classes else ()))
-        cards: list[ModelCard] = build_text_zoo(
-            dataset, Path(out_dir), progress=progress, tiers=tiers
+    if dataset.kind == "text":
+        raise BuildError(
+            f"dataset '{dataset.name}' holds texts: build its tiers with "
+            "cascade.text.build_text_zoo (or `cascade models build`)"
         )
-        return cards
     if dataset.kind != "tabular":
         raise BuildError(f"dataset '{dataset.name}' is {dataset.kind}; no tiers for that kind")
     compression = compression or CompressionOptions()
@@ -409,7 +358,7 @@ def build_zoo(
         steps += int(compression.prune is not None)
     began = time.perf_counter()
     versions = library_versions()
-    with _progress(steps, progress) as step:
+    with progress_steps(steps, progress) as step:
         ctx = _Context(
             dataset=dataset,
             out=out,
@@ -424,7 +373,7 @@ def build_zoo(
             _build_students(ctx, estimators["large"], compression)
 
     built_at = datetime.now(UTC).isoformat(timespec="seconds")
-    cards = _with_relative_costs(ctx.cards)
+    cards = with_relative_costs(ctx.cards)
     final = []
     for card in cards:
         card = card.model_copy(

@@ -6,11 +6,13 @@ Built-in datasets (all bundled, no network):
 - ``covertype``: a 92,962-row stratified subset of UCI Covertype, 54 features, 7 classes.
 - ``clinc150``: CLINC150 intent queries ("full" variant), short texts, 150 intents + ``oos``.
 
-Split rule for tabular data (digits, covertype and user tables from :func:`load_table`):
+Split rule for tabular data (digits, covertype and user tables from :func:`read_table`):
 stratified 60% train / 20% calibration / 20% test, made by two calls of
 :func:`sklearn.model_selection.train_test_split` with ``random_state=seed``: first 40% of the
 rows are held out from train, then the held-out rows are halved into calibration and test.
 The same seed always gives the same splits; every class has rows in every split.
+:func:`read_table_rows` reads a user's table whole instead (a held-out file to score),
+with the same checks and the same label encoding, and no split.
 
 CLINC150 keeps its own official splits instead (the seed is recorded but changes nothing):
 train = ``train`` + ``oos_train``, calibration = ``val`` + ``oos_val``,
@@ -20,7 +22,7 @@ All arrays are read-only, because loaded datasets are cached and shared; copy be
 
 Example::
 
-    >>> ds = load_dataset("digits")
+    >>> ds = read_dataset("digits")
     >>> ds.split_sizes()
     {'train': 1078, 'calibration': 359, 'test': 360}
 """
@@ -30,7 +32,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,10 +49,12 @@ if TYPE_CHECKING:
 __all__ = [
     "DATASETS",
     "Dataset",
+    "LabelledTable",
     "Split",
     "available_datasets",
-    "load_dataset",
-    "load_table",
+    "read_dataset",
+    "read_table",
+    "read_table_rows",
 ]
 
 _DATA_DIR = Path(__file__).with_name("data")
@@ -85,7 +89,7 @@ class Split:
 
     Example::
 
-        >>> split = load_dataset("digits").test
+        >>> split = read_dataset("digits").test
         >>> split.X.shape, split.y.shape
         ((360, 64), (360,))
     """
@@ -106,11 +110,12 @@ class Dataset:
     """A classification dataset split into train, calibration and test.
 
     ``classes`` are the original label values as strings, in ``np.unique`` order of the
-    original values (numbers sort numerically); ``y`` in each split indexes into it.
+    original values (numbers sort numerically), or the order a user's table was read into
+    (``read_table(classes=...)``); ``y`` in each split indexes into it.
 
     Example::
 
-        >>> ds = load_dataset("covertype")
+        >>> ds = read_dataset("covertype")
         >>> ds.n_features, ds.n_classes, ds.classes[:3]
         (54, 7, ('1', '2', '3'))
     """
@@ -190,16 +195,10 @@ def _tabular(
     )
 
 
-def _text_table(
-    frame: pd.DataFrame,
-    *,
-    where: str,
-    label_column: str,
-    text_column: str,
-    name: str,
-    source: str,
-    seed: int,
-) -> Dataset:
+def _text_inputs(
+    frame: pd.DataFrame, *, where: str, label_column: str, text_column: str
+) -> npt.NDArray[Any]:
+    """The text column as an object array of ``str``, after the text table's checks."""
     if text_column not in frame.columns:
         shown = ", ".join(list(frame.columns)[:_MAX_LISTED_COLUMNS])
         raise DatasetError(f"{where}: text column {text_column!r} not found (columns: {shown})")
@@ -216,23 +215,9 @@ def _text_table(
     if labels.isna().any():
         first = int(np.flatnonzero(labels.isna().to_numpy())[0])
         raise DatasetError(f"{where}: label column {label_column!r} is missing at row {first}")
-    classes, y = _encode_labels(labels.to_numpy())
-    counts = np.bincount(y, minlength=len(classes))
-    if len(classes) < 2 or counts.min() < _MIN_ROWS_PER_CLASS:
-        worst = int(np.argmin(counts))
-        raise DatasetError(
-            f"{where}: need at least 2 classes of {_MIN_ROWS_PER_CLASS} rows each in "
-            f"{label_column!r}; class {classes[worst]!r} has {counts[worst]}"
-        )
     X = np.empty(len(texts), dtype=object)
     X[:] = texts.tolist()
-    parts = [
-        Split(X=_read_only(X[rows]), y=_read_only(y[rows])) for rows in _split_indices(y, seed=seed)
-    ]
-    return Dataset(
-        name=name, kind="text", feature_names=(text_column,), classes=classes,
-        train=parts[0], calibration=parts[1], test=parts[2], source=source, seed=seed,
-    )  # fmt: skip
+    return X
 
 
 def _encode_labels(labels: npt.NDArray[Any]) -> tuple[tuple[str, ...], npt.NDArray[np.int64]]:
@@ -244,10 +229,59 @@ def _encode_labels(labels: npt.NDArray[Any]) -> tuple[tuple[str, ...], npt.NDArr
     return tuple(str(v) for v in values), codes.astype(np.int64).reshape(-1)
 
 
+def _as_number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _relabel(
+    own: tuple[str, ...],
+    y: npt.NDArray[np.int64],
+    classes: Sequence[str],
+    *,
+    where: str,
+    label_column: str,
+) -> npt.NDArray[np.int64]:
+    """``y`` (indices into the table's own sorted labels ``own``) as indices into ``classes``.
+
+    A label matches a class by its text, else by its number ("1" and "1.0" are one class),
+    so a table whose label column reads back as floats still lines up with integer classes.
+    """
+    exact = {c: i for i, c in enumerate(classes)}
+    numbers: dict[float, int] = {}
+    for i, c in enumerate(classes):
+        value = _as_number(c)
+        if value is not None:
+            numbers[value] = -1 if value in numbers else i  # -1: two classes, one number
+    lookup = np.empty(len(own), dtype=np.int64)
+    unknown = []
+    for j, label in enumerate(own):
+        index = exact.get(label)
+        if index is None and (value := _as_number(label)) is not None:
+            index = numbers.get(value)
+        if index is None or index < 0:
+            unknown.append(label)
+        else:
+            lookup[j] = index
+    if unknown:
+        shown = _quoted(list(classes)[:_MAX_LISTED_COLUMNS])
+        if len(classes) > _MAX_LISTED_COLUMNS:
+            shown += ", ..."
+        noun = "a label" if len(unknown) == 1 else f"{len(unknown)} labels"
+        raise DatasetError(
+            f"{where}: label column {label_column!r} has {noun} the model does not know: "
+            f"{_quoted(unknown[:_MAX_LISTED_COLUMNS])} (its classes: {shown})"
+        )
+    return lookup[y]
+
+
 # --- built-in datasets -------------------------------------------------------------------
 
 
-def _load_digits(*, seed: int = 0) -> Dataset:
+def _read_digits(*, seed: int = 0) -> Dataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -271,7 +305,7 @@ def _covertype_arrays() -> tuple[npt.NDArray[np.float32], npt.NDArray[Any], tupl
     return X, _read_only(labels), tuple(str(c) for c in frame.columns)
 
 
-def _load_covertype(*, seed: int = 0) -> Dataset:
+def _read_covertype(*, seed: int = 0) -> Dataset:
     X, labels, feature_names = _covertype_arrays()
     classes, y = _encode_labels(labels)
     return _tabular(
@@ -294,7 +328,7 @@ def _clinc150_raw() -> dict[str, list[list[str]]]:
     return raw
 
 
-def _load_clinc150(*, seed: int = 0) -> Dataset:
+def _read_clinc150(*, seed: int = 0) -> Dataset:
     raw = _clinc150_raw()
     parts = {
         "train": raw["train"] + raw["oos_train"],
@@ -322,14 +356,14 @@ def _load_clinc150(*, seed: int = 0) -> Dataset:
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
-    "clinc150": _load_clinc150,
-    "covertype": _load_covertype,
-    "digits": _load_digits,
+    "clinc150": _read_clinc150,
+    "covertype": _read_covertype,
+    "digits": _read_digits,
 }
 
 
 def available_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`, sorted.
+    """Names accepted by :func:`read_dataset`, sorted.
 
     Example::
 
@@ -340,16 +374,16 @@ def available_datasets() -> list[str]:
 
 
 @lru_cache(maxsize=16)
-def _load_builtin(name: str, seed: int) -> Dataset:
+def _read_builtin(name: str, seed: int) -> Dataset:
     return DATASETS[name](seed=seed)
 
 
-def load_dataset(name: str, *, seed: int = 0) -> Dataset:
+def read_dataset(name: str, *, seed: int = 0) -> Dataset:
     """Load a built-in dataset by name; cached per ``(name, seed)``, arrays are read-only.
 
     Example::
 
-        >>> ds = load_dataset("digits", seed=0)
+        >>> ds = read_dataset("digits", seed=0)
         >>> ds.n_features, ds.n_classes
         (64, 10)
     """
@@ -358,10 +392,48 @@ def load_dataset(name: str, *, seed: int = 0) -> Dataset:
             f"unknown dataset {name!r} (available: {', '.join(available_datasets())}); "
             "to use your own table, pass --data FILE --label-column COL"
         )
-    return _load_builtin(name, seed)
+    return _read_builtin(name, seed)
 
 
 # --- user tables -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledTable:
+    """Every row of a user's table, unsplit: what :func:`read_table_rows` returns.
+
+    ``rows.y`` indexes into ``classes``: the table's own labels sorted as
+    :func:`read_table` sorts them, or the class order passed in (a model's).
+
+    Example::
+
+        >>> table = read_table_rows("held_out.csv", label_column="species")
+        >>> len(table), table.classes
+        (3080, ('cat', 'dog', 'eel'))
+    """
+
+    name: str
+    kind: Literal["tabular", "text"]
+    feature_names: tuple[str, ...]
+    classes: tuple[str, ...]
+    rows: Split
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True, eq=False)
+class _Rows:
+    """A table's checked inputs and raw labels, before any encoding or split."""
+
+    name: str
+    kind: Literal["tabular", "text"]
+    feature_names: tuple[str, ...]
+    X: npt.NDArray[Any]
+    labels: npt.NDArray[Any]
+    where: str
+    source: str
 
 
 def _table_suffix(path: Path) -> str | None:
@@ -459,31 +531,14 @@ def _feature_matrix(
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
-def load_table(
+def _open_table(
     path: str | os.PathLike[str],
     *,
     label_column: str,
-    seed: int = 0,
-    name: str | None = None,
-    text_column: str | None = None,
-) -> Dataset:
-    """Load a user's CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``) table.
-
-    With ``text_column`` the dataset is of kind ``text``: that column holds the inputs (one
-    non-empty string per row) and the other columns besides the label are ignored.
-
-    ``label_column`` holds the classes (strings or numbers); every other column is a feature
-    and must be numeric (booleans count as 0/1) with no missing or infinite values. Each class
-    needs at least 5 rows. Rows are split 60/20/20 as described in the module docstring.
-    Parquet needs pyarrow (``pip install "cascade[parquet]"``). Every problem raises
-    :class:`~cascade.errors.DatasetError` naming the file and the column.
-
-    Example::
-
-        >>> ds = load_table("flowers.csv", label_column="species")
-        >>> ds.name, ds.kind
-        ('flowers', 'tabular')
-    """
+    text_column: str | None,
+    name: str | None,
+) -> _Rows:
+    """Read a user's table and check its columns; labels are left raw."""
     file = Path(path)
     where = str(path)
     if not file.exists():
@@ -505,12 +560,13 @@ def load_table(
         if len(columns) > _MAX_LISTED_COLUMNS:
             shown += ", ..."
         raise DatasetError(f"{where}: label column {label_column!r} not found (columns: {shown})")
+    table_name = name if name is not None else file.name[: -len(suffix)]
+    source = str(file.resolve())
     if text_column is not None:
-        return _text_table(
-            frame, where=where, label_column=label_column, text_column=text_column,
-            name=name if name is not None else file.name[: -len(suffix)],
-            source=str(file.resolve()), seed=seed,
-        )  # fmt: skip
+        texts = _text_inputs(frame, where=where, label_column=label_column,
+                             text_column=text_column)  # fmt: skip
+        return _Rows(name=table_name, kind="text", feature_names=(text_column,), X=texts,
+                     labels=frame[label_column].to_numpy(), where=where, source=source)  # fmt: skip
     features = [c for c in columns if c != label_column]
     if not features:
         raise DatasetError(f"{where}: no feature columns besides label column {label_column!r}")
@@ -527,14 +583,29 @@ def load_table(
 
     _check_missing(frame, where=where, label_column=label_column)
     X = _feature_matrix(frame, where=where, features=features)
+    return _Rows(name=table_name, kind="tabular", feature_names=tuple(features), X=X,
+                 labels=frame[label_column].to_numpy(), where=where, source=source)  # fmt: skip
 
-    classes, y = _encode_labels(frame[label_column].to_numpy())
+
+def _check_splittable(
+    rows: _Rows, classes: tuple[str, ...], y: npt.NDArray[np.int64], *, label_column: str
+) -> None:
+    """Refuse what a stratified 60/20/20 split cannot take: one class, or tiny classes."""
+    where = rows.where
+    counts = np.bincount(y, minlength=len(classes))
+    if rows.kind == "text":
+        if len(classes) < 2 or counts.min() < _MIN_ROWS_PER_CLASS:
+            worst = int(np.argmin(counts))
+            raise DatasetError(
+                f"{where}: need at least 2 classes of {_MIN_ROWS_PER_CLASS} rows each in "
+                f"{label_column!r}; class {classes[worst]!r} has {counts[worst]}"
+            )
+        return
     if len(classes) < 2:
         raise DatasetError(
             f"{where}: label column {label_column!r} has a single class ({classes[0]}); "
             "need at least 2"
         )
-    counts = np.bincount(y, minlength=len(classes))
     small = [i for i in range(len(classes)) if counts[i] < _MIN_ROWS_PER_CLASS]
     if small:
         first = small[0]
@@ -547,12 +618,78 @@ def load_table(
             message += f" (also too small: {_quoted([classes[i] for i in small[1:]])})"
         raise DatasetError(message)
 
-    return _tabular(
-        name=name if name is not None else file.name[: -len(suffix)],
-        X=X,
-        y=y,
-        feature_names=tuple(features),
-        classes=classes,
-        source=str(file.resolve()),
-        seed=seed,
-    )
+
+def read_table(
+    path: str | os.PathLike[str],
+    *,
+    label_column: str,
+    seed: int = 0,
+    name: str | None = None,
+    text_column: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> Dataset:
+    """Load a user's CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``) table.
+
+    With ``text_column`` the dataset is of kind ``text``: that column holds the inputs (one
+    non-empty string per row) and the other columns besides the label are ignored.
+
+    ``label_column`` holds the classes (strings or numbers); every other column is a feature
+    and must be numeric (booleans count as 0/1) with no missing or infinite values. Each class
+    needs at least 5 rows. Rows are split 60/20/20 as described in the module docstring.
+    ``classes`` (a model's class order, e.g. its card's ``classes``) makes ``y`` index into
+    them instead of the table's own sorted labels; the split is the same either way, and a
+    label not among them is an error. Parquet needs pyarrow (``pip install
+    "cascade[parquet]"``). Every problem raises :class:`~cascade.errors.DatasetError` naming
+    the file and the column. To read a table whole, unsplit, use :func:`read_table_rows`.
+
+    Example::
+
+        >>> ds = read_table("flowers.csv", label_column="species")
+        >>> ds.name, ds.kind
+        ('flowers', 'tabular')
+    """
+    rows = _open_table(path, label_column=label_column, text_column=text_column, name=name)
+    own, y = _encode_labels(rows.labels)
+    _check_splittable(rows, own, y, label_column=label_column)
+    # Split on the table's own codes, so the rows of each part never depend on ``classes``.
+    parts = _split_indices(y, seed=seed)
+    if classes is not None:
+        y = _relabel(own, y, classes, where=rows.where, label_column=label_column)
+    splits = [Split(X=_read_only(rows.X[i]), y=_read_only(y[i])) for i in parts]
+    return Dataset(
+        name=rows.name, kind=rows.kind, feature_names=rows.feature_names,
+        classes=own if classes is None else tuple(classes),
+        train=splits[0], calibration=splits[1], test=splits[2], source=rows.source, seed=seed,
+    )  # fmt: skip
+
+
+def read_table_rows(
+    path: str | os.PathLike[str],
+    *,
+    label_column: str,
+    name: str | None = None,
+    text_column: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> LabelledTable:
+    """Every row of a user's table with its label, unsplit: a held-out file to score whole.
+
+    The file and its columns are checked as :func:`read_table` checks them, and labels are
+    encoded the same way (``classes``: a model's class order; default the table's own sorted
+    labels), but nothing is split, so any number of classes and of rows per class will do.
+
+    Example::
+
+        >>> table = read_table_rows("held_out.csv", label_column="species",
+        ...                         classes=("cat", "dog", "eel"))
+        >>> len(table), table.rows.y[:3]
+        (3080, array([2, 0, 0]))
+    """
+    rows = _open_table(path, label_column=label_column, text_column=text_column, name=name)
+    own, y = _encode_labels(rows.labels)
+    if classes is not None:
+        y = _relabel(own, y, classes, where=rows.where, label_column=label_column)
+    return LabelledTable(
+        name=rows.name, kind=rows.kind, feature_names=rows.feature_names,
+        classes=own if classes is None else tuple(classes),
+        rows=Split(X=_read_only(rows.X), y=_read_only(y)), source=rows.source,
+    )  # fmt: skip

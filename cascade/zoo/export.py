@@ -14,6 +14,7 @@ from cascade.errors import BuildError, FidelityError
 
 __all__ = [
     "FIDELITY_TOLERANCE",
+    "bool_attributes_as_ints",
     "check_fidelity",
     "library_versions",
     "onnx_probabilities",
@@ -28,7 +29,7 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 
 @contextmanager
-def _bool_attributes_as_ints() -> Iterator[None]:
+def bool_attributes_as_ints() -> Iterator[None]:
     """Work around skl2onnx 1.20 under protobuf >= 7 for HistGradientBoosting.
 
     skl2onnx passes ``nodes_missing_value_tracks_true`` as a list of numpy bools; protobuf 7
@@ -76,7 +77,7 @@ def sklearn_to_onnx(
 
     classifier = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
     try:
-        with _bool_attributes_as_ints():
+        with bool_attributes_as_ints():
             graph = convert_sklearn(
                 estimator,
                 initial_types=[(input_name, FloatTensorType([None, n_features]))],

@@ -30,7 +30,7 @@ _CALIBRATION_BATCH = 256
 _CALIBRATION_PERCENTILE = 99.9
 
 
-def _load(path: Path) -> onnx.ModelProto:
+def _read_model(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise BuildError(f"{path}: no such ONNX file")
     try:
@@ -62,11 +62,11 @@ def has_quantizable_ops(model_path: Path) -> bool:
         has_quantizable_ops(Path("student.onnx"))   # True
         has_quantizable_ops(Path("forest.onnx"))    # False: TreeEnsembleClassifier only
     """
-    return _has_quantizable_ops(_load(model_path))
+    return _has_quantizable_ops(_read_model(model_path))
 
 
 def _require_quantizable(src: Path) -> onnx.ModelProto:
-    model = _load(src)
+    model = _read_model(src)
     if not _has_quantizable_ops(model):
         raise BuildError(
             f"{src}: no MatMul/Gemm/Conv nodes to quantize "

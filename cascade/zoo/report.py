@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cascade.zoo.cards import ModelCard, table
+from cascade._table import table
+from cascade.catalog import ModelCard
 
 __all__ = ["format_compression"]
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from cascade import OnnxModel
-from cascade.zoo import CompressionOptions, build_zoo, load_dataset
+from cascade.zoo import CompressionOptions, build_zoo, read_dataset
 
 
 @pytest.mark.slow
 def test_covertype_tiers_span_a_real_accuracy_range(tmp_path: Path) -> None:
-    dataset = load_dataset("covertype")
+    dataset = read_dataset("covertype")
     cards = {
         c.name: c
         for c in build_zoo(

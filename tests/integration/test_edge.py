@@ -23,21 +23,21 @@ from cli_server import CliServer
 
 from cascade.edge import EdgeSettings, build_edge_app
 from cascade.edge.testing import FlakyEndpoint, Mode, ThreadedServer
-from cascade.zoo import load_dataset
+from cascade.zoo import read_dataset
 
 pytest.importorskip("uvicorn")
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "policies" / "models" / "digits"
-ROWS = load_dataset("digits").test.X[:30]
+ROWS = read_dataset("digits").test.X[:30]
 
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlakyEndpoint]:
     from cascade.evaluate import ensure_models
-    from cascade.policy import load_policy
+    from cascade.policy import read_policy
 
-    ensure_models(load_policy(ROOT / "policies" / "digits.yaml"), progress=False)
+    ensure_models(read_policy(ROOT / "policies" / "digits.yaml"), progress=False)
     path = tmp_path_factory.mktemp("remote") / "digits.yaml"
     path.write_text(
         "name: digits\nallow_outside_paths: true\n"

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 from cli_server import CliServer
 
+from cascade.backends import OnnxModel
 from cascade.edge.testing import free_port
 from cascade.evaluate import Evaluator
-from cascade.policy import load_policy
-from cascade.zoo import load_dataset
+from cascade.policy import read_policy
+from cascade.zoo import read_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "policies" / "digits.yaml"
@@ -77,6 +78,41 @@ def _split_policy(directory: Path, remote_url: str) -> Path:
     return path
 
 
+TINY_MS, LARGE_MS = 0.0001, 30_000.0
+
+
+def _timed_policy(directory: Path) -> Path:
+    """digits with the engine's initial latency estimates fixed by the policy: tiny 0.1 µs
+    (below any real call: it only rises once tiny has run), large 30 s (above any real call,
+    and kept until large first runs)."""
+    path = directory / "timed.yaml"
+    path.write_text(
+        "name: timed\nallow_outside_paths: true\ntiers:\n"
+        f"  tiny: {{model: {DIGIT_MODELS / 'tiny.onnx'}, latency_ms: {TINY_MS}}}\n"
+        f"  large: {{model: {DIGIT_MODELS / 'large.onnx'}, latency_ms: {LARGE_MS}, "
+        f"timeout_ms: {LARGE_MS}}}\n"
+        "routing:\n  kind: confidence\n  chain:\n"
+        "    - {tier: tiny, threshold: 0.99}\n    - {tier: large}\n"
+    )
+    return path
+
+
+CACHE = "cache: {exact_max_entries: 1000, similarity: {threshold: 0.999, audit_rate: 1.0}}\n"
+
+
+def _cached_policy(directory: Path) -> Path:
+    """digits with both answer caches; every similarity hit is audited."""
+    path = directory / "cached.yaml"
+    path.write_text(
+        "name: cached\nallow_outside_paths: true\ntiers:\n"
+        f"  tiny: {{model: {DIGIT_MODELS / 'tiny.onnx'}}}\n"
+        f"  large: {{model: {DIGIT_MODELS / 'large.onnx'}, timeout_ms: 30000}}\n"
+        "routing:\n  kind: confidence\n  chain:\n"
+        "    - {tier: tiny, threshold: 0.99}\n    - {tier: large}\n" + CACHE
+    )
+    return path
+
+
 def _body(rows: np.ndarray, **parameters: object) -> dict[str, object]:
     return {
         "inputs": [
@@ -106,12 +142,15 @@ GEARS = "gears:\n  - {name: swamped, queue_depth_at_least: 4, max_tier: tiny}\n"
 def _policies(directory: Path, port: int) -> list[str]:
     from cascade.evaluate import ensure_models
 
-    for policy in (DIGITS, LTR):  # the policies below borrow their model files
-        ensure_models(load_policy(policy), progress=False)
+    # as `cascade serve` does before it starts a host (hosts never build models); the
+    # policies written below borrow the digits and LTR files
+    for policy in (DIGITS, COVERTYPE, LTR, CLINC150):
+        ensure_models(read_policy(policy), progress=False)
     geared = _resilient_policy(directory, name="geared", extra=GEARS)
     split = _split_policy(directory, f"http://127.0.0.1:{port}/v2/models/digits")
-    return [str(p) for p in (DIGITS, COVERTYPE, LTR, CLINC150, _remote_ltr(directory), geared,
-                             split)]  # fmt: skip
+    written = [_remote_ltr(directory), geared, split, _timed_policy(directory),
+               _cached_policy(directory)]  # fmt: skip
+    return [str(p) for p in (DIGITS, COVERTYPE, LTR, CLINC150, *written)]
 
 
 def _ray(served: list[str], port: int) -> Iterator[Server]:
@@ -185,18 +224,18 @@ def test_health_and_metadata(base_url: str) -> None:
         missing = client.get("/v2/models/nope")
         assert missing.status_code == 404
         assert missing.json() == {
-            "error": "unknown model 'nope' (models: clinc150, covertype, digits, geared, ltr, "
-            "ltr-remote, split)"
+            "error": "unknown model 'nope' (models: cached, clinc150, covertype, digits, geared, "
+            "ltr, ltr-remote, split, timed)"
         }
         assert client.get("/openapi.json").json()["info"]["title"] == "cascade"
 
 
 @pytest.mark.parametrize(("policy", "n_rows"), [(DIGITS, 40), (COVERTYPE, 200)])
 def test_infer_matches_the_offline_engine(base_url: str, policy: Path, n_rows: int) -> None:
-    offline = Evaluator(load_policy(policy))
+    offline = Evaluator(read_policy(policy))
     name = offline.loaded.policy.name
-    rows = load_dataset(name).test.X[:n_rows]
-    expected = offline.run(offline.loaded.policy, rows)
+    rows = read_dataset(name).test.X[:n_rows]
+    expected = offline.replay(offline.loaded.policy, rows)
     with httpx.Client(base_url=base_url, timeout=30) as client:
         response = client.post(f"/v2/models/{name}/infer", json=_body(rows))
         classes = client.get(f"/v2/models/{name}").json()["parameters"]["classes"]
@@ -212,7 +251,7 @@ def test_infer_matches_the_offline_engine(base_url: str, policy: Path, n_rows: i
 
 
 def test_split_inference_reaches_the_remote_tier(base_url: str) -> None:
-    rows = load_dataset("digits").test.X[:40]
+    rows = read_dataset("digits").test.X[:40]
     with httpx.Client(base_url=base_url, timeout=30) as client:
         split = client.post("/v2/models/split/infer", json=_body(rows))
         direct = client.post("/v2/models/digits/infer", json=_body(rows))
@@ -228,7 +267,7 @@ def test_split_inference_reaches_the_remote_tier(base_url: str) -> None:
 
 
 def test_max_tier_keeps_rows_off_the_large_tier(base_url: str) -> None:
-    rows = load_dataset("digits").test.X[:40]
+    rows = read_dataset("digits").test.X[:40]
     with httpx.Client(base_url=base_url, timeout=30) as client:
         capped = client.post("/v2/models/digits/infer", json=_body(rows, max_tier="tiny"))
         assert capped.status_code == 200, capped.text
@@ -241,7 +280,7 @@ def test_max_tier_keeps_rows_off_the_large_tier(base_url: str) -> None:
 
 
 def test_concurrent_requests_are_all_answered(base_url: str) -> None:
-    rows = load_dataset("digits").test.X[:64]
+    rows = read_dataset("digits").test.X[:64]
 
     async def fire() -> list[int]:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
@@ -266,7 +305,7 @@ def test_concurrent_requests_are_all_answered(base_url: str) -> None:
 def test_bad_requests_get_400_and_the_service_keeps_serving(
     base_url: str, payload: object, message: str
 ) -> None:
-    good = _body(load_dataset("digits").test.X[:2])
+    good = _body(read_dataset("digits").test.X[:2])
     with httpx.Client(base_url=base_url, timeout=30) as client:
         if payload is None:
             response = client.post("/v2/models/digits/infer", json=_body(np.zeros((2, 63))))
@@ -294,12 +333,12 @@ def test_an_oversized_body_is_refused_and_serving_goes_on(server: Server) -> Non
         assert (
             f"request body is {limit + 1} bytes; the limit is {limit}" in response.json()["error"]
         )
-        good = _body(load_dataset("digits").test.X[:2])
+        good = _body(read_dataset("digits").test.X[:2])
         assert client.post("/v2/models/digits/infer", json=good).status_code == 200
 
 
 def test_metrics_are_exported(server: Server) -> None:
-    rows = load_dataset("digits").test.X[:5]
+    rows = read_dataset("digits").test.X[:5]
     with httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.post("/v2/models/digits/infer", json=_body(rows)).status_code == 200
     names = ["cascade_requests_total", "cascade_answers_total", "cascade_request_latency_ms"]
@@ -310,21 +349,50 @@ def test_metrics_are_exported(server: Server) -> None:
 
 
 def test_deadlines_are_never_answered_late_and_gears_engage_under_load(base_url: str) -> None:
-    url = "/v2/models/geared/infer"
-    rows = load_dataset("digits").test.X[:30]
+    """Each deadline's outcome follows from the design and `timed`'s fixed estimates (tiny
+    0.1 µs, large 30 s), not from the machine's speed. The cases run in this order: only
+    the first answered request finds tiny's estimate at 0.1 µs."""
+    rows = np.asarray(read_dataset("digits").test.X[:30], dtype=np.float32)
+    tiny = OnnxModel(DIGIT_MODELS / "tiny.onnx").predict_sync(rows)
+    sure = tiny.max(axis=1) >= 0.99  # what tiny answers itself; the rest would escalate
+    assert sure.any() and not sure.all()
+    url = "/v2/models/timed/infer"
     with httpx.Client(base_url=base_url, timeout=60) as client:
-        for deadline in (0.001, 0.5, 5.0, 60_000.0):
-            response = client.post(url, json=_body(rows, deadline_ms=deadline))
-            if response.status_code == 200:  # an answer in time, or none at all
-                decisions = response.json()["parameters"]["decisions"]
-                assert all(d["latency_ms"] <= deadline for d in decisions)
-            else:
-                assert response.status_code == 503, response.text
-                assert response.headers["retry-after"] == "1"
-                assert "deadline_ms=" in response.json()["error"]
-        impossible = client.post(url, json=_body(rows, deadline_ms=0.001))
-        assert impossible.status_code == 503
-        assert "cannot answer within deadline_ms=0.001" in impossible.json()["error"]
+        # on arrival: even tiny (>= 0.1 µs, its estimate only rises) cannot end within 0.01 µs
+        shed = client.post(url, json=_body(rows, deadline_ms=0.00001))
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+        assert shed.json()["error"].startswith(
+            "cannot answer within deadline_ms=1e-05: the cheapest path ('tiny') needs about"
+        )
+        # admitted (tiny's estimate, 0.1 µs, fits 0.1 µs), but no request is answered in
+        # 0.1 µs: the answer is late, and shed instead of returned
+        late = client.post(url, json=_body(rows, deadline_ms=TINY_MS))
+        assert late.status_code == 503 and late.headers["retry-after"] == "1"
+        assert late.json()["error"].startswith(f"deadline_ms={TINY_MS:g} passed: the answer took")
+        # 20 s: tiny fits, large (estimated 30 s) does not: no escalation starts, the rows
+        # tiny is unsure of are answered by it with reason "deadline", not degraded
+        short = client.post(url, json=_body(rows, deadline_ms=20_000, trace=True))
+        assert short.status_code == 200, short.text
+        decisions = short.json()["parameters"]["decisions"]
+        assert [(d["answered_by"], d["reason"], d["degraded"]) for d in decisions] == [
+            ("tiny", "confident" if s else "deadline", False) for s in sure
+        ]
+        assert all([step["tier"] for step in d["steps"]] == ["tiny"] for d in decisions)
+        assert all(d["latency_ms"] <= 20_000 for d in decisions)
+        probabilities = np.asarray(short.json()["outputs"][0]["data"]).reshape(30, -1)
+        np.testing.assert_allclose(probabilities, tiny, atol=1e-6)
+        # 10 min: large fits its 30 s estimate; the unsure rows escalate and large answers
+        generous = client.post(url, json=_body(rows, deadline_ms=600_000, trace=True))
+        assert generous.status_code == 200, generous.text
+        decisions = generous.json()["parameters"]["decisions"]
+        assert [(d["answered_by"], d["reason"], d["degraded"]) for d in decisions] == [
+            ("tiny", "confident", False) if s else ("large", "last_tier", False) for s in sure
+        ]
+        assert all(d["latency_ms"] <= 600_000 for d in decisions)
+        probabilities = np.asarray(generous.json()["outputs"][0]["data"]).reshape(30, -1)
+        large = OnnxModel(DIGIT_MODELS / "large.onnx").predict_sync(rows[~sure])
+        np.testing.assert_allclose(probabilities[~sure], large, atol=1e-5)
+    url = "/v2/models/geared/infer"
 
     async def burst() -> list[dict[str, Any]]:
         async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
@@ -342,8 +410,83 @@ def test_deadlines_are_never_answered_late_and_gears_engage_under_load(base_url:
         assert (d["reason"], d["degraded"]) in {("confident", False), ("max_tier", True)}
 
 
+def _metric_sums(text: str, wanted: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    """For each ``(metric, 'key="value"')`` of ``wanted``, the sum of the series of model
+    `cached` with that label (0 when absent). Ray prefixes names and adds its own labels."""
+    got = dict.fromkeys(wanted, 0.0)
+    for line in text.splitlines():
+        if line.startswith("#") or "{" not in line:
+            continue
+        name, rest = line.split("{", 1)
+        labels, value = rest.rsplit("}", 1)
+        if 'model="cached"' not in labels:
+            continue
+        for metric, label in wanted:
+            if name.removeprefix("ray_") == metric and (not label or label in labels):
+                got[(metric, label)] += float(value)
+    return got
+
+
+def test_repeated_rows_are_answered_from_the_caches(server: Server) -> None:
+    """The same rows twice: the second answer is the exact cache's, the first's probabilities;
+    near rows hit the similarity cache, whose audit (every hit) answers them by the cascade."""
+    rows = np.asarray(read_dataset("digits").test.X[:20], dtype=np.float32)
+    near = rows.copy()
+    near[:, 0] += 1e-3  # other bytes (an exact miss), nearly the same direction
+    url = "/v2/models/cached/infer"
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        first, second, third = (client.post(url, json=_body(r, trace=True))
+                                for r in (rows, rows, near))  # fmt: skip
+        for reply in (first, second, third):
+            assert reply.status_code == 200, reply.text
+        stats = client.get("/v2/models/cached").json()["parameters"]["load"]["cache"]
+    one, two, three = (r.json()["parameters"]["decisions"] for r in (first, second, third))
+    assert [d["cache_hit"] for d in one] == [False] * 20
+    assert {d["reason"] for d in one} <= {"confident", "last_tier"}
+    assert {d["answered_by"] for d in one} == {"tiny", "large"}  # both tiers' answers cached
+    assert [(d["reason"], d["cache"], d["cache_hit"], d["steps"]) for d in two] == [
+        ("cache", "exact", True, [])
+    ] * 20
+    assert [d["answered_by"] for d in two] == [d["answered_by"] for d in one]
+    assert second.json()["outputs"] == first.json()["outputs"]  # probabilities and labels
+    # every near row is a similarity hit (its own row is >= 0.999 away); all are audited
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    cosines = (near / np.linalg.norm(near, axis=1, keepdims=True)) @ unit.T
+    assert (cosines.max(axis=1) >= 0.999).all()
+    assert not any(d["cache_hit"] for d in three)
+    labels = [next(o for o in r.json()["outputs"] if o["name"] == "label")["data"]
+              for r in (first, third)]  # fmt: skip
+    false_hits = sum(
+        labels[1][i] != labels[0][j] for i, j in enumerate(cosines.argmax(axis=1).tolist())
+    )
+    assert (stats["exact_hit"], stats["similar_hit"], stats["miss"]) == (20, 0, 40)
+    assert {k: stats["exact"][k] for k in ("hits", "misses", "size")} == {
+        "hits": 20, "misses": 40, "size": 40
+    }  # fmt: skip
+    assert {k: stats["similar"][k] for k in ("hits", "misses", "audited", "false_hits")} == {
+        "hits": 20, "misses": 20, "audited": 20, "false_hits": false_hits
+    }  # fmt: skip
+    assert stats["similar"]["false_hit_rate"] == false_hits / 20
+    expected = {
+        ("cascade_cache_rows_total", 'outcome="miss"'): 40.0,
+        ("cascade_cache_rows_total", 'outcome="exact_hit"'): 20.0,
+        ("cascade_cache_rows_total", 'outcome="similar_hit"'): 0.0,
+        ("cascade_cache_hits_total", 'cache="exact"'): 20.0,
+        ("cascade_answers_total", 'tier="cache"'): 20.0,
+        ("cascade_cache_false_hit_rate", ""): false_hits / 20,
+    }
+    names = ["cascade_cache_rows_total", "cascade_cache_false_hit_rate"]
+    got = _metric_sums(server.metrics(names), expected)
+    for _ in range(30):  # Ray's metrics agent exports a snapshot every few seconds
+        if got == expected:
+            break
+        time.sleep(2)
+        got = _metric_sums(server.metrics(names), expected)
+    assert got == expected
+
+
 def test_binary_tensor_data_gets_the_same_answer_as_json(base_url: str) -> None:
-    rows = np.asarray(load_dataset("digits").test.X[:8], dtype=np.float32)
+    rows = np.asarray(read_dataset("digits").test.X[:8], dtype=np.float32)
     raw = rows.astype("<f4").tobytes()
     tensor = {"name": "input", "shape": [8, 64], "datatype": "FP32",
               "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
@@ -380,7 +523,7 @@ def test_ranking_answers_match_the_offline_cascade(base_url: str, model: str) ->
     from cascade.evaluate._ranking import ranking_models
     from cascade.ranking import cascade_rank, ltr_queries
 
-    loaded = load_policy(LTR)
+    loaded = read_policy(LTR)
     models = ranking_models(loaded)
     n, k = (12, 10) if model == "ltr" else (8, 5)
     queries = ltr_queries("test")[:6]
@@ -438,10 +581,10 @@ def test_ranking_metadata_and_bad_requests(base_url: str) -> None:
 
 
 def test_texts_are_served_as_bytes_through_tiny_and_minilm(base_url: str) -> None:
-    offline = Evaluator(load_policy(CLINC150))
-    data = load_dataset("clinc150")
+    offline = Evaluator(read_policy(CLINC150))
+    data = read_dataset("clinc150")
     texts = [str(t) for t in data.test.X[:40]]
-    expected = offline.run(offline.loaded.policy, np.asarray(data.test.X[:40]))
+    expected = offline.replay(offline.loaded.policy, np.asarray(data.test.X[:40]))
     body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES",
                         "data": texts}], "parameters": {"trace": False}}  # fmt: skip
     with httpx.Client(base_url=base_url, timeout=60) as client:

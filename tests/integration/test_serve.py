@@ -15,7 +15,7 @@ import pytest
 from test_http_contract import _body, _resilient_policy
 
 from cascade.edge.testing import free_port
-from cascade.zoo import load_dataset
+from cascade.zoo import read_dataset
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -26,7 +26,7 @@ SERVED = [str(DIGITS)]
 
 
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
+def base_url(digits_policy_models: Path) -> Iterator[str]:
     from deployments.app import build_app
 
     port = free_port()
@@ -60,7 +60,7 @@ def test_reload_under_traffic_applies_new_thresholds_and_refuses_bad_ones(
 ) -> None:
     from deployments.app import build_app
 
-    rows = load_dataset("digits").test.X[:20]
+    rows = read_dataset("digits").test.X[:20]
     policy = _reload_policy(tmp_path, 0.0)  # threshold 0: tiny answers everything
     serve.run(build_app({"policies": [*SERVED, str(policy)]}), name="cascade",
               route_prefix="/")  # fmt: skip
@@ -123,7 +123,7 @@ def test_backpressure_is_a_503_with_retry_after_and_serving_goes_on(
     args = {"policies": [str(slow)], "max_ongoing_requests": 1, "max_queued_requests": 1,
             "retry_after_s": 2}  # fmt: skip
     serve.run(build_app(args), name="pressure", route_prefix="/pressure")
-    rows = np.tile(load_dataset("digits").test.X, (12, 1))[:4096]
+    rows = np.tile(read_dataset("digits").test.X, (12, 1))[:4096]
     url = "/pressure/v2/models/slow/infer"
 
     async def burst() -> list[httpx.Response]:
@@ -153,7 +153,7 @@ def test_a_killed_tier_degrades_answers_until_serve_restarts_it(
     serve.run(build_app({"policies": [str(_resilient_policy(tmp_path))]}), name="resilient",
               route_prefix="/resilient")  # fmt: skip
     url = "/resilient/v2/models/resilient/infer"
-    rows = load_dataset("digits").test.X[:30]  # threshold 0.99: several rows escalate
+    rows = read_dataset("digits").test.X[:30]  # threshold 0.99: several rows escalate
 
     def replica() -> Any:
         names = ray.util.list_named_actors(all_namespaces=True)

@@ -50,8 +50,9 @@ def test_the_readme_main_command_serves_answers_reloads_and_stops_cleanly(
     argv = shlex.split(step)
     digits = argv[2]
     mine = str(_policy(tmp_path / "mine.yaml", 0.0))
+    flags = ["--port", str(port), "--num-cpus", "2", "--no-progress", "--max-rows", "40"]
     server = CliServer(
-        [str(cli), *argv[1:], mine, "--port", str(port), "--num-cpus", "2", "--no-progress"],
+        [str(cli), *argv[1:], mine, *flags],
         cwd=ROOT,
         ready_timeout_s=180,
         stop_timeout_s=90,
@@ -81,6 +82,21 @@ def test_the_readme_main_command_serves_answers_reloads_and_stops_cleanly(
             return {d["answered_by"] for d in reply["parameters"]["decisions"]}
 
         assert answered_by() == {"tiny"}
+
+        def rows_over_the_limit() -> httpx.Response:
+            many = {"inputs": [{"name": "input", "shape": [41, 64], "datatype": "FP32",
+                                "data": [0.0] * 41 * 64}]}  # fmt: skip
+            return httpx.post(f"{url}/v2/models/digits/infer", json=many, timeout=30)
+
+        assert "41 rows; the limit is 40" in rows_over_the_limit().json()["error"]
+        for runtime in ("ray", "edge"):  # a second server on this port: refused, never started
+            second = subprocess.run(
+                [str(cli), "serve", digits, "--runtime", runtime, "--port", str(port)],
+                capture_output=True, text=True, timeout=120, cwd=ROOT,
+            )  # fmt: skip
+            assert second.returncode == 1, second.stdout + second.stderr
+            assert f"127.0.0.1:{port} is already in use" in second.stderr
+            assert "serving" not in second.stdout
         _policy(tmp_path / "mine.yaml", 1.0)
         reload = subprocess.run(
             [str(cli), "reload", digits, mine], capture_output=True, text=True, timeout=180
@@ -88,6 +104,8 @@ def test_the_readme_main_command_serves_answers_reloads_and_stops_cleanly(
         assert reload.returncode == 0, reload.stdout + reload.stderr
         assert "reloaded 2 policies" in reload.stdout
         assert answered_by() == {"large"}
+        # the reload rebuilt the app with the flags `cascade serve` was given, not defaults
+        assert "41 rows; the limit is 40" in rows_over_the_limit().json()["error"]
     output = server.output
     assert server.returncode == 0, output
     assert f"serving digits, mine at {url}/v2/models/<name>/infer" in output

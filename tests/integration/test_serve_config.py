@@ -48,7 +48,9 @@ def test_config_refuses_an_invalid_policy(
     assert "bad.yaml" in capsys.readouterr().err
 
 
-def test_a_gear_the_replica_cannot_reach_is_refused(tmp_path: Path) -> None:
+def test_a_gear_the_replica_cannot_reach_is_refused(
+    tmp_path: Path, digits_policy_models: Path
+) -> None:
     from cascade.errors import PolicyError
     from deployments.app import build_app
 
@@ -122,7 +124,7 @@ def test_gpu_tiers_ask_for_gpus_unless_told_not_to(
 def test_kuberay_manifest_has_a_gpu_group_for_gpu_tiers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cascade.deploy import validate_serve_config
+    from cascade.cluster import validate_serve_config
 
     monkeypatch.chdir(tmp_path)
     _policy(
@@ -169,7 +171,7 @@ def test_checked_in_kuberay_manifests_are_current(
 def test_package_holds_exactly_what_the_policies_read(tmp_path: Path) -> None:
     import zipfile
 
-    from cascade.deploy import PACKAGE_TOP, build_package
+    from cascade.cluster import PACKAGE_TOP, build_package
 
     package = build_package(
         [ROOT / "policies" / "digits.yaml", ROOT / "policies" / "clinc150.yaml"],
@@ -200,7 +202,7 @@ def test_package_refuses_files_outside_the_policies_folder(
 
 
 def test_an_invalid_serve_config_is_refused() -> None:
-    from cascade.deploy import validate_serve_config
+    from cascade.cluster import validate_serve_config
     from cascade.errors import CascadeError
 
     bad = {"name": "Ingress", "num_replicas": -2}

@@ -19,7 +19,8 @@ from cascade import (
     OnnxModel,
     ProviderFallbackWarning,
 )
-from cascade.zoo import ModelCard, load_dataset
+from cascade.catalog import ModelCard
+from cascade.zoo import read_dataset
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def tiny(digits_zoo: tuple[Path, list[ModelCard]]) -> OnnxModel:
 
 @pytest.fixture(scope="module")
 def rows() -> np.ndarray:
-    return np.array(load_dataset("digits").test.X[:8])
+    return np.array(read_dataset("digits").test.X[:8])
 
 
 def test_predicts_probabilities_of_real_rows(tiny: OnnxModel, rows: np.ndarray) -> None:

@@ -30,7 +30,7 @@ from cascade.bench import (
 )
 from cascade.cli import main
 from cascade.errors import InputError, ModelUnavailable
-from cascade.zoo import load_dataset
+from cascade.zoo import read_dataset
 
 # What the fake server does with a request, given its number (1-based) and first row.
 Rule = Callable[[int, list[float]], str]
@@ -406,7 +406,7 @@ def _by_number(number: int, row: list[float]) -> str:
 def test_cli_bench_prints_the_summary_and_writes_json_and_png(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    digits = load_dataset("digits")
+    digits = read_dataset("digits")
     test = digits.test
     server = FakeServer(X=test.X, y=test.y, classes=digits.classes, rule=_by_number, model="digits")
     argv = ["bench", server.url, "--model", "digits", "--rate", "500", "--max-requests", "25",

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
 
+from cascade.catalog import ModelCard
 from cascade.cli import main
-from cascade.zoo import ModelCard
 
 
 def test_card_prints_the_table_and_json(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cascade.backends import FakeModel
-from cascade.errors import BackendError, InputError
+from cascade.errors import BackendError
 from cascade.policy import Policy
 from cascade.routing import BatchResult, Decision, Engine
 from cascade.serving import Coalescer
@@ -281,25 +281,6 @@ def test_requests_of_another_width_go_to_another_batch() -> None:
         return run
 
     assert sorted(rows.shape for rows, _ in asyncio.run(main()).calls) == [(1, 2), (1, 3)]
-
-
-def test_bad_rows_are_refused_before_they_can_spoil_a_batch() -> None:
-    bad = rows_with_ids(2)
-    bad[0, 1] = np.nan
-
-    async def main() -> tuple[Recorder, list[Any]]:
-        run = Recorder()
-        coalescer = Coalescer(run, eager=False, max_wait_ms=5)
-        answers = await asyncio.gather(
-            coalescer.submit(rows_with_ids(1)), coalescer.submit(bad), return_exceptions=True
-        )
-        return run, answers
-
-    run, (good, refused) = asyncio.run(main())
-    assert isinstance(refused, InputError)
-    assert "non-finite" in str(refused)
-    check_own_answers(rows_with_ids(1), good)
-    assert len(run.calls) == 1
 
 
 @pytest.mark.parametrize(

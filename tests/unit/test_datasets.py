@@ -13,8 +13,8 @@ from cascade.zoo.datasets import (
     DATASETS,
     Dataset,
     available_datasets,
-    load_dataset,
-    load_table,
+    read_dataset,
+    read_table,
 )
 
 
@@ -54,7 +54,7 @@ def test_available_datasets_matches_registry() -> None:
 
 
 def test_digits_shapes_and_split_sizes() -> None:
-    ds = load_dataset("digits")
+    ds = read_dataset("digits")
     assert (ds.name, ds.kind, ds.seed) == ("digits", "tabular", 0)
     assert ds.split_sizes() == {"train": 1078, "calibration": 359, "test": 360}
     assert ds.n_features == 64
@@ -92,13 +92,13 @@ def test_split_indices_are_disjoint_and_cover_all_rows(seed: int) -> None:
 
 def test_every_class_is_in_every_split() -> None:
     for name in ("digits", "covertype"):
-        ds = load_dataset(name)
+        ds = read_dataset(name)
         for part, split in _splits(ds):
             assert set(split.y.tolist()) == set(range(ds.n_classes)), (name, part)
 
 
 def test_covertype_shape() -> None:
-    ds = load_dataset("covertype")
+    ds = read_dataset("covertype")
     assert sum(ds.split_sizes().values()) == 92_962
     assert ds.split_sizes() == {"train": 55_777, "calibration": 18_592, "test": 18_593}
     assert ds.n_features == 54
@@ -108,7 +108,7 @@ def test_covertype_shape() -> None:
 
 
 def test_clinc150_uses_official_splits() -> None:
-    ds = load_dataset("clinc150")
+    ds = read_dataset("clinc150")
     assert ds.kind == "text"
     assert ds.feature_names == ("text",)
     assert ds.n_features == 1
@@ -124,9 +124,9 @@ def test_clinc150_uses_official_splits() -> None:
 
 
 def test_loaded_datasets_are_cached_and_read_only() -> None:
-    ds = load_dataset("digits")
-    assert load_dataset("digits") is ds
-    assert load_dataset("digits", seed=1) is not ds
+    ds = read_dataset("digits")
+    assert read_dataset("digits") is ds
+    assert read_dataset("digits", seed=1) is not ds
     for _, split in _splits(ds):
         assert not split.X.flags.writeable
         assert not split.y.flags.writeable
@@ -140,7 +140,7 @@ def test_unknown_dataset_lists_valid_names() -> None:
         "to use your own table, pass --data FILE --label-column COL"
     )
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_dataset("nope")
+        read_dataset("nope")
 
 
 # --- user tables: happy paths ------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_unknown_dataset_lists_valid_names() -> None:
 
 def test_csv_with_string_labels(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "zoo.csv", _frame())
-    ds = load_table(str(path), label_column="species")
+    ds = read_table(str(path), label_column="species")
     assert (ds.name, ds.kind) == ("zoo", "tabular")
     assert ds.source == str(path.resolve())
     assert ds.feature_names == ("id", "a", "flag")
@@ -166,17 +166,17 @@ def test_gzipped_csv_numeric_labels_sort_numerically(tmp_path: Path) -> None:
     frame = _frame(labels=("10", "9", "100")).assign(species=lambda f: f.species.astype(int))
     path = tmp_path / "mydata.csv.gz"
     frame.to_csv(path, index=False)
-    ds = load_table(path, label_column="species", seed=3, name="custom")
+    ds = read_table(path, label_column="species", seed=3, name="custom")
     assert ds.name == "custom"
     assert ds.seed == 3
     assert ds.classes == ("9", "10", "100")
-    assert load_table(path, label_column="species").name == "mydata"
+    assert read_table(path, label_column="species").name == "mydata"
 
 
 def test_same_table_and_seed_gives_same_splits(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv", _frame())
-    first = load_table(path, label_column="species", seed=5)
-    again = load_table(path, label_column="species", seed=5)
+    first = read_table(path, label_column="species", seed=5)
+    again = read_table(path, label_column="species", seed=5)
     np.testing.assert_array_equal(first.test.X, again.test.X)
     np.testing.assert_array_equal(first.test.y, again.test.y)
 
@@ -185,7 +185,7 @@ def test_parquet_table(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     path = tmp_path / "zoo.parquet"
     _frame().to_parquet(path)
-    ds = load_table(path, label_column="species")
+    ds = read_table(path, label_column="species")
     assert ds.name == "zoo"
     assert ds.n_features == 3
     assert ds.classes == ("cat", "dog", "eel")
@@ -198,7 +198,7 @@ def test_parquet_table(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.csv"
     with pytest.raises(DatasetError, match=_exact(f"{path}: no such file")):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_unsupported_extension(tmp_path: Path) -> None:
@@ -206,7 +206,7 @@ def test_unsupported_extension(tmp_path: Path) -> None:
     path.write_text("a,y\n1,2\n")
     expected = f"{path}: unsupported file type '.txt' (allowed: .csv, .csv.gz, .parquet, .pq)"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_empty_csv(tmp_path: Path) -> None:
@@ -214,28 +214,28 @@ def test_empty_csv(tmp_path: Path) -> None:
     path.write_text("")
     expected = f"{path}: cannot read table: No columns to parse from file"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_header_only_csv(tmp_path: Path) -> None:
     path = tmp_path / "header.csv"
     path.write_text("a,y\n")
     with pytest.raises(DatasetError, match=_exact(f"{path}: cannot read table: no data rows")):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_corrupt_gzip(tmp_path: Path) -> None:
     path = tmp_path / "broken.csv.gz"
     path.write_bytes(b"not gzip at all")
     with pytest.raises(DatasetError, match=f"^{re.escape(str(path))}: cannot read table: "):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_label_column_not_found(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv", pd.DataFrame({"a": [1], "b": [2], "c": [3]}))
     expected = f"{path}: label column 'foo' not found (columns: a, b, c)"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="foo")
+        read_table(path, label_column="foo")
 
 
 def test_label_column_list_is_truncated(tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_label_column_list_is_truncated(tmp_path: Path) -> None:
     shown = ", ".join(f"c{i}" for i in range(20))
     expected = f"{path}: label column 'y' not found (columns: {shown}, ...)"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_non_numeric_column(tmp_path: Path) -> None:
@@ -254,7 +254,7 @@ def test_non_numeric_column(tmp_path: Path) -> None:
         f"{path}: column 'colour' is not numeric (dtype str, e.g. 'red'); features must be numbers"
     )
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="species")
+        read_table(path, label_column="species")
 
 
 def test_all_non_numeric_columns_are_named(tmp_path: Path) -> None:
@@ -265,7 +265,7 @@ def test_all_non_numeric_columns_are_named(tmp_path: Path) -> None:
         "are not numeric; features must be numbers"
     )
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="species")
+        read_table(path, label_column="species")
 
 
 def test_missing_feature_values(tmp_path: Path) -> None:
@@ -275,7 +275,7 @@ def test_missing_feature_values(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv", frame)
     expected = f"{path}: column 'x' has 3 missing values (first at row 7)"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="species")
+        read_table(path, label_column="species")
 
 
 def test_missing_labels_name_the_label_column(tmp_path: Path) -> None:
@@ -284,7 +284,7 @@ def test_missing_labels_name_the_label_column(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv", frame)
     expected = f"{path}: label column 'species' has 1 missing value (first at row 2)"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="species")
+        read_table(path, label_column="species")
 
 
 def test_non_finite_values(tmp_path: Path) -> None:
@@ -294,7 +294,7 @@ def test_non_finite_values(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv", frame)
     expected = f"{path}: column 'x' has non-finite values (inf); first at row 4"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="species")
+        read_table(path, label_column="species")
 
 
 def test_values_too_large_for_float32(tmp_path: Path) -> None:
@@ -304,21 +304,21 @@ def test_values_too_large_for_float32(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv", frame)
     expected = f"{path}: column 'x' has values too large for float32 (e.g. 1e+40 at row 3)"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="species")
+        read_table(path, label_column="species")
 
 
 def test_single_class(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv", pd.DataFrame({"a": range(10), "y": [1] * 10}))
     expected = f"{path}: label column 'y' has a single class (1); need at least 2"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_no_feature_columns(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv", pd.DataFrame({"y": [1, 2] * 5}))
     expected = f"{path}: no feature columns besides label column 'y'"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_class_too_small_to_stratify(tmp_path: Path) -> None:
@@ -326,12 +326,12 @@ def test_class_too_small_to_stratify(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv", frame)
     expected = f"{path}: class '7' has 2 rows in label column 'y'; each class needs at least 5"
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_smallest_allowed_classes_reach_every_split(tmp_path: Path) -> None:
     frame = pd.DataFrame({"a": range(15), "y": [1] * 5 + [2] * 5 + [3] * 5})
-    ds = load_table(_write_csv(tmp_path / "t.csv", frame), label_column="y")
+    ds = read_table(_write_csv(tmp_path / "t.csv", frame), label_column="y")
     for _, split in _splits(ds):
         assert set(split.y.tolist()) == {0, 1, 2}
 
@@ -341,7 +341,7 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
     path = tmp_path / "broken.pq"
     path.write_bytes(b"this is not parquet")
     with pytest.raises(DatasetError, match=f"^{re.escape(str(path))}: cannot read table: "):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_parquet_without_pyarrow_says_what_to_install(
@@ -355,25 +355,25 @@ def test_parquet_without_pyarrow_says_what_to_install(
     path.write_bytes(b"")
     expected = f'{path}: reading Parquet needs pyarrow; pip install "cascade[parquet]"'
     with pytest.raises(DatasetError, match=_exact(expected)):
-        load_table(path, label_column="y")
+        read_table(path, label_column="y")
 
 
 def test_a_text_table_loads_as_text_and_refuses_empty_texts(tmp_path: Path) -> None:
     import pandas as pd
 
     from cascade.errors import DatasetError
-    from cascade.zoo.datasets import load_table
+    from cascade.zoo.datasets import read_table
 
     rows = [(f"please {verb} my {thing}", verb) for verb in ("pay", "check", "cancel")
             for thing in ("bill", "card", "order", "rent", "loan", "plan")]  # fmt: skip
     path = tmp_path / "intents.csv"
     pd.DataFrame(rows, columns=["query", "intent"]).assign(extra=1).to_csv(path, index=False)
-    ds = load_table(path, label_column="intent", text_column="query")
+    ds = read_table(path, label_column="intent", text_column="query")
     assert ds.kind == "text" and ds.classes == ("cancel", "check", "pay")
     assert sum(len(s) for s in (ds.train, ds.calibration, ds.test)) == len(rows)
     assert all(isinstance(t, str) for t in ds.train.X)
     with pytest.raises(DatasetError, match="text column 'text' not found"):
-        load_table(path, label_column="intent", text_column="text")
+        read_table(path, label_column="intent", text_column="text")
     pd.DataFrame([*rows[:-1], ("  ", "pay")], columns=["query", "intent"]).to_csv(path, index=False)
     with pytest.raises(DatasetError, match="1 empty or non-text values"):
-        load_table(path, label_column="intent", text_column="query")
+        read_table(path, label_column="intent", text_column="query")

@@ -13,8 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
+from cascade.catalog import ModelCard
 from cascade.edge import EdgeApp, EdgeSettings, PrometheusMetrics, build_edge_app
-from cascade.zoo import ModelCard, load_dataset
+from cascade.zoo import read_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ def app(digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path) -> EdgeApp:
     settings = EdgeSettings(
         policies=[str(_policy(digits_zoo[0], tmp_path))], max_body_bytes=4096, max_rows=8
     )
-    return build_edge_app(settings, build_models=False)
+    return build_edge_app(settings)
 
 
 def _body(rows: np.ndarray, **parameters: Any) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def _requests(app: EdgeApp, *calls: tuple[str, str, Any]) -> list[httpx.Response
 
 
 def test_the_routes_are_the_services_and_metrics_are_prometheus_text(app: EdgeApp) -> None:
-    rows = load_dataset("digits").test.X[:4]
+    rows = read_dataset("digits").test.X[:4]
     live, meta, infer, missing, wrong, metrics = _requests(
         app,
         ("GET", "/v2/health/live", None),
@@ -187,11 +188,11 @@ def test_the_edge_path_never_imports_ray(digits_zoo: tuple[Path, list[ModelCard]
     code = f"""
 import asyncio, sys
 import httpx
-from cascade.cli import _parser
+from cascade.cli import build_parser
 from cascade.edge import EdgeSettings, build_edge_app
-args = _parser().parse_args(["serve", "--runtime", "edge", {str(policy)!r}])
+args = build_parser().parse_args(["serve", "--runtime", "edge", {str(policy)!r}])
 assert args.runtime == "edge"
-app = build_edge_app(EdgeSettings(policies=[{str(policy)!r}]), build_models=False)
+app = build_edge_app(EdgeSettings(policies=[{str(policy)!r}]))
 async def one():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e") as c:
         body = {{"inputs": [{{"name": "input", "shape": [1, 64], "datatype": "FP32",

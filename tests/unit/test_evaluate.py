@@ -5,24 +5,30 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from cascade.backends import OnnxModel
+from cascade.catalog import ModelCard, ModelDriftWarning
 from cascade.cli import main
 from cascade.evaluate import (
     Evaluator,
-    ModelDriftWarning,
     Point,
     Target,
     calibrate_policy,
     loss_upper_bound,
     pareto_front,
 )
-from cascade.policy import load_policy
+from cascade.evaluate._data import labelled_rows, labelled_split, model_classes
+from cascade.policy import read_policy
 from cascade.routing import calibrate, confidence
-from cascade.zoo import ModelCard, load_dataset
+from cascade.zoo import read_dataset
+from cascade.zoo.datasets import read_table, read_table_rows
 
 Zoo = tuple[Path, list[ModelCard]]
 
@@ -60,8 +66,8 @@ def _write(directory: Path, text: str, name: str = "p.yaml") -> Path:
 
 def test_evaluate_agrees_with_a_direct_numpy_cascade(policy_dir: Path) -> None:
     policy = _write(policy_dir, CHAIN.format(name="d", kind="confidence", threshold=0.93))
-    loaded = load_policy(policy)
-    test = load_dataset("digits").test
+    loaded = read_policy(policy)
+    test = read_dataset("digits").test
     evaluator = Evaluator(loaded)
     rows = {row.name: row for row in evaluator.evaluate(test.X, test.y)}
 
@@ -90,8 +96,8 @@ def test_calibration_writes_thresholds_with_provenance_and_keeps_comments(
     policy_dir: Path,
 ) -> None:
     path = _write(policy_dir, CHAIN.format(name="d", kind="confidence", threshold=0.5))
-    loaded = load_policy(path)
-    cal = load_dataset("digits").calibration
+    loaded = read_policy(path)
+    cal = read_dataset("digits").calibration
     evaluator = Evaluator(loaded)
     result = calibrate_policy(
         loaded, cal.X, cal.y, target=Target(relative_accuracy=0.99), data_label="digits",
@@ -103,7 +109,7 @@ def test_calibration_writes_thresholds_with_provenance_and_keeps_comments(
     text = path.read_text()
     assert "# a comment that calibration must keep" in text and "# the cheap one" in text
     assert text.index("name:") < text.index("tiers:") < text.index("routing:")
-    reloaded = load_policy(path)
+    reloaded = read_policy(path)
     step = reloaded.policy.routing.chain[0]  # type: ignore[union-attr]
     assert step.threshold == pytest.approx(result.chosen.params["tiny"], abs=1e-6)
     assert step.calibration is not None and step.calibration.method == "temperature"
@@ -120,9 +126,9 @@ def test_calibration_writes_thresholds_with_provenance_and_keeps_comments(
 def test_the_margin_refuses_what_few_rows_cannot_certify(policy_dir: Path) -> None:
     path = _write(policy_dir, CHAIN.format(name="d", kind="confidence", threshold=0.5))
     before = path.read_text()
-    cal = load_dataset("digits").calibration
+    cal = read_dataset("digits").calibration
     result = calibrate_policy(
-        load_policy(path), cal.X, cal.y, data_label="digits",
+        read_policy(path), cal.X, cal.y, data_label="digits",
         target=Target(relative_accuracy=0.999, confidence=0.95),
     )  # fmt: skip
     assert not result.met
@@ -133,9 +139,9 @@ def test_the_margin_refuses_what_few_rows_cannot_certify(policy_dir: Path) -> No
 
 def test_cost_limit_without_accuracy_target_picks_the_most_accurate(policy_dir: Path) -> None:
     path = _write(policy_dir, CHAIN.format(name="d", kind="sla", threshold=0.5))
-    cal = load_dataset("digits").calibration
+    cal = read_dataset("digits").calibration
     result = calibrate_policy(
-        load_policy(path), cal.X, cal.y, data_label="digits", write=False,
+        read_policy(path), cal.X, cal.y, data_label="digits", write=False,
         target=Target(max_relative_cost=0.1), method="isotonic",
     )  # fmt: skip
     assert result.chosen is not None and result.chosen.relative_cost <= 0.1
@@ -161,14 +167,14 @@ routing:
     - {tier: large}
 """,
     )
-    cal = load_dataset("digits").calibration
+    cal = read_dataset("digits").calibration
     result = calibrate_policy(
-        load_policy(path), cal.X, cal.y, data_label="digits",
+        read_policy(path), cal.X, cal.y, data_label="digits",
         target=Target(relative_accuracy=0.95, confidence=0.8),
     )  # fmt: skip
     assert result.met
     assert (policy_dir / "cx.complexity.onnx").is_file()
-    reloaded = load_policy(path)
+    reloaded = read_policy(path)
     routing = reloaded.policy.routing
     assert routing.kind == "complexity"
     assert routing.scorer.model == "cx.complexity.onnx"
@@ -189,8 +195,8 @@ tiers:
 routing: {kind: speculative, cheap: tiny, expensive: large, threshold: 0.9}
 """,
     )
-    test = load_dataset("digits").test
-    evaluator = Evaluator(load_policy(path))
+    test = read_dataset("digits").test
+    evaluator = Evaluator(read_policy(path))
     row = evaluator.evaluate(test.X, test.y)[0]
     # Every request starts both tiers: cost is at least the cheap tier plus a share of large.
     assert row.relative_cost >= evaluator.costs["tiny"]
@@ -207,7 +213,7 @@ def test_model_drift_is_warned(policy_dir: Path) -> None:
     )
     path.write_text(text)
     with pytest.warns(ModelDriftWarning, match=r"tiers\.large: large\.onnx differs from the build"):
-        Evaluator(load_policy(path))
+        Evaluator(read_policy(path))
 
 
 def test_confidence_measures_used_by_calibration_match_the_engine() -> None:
@@ -241,30 +247,158 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     ]  # fmt: skip
 
 
-def test_cli_evaluate_json_and_users_own_table(
-    digits_zoo: Zoo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import pandas as pd
+@dataclass(frozen=True)
+class Wine:
+    """Tiers built with `models build --data wine.csv`, a policy over them and the table."""
+
+    directory: Path
+    table: Path
+    policy: Path
+    frame: pd.DataFrame
+
+
+@pytest.fixture(scope="module")
+def wine(tmp_path_factory: pytest.TempPathFactory) -> Wine:
     from sklearn.datasets import load_wine
 
-    wine = load_wine(as_frame=True).frame
-    table = tmp_path / "wine.csv"
-    wine.to_csv(table, index=False)
+    out = tmp_path_factory.mktemp("wine")
+    frame = load_wine(as_frame=True).frame  # 178 rows, classes 0 (59), 1 (71), 2 (48)
+    table = out / "wine.csv"
+    frame.to_csv(table, index=False)
     assert main(["models", "build", "--data", str(table), "--label-column", "target",
-                 "--out", str(tmp_path), "--no-progress"]) == 0  # fmt: skip
+                 "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    policy = _write(out, CHAIN.format(name="wine", kind="confidence", threshold=0.8))
+    return Wine(out, table, policy, frame)
+
+
+def _evaluate_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
     capsys.readouterr()
-    policy = _write(tmp_path, CHAIN.format(name="wine", kind="confidence", threshold=0.8))
-    argv = ["evaluate", str(policy), "--data", str(table), "--label-column", "target", "--json"]
-    assert main(argv) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["evaluate", *argv, "--json", "--no-progress"]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def _large_accuracy(wine: Wine, frame: pd.DataFrame) -> float:
+    """always-large's accuracy on ``frame``, straight from the ONNX file: wine's classes are
+    0, 1, 2, so the target is the probability column."""
+    X = frame.drop(columns="target").to_numpy(dtype=np.float32)
+    return float((OnnxModel(wine.directory / "large.onnx").predict_sync(X).argmax(axis=1)
+                  == frame["target"].to_numpy()).mean())  # fmt: skip
+
+
+def test_cli_evaluate_json_and_users_own_table(
+    wine: Wine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(wine.policy), "--data", str(wine.table), "--label-column", "target"]
+    rows = _evaluate_json(argv, capsys)
     assert [r["name"] for r in rows] == ["wine", "always-tiny", "always-small", "always-large"]
     for row in rows:
         assert {"name", "accuracy", "relative_accuracy", "relative_cost", "escalation_rate"} <= set(
             row
         )
-    assert main(["evaluate", str(policy)]) == 1
+    assert main(["evaluate", str(wine.policy)]) == 1
     assert "the policy names no `dataset`" in capsys.readouterr().err
-    assert pd is not None
+
+
+def test_cli_evaluate_scores_a_users_file_whole_unless_a_split_is_asked(
+    wine: Wine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(wine.policy), "--data", str(wine.table), "--label-column", "target"]
+    rows = _evaluate_json(argv, capsys)
+    assert {(r["n"], r["data"], r["split"], r["rows"], r["data_rows"]) for r in rows} == {
+        (178, str(wine.table), "all", 178, 178)
+    }
+    large = next(r for r in rows if r["name"] == "always-large")
+    assert large["accuracy"] == pytest.approx(_large_accuracy(wine, wine.frame))
+
+    split = _evaluate_json([*argv, "--split", "test"], capsys)
+    assert {(r["n"], r["split"], r["data_rows"]) for r in split} == {(36, "test", 178)}
+    test = read_table(wine.table, label_column="target").test
+    assert Evaluator(read_policy(wine.policy)).evaluate(test.X, test.y)[-1].accuracy == (
+        pytest.approx(next(r for r in split if r["name"] == "always-large")["accuracy"])
+    )
+
+    assert main(["evaluate", *argv, "--no-progress"]) == 0
+    assert f"wine on {wine.table} (all 178 rows)\n" in capsys.readouterr().out
+    assert main(["evaluate", *argv, "--split", "calibration", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"wine on {wine.table} (calibration split, 36 of 178 rows)\n" in out
+
+
+def test_a_held_out_file_missing_classes_is_scored_in_the_models_class_order(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Classes 1 and 2 only, and 3 rows of class 2: too few to split, and the table's own
+    # sorted labels (1 -> 0, 2 -> 1) would not line up with the model's columns.
+    held_out = pd.concat([wine.frame[wine.frame.target == 1],
+                          wine.frame[wine.frame.target == 2].head(3)])  # fmt: skip
+    path = tmp_path / "held_out.csv"
+    held_out.to_csv(path, index=False)
+    argv = [str(wine.policy), "--data", str(path), "--label-column", "target"]
+    rows = _evaluate_json(argv, capsys)
+    large = next(r for r in rows if r["name"] == "always-large")
+    assert (large["n"], large["split"]) == (74, "all")
+    assert large["accuracy"] == pytest.approx(_large_accuracy(wine, held_out))
+    assert large["accuracy"] > 0.9
+
+    assert main(["evaluate", *argv, "--split", "test"]) == 1  # a split still needs 5 a class
+    assert "class '2' has 3 rows in label column 'target'" in capsys.readouterr().err
+    held_out.assign(target=held_out.target.replace(2, 7)).to_csv(path, index=False)
+    assert main(["evaluate", *argv]) == 1
+    assert (f"{path}: label column 'target' has a label the model does not know: '7' "
+            "(its classes: '0', '1', '2')") in capsys.readouterr().err  # fmt: skip
+
+
+def test_whole_and_split_reads_encode_labels_alike(wine: Wine, tmp_path: Path) -> None:
+    whole = read_table_rows(wine.table, label_column="target")
+    ds = read_table(wine.table, label_column="target")
+    assert whole.classes == ds.classes == ("0", "1", "2") and len(whole) == 178
+    np.testing.assert_array_equal(whole.rows.y, wine.frame["target"].to_numpy())
+    parts = (ds.train, ds.calibration, ds.test)
+    joined = {(x.tobytes(), int(y)) for p in parts for x, y in zip(p.X, p.y, strict=True)}
+    assert joined == {(x.tobytes(), int(y)) for x, y in zip(whole.rows.X, whole.rows.y,
+                                                            strict=True)}  # fmt: skip
+
+    # Into a model's class order: the split's rows do not move, only their codes.
+    order = ("2", "0", "1")
+    mapped = read_table(wine.table, label_column="target", classes=order)
+    np.testing.assert_array_equal(mapped.test.X, ds.test.X)
+    np.testing.assert_array_equal(mapped.test.y, np.array([1, 2, 0])[ds.test.y])
+    mapped_whole = read_table_rows(wine.table, label_column="target", classes=order)
+    np.testing.assert_array_equal(mapped_whole.rows.y, np.array([1, 2, 0])[whole.rows.y])
+    # Labels that read back as floats still match integer classes.
+    floats = tmp_path / "floats.csv"
+    wine.frame.assign(target=wine.frame.target.astype(float)).to_csv(floats, index=False)
+    as_floats = read_table_rows(floats, label_column="target", classes=("0", "1", "2"))
+    np.testing.assert_array_equal(as_floats.rows.y, whole.rows.y)
+
+    loaded = read_policy(wine.policy)
+    assert model_classes(loaded) == ("0", "1", "2")
+    rows = labelled_rows(loaded, split=None, data=wine.table, label_column="target")
+    assert (rows.label, rows.rows, len(rows.y)) == (str(wine.table), "all 178 rows", 178)
+    test = labelled_rows(loaded, split="test", data=wine.table, label_column="target")
+    assert test.description == f"{wine.table} (test split, 36 of 178 rows)"
+    assert labelled_split(loaded, split="test", data=wine.table,
+                          label_column="target")[2] == f"{wine.table}/test"  # fmt: skip
+
+
+def test_cli_calibrate_and_plan_say_which_rows_of_a_file_they_use(
+    wine: Wine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data", str(wine.table), "--label-column", "target", "--no-progress"]
+    argv = ["calibrate", str(wine.policy), *data, "--target-relative-accuracy", "0.9",
+            "--confidence", "0.5", "--dry-run", "--png", str(tmp_path / "f.png")]  # fmt: skip
+    capsys.readouterr()
+    main(argv)  # met or not, the heading says which rows were fitted on
+    out = capsys.readouterr().out
+    assert f"Pareto frontier on {wine.table} (calibration split, 36 of 178 rows); * = chosen" in out
+    main([*argv, "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert (document["split"], document["rows"], document["data_rows"]) == ("calibration", 36, 178)
+
+    assert main(["plan", str(wine.policy), *data, "--qps", "10"]) == 0
+    assert f"share reaching measured on {wine.table}/calibration, 36 rows" in (
+        capsys.readouterr().out
+    )
 
 
 def test_cli_calibrate_dry_run_leaves_the_file(
@@ -278,7 +412,7 @@ def test_cli_calibrate_dry_run_leaves_the_file(
             "--png", str(png), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "Pareto frontier on digits/calibration (359 rows; * = chosen)" in out
+    assert "Pareto frontier on digits (calibration split, 359 of 1,797 rows); * = chosen" in out
     assert "thresholds not written (--dry-run)" in out
     assert path.read_text() == before
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -288,11 +422,11 @@ def test_replay_works_inside_a_running_event_loop(policy_dir: Path) -> None:
     import asyncio
 
     path = _write(policy_dir, CHAIN.format(name="d", kind="confidence", threshold=0.9))
-    evaluator = Evaluator(load_policy(path))
-    test = load_dataset("digits").test
+    evaluator = Evaluator(read_policy(path))
+    test = read_dataset("digits").test
 
     async def inside() -> float:  # as in a notebook cell, where a loop is already running
-        return float((evaluator.run(evaluator.loaded.policy, test.X).labels == test.y).mean())
+        return float((evaluator.replay(evaluator.loaded.policy, test.X).labels == test.y).mean())
 
     assert asyncio.run(inside()) == evaluator.evaluate(test.X, test.y)[0].accuracy
 
@@ -309,12 +443,12 @@ def test_complexity_scorer_outside_the_policy_folder_gets_an_absolute_path(
         + "}\n  bands:\n    - {tier: tiny, below: 0.5}\n    - {tier: large}\n"
     )
     path = _write(elsewhere, text)
-    cal = load_dataset("digits").calibration
+    cal = read_dataset("digits").calibration
     calibrate_policy(
-        load_policy(path), cal.X, cal.y, data_label="digits",
+        read_policy(path), cal.X, cal.y, data_label="digits",
         target=Target(relative_accuracy=0.9, confidence=0.8),
     )  # fmt: skip
-    routing = load_policy(path).policy.routing
+    routing = read_policy(path).policy.routing
     assert routing.kind == "complexity"
     assert routing.scorer.model == str(policy_dir / "far.complexity.onnx")
 
@@ -326,8 +460,8 @@ def test_gear_plan_replays_candidates_and_writes_a_cheaper_ladder(
 
     chain = CHAIN.format(name="d", kind="confidence", threshold=0.99)
     path = _write(policy_dir, chain.replace("name: d\n", "name: d\ndataset: digits\n"))
-    calibration = load_dataset("digits").calibration
-    plan = plan_gears(load_policy(path), calibration.X, calibration.y, capacity_rps=200,
+    calibration = read_dataset("digits").calibration
+    plan = plan_gears(read_policy(path), calibration.X, calibration.y, capacity_rps=200,
                       deadline_ms=100)  # fmt: skip
     assert plan.full.relative_cost == 1.0
     names = [c.name for c in plan.candidates]
@@ -336,7 +470,7 @@ def test_gear_plan_replays_candidates_and_writes_a_cheaper_ladder(
     costs = [1.0, *(c.relative_cost for c in plan.chosen)]
     assert plan.chosen and all(b <= 0.8 * a for a, b in itertools.pairwise(costs))
     tiny_only = next(c for c in plan.candidates if c.name == "tiny-only")
-    tiny = load_policy(path)
+    tiny = read_policy(path)
     assert tiny_only.accuracy == pytest.approx(
         float((Evaluator(tiny).probabilities("tiny", calibration.X).argmax(1)
                == calibration.y).mean())
@@ -348,7 +482,7 @@ def test_gear_plan_replays_candidates_and_writes_a_cheaper_ladder(
             "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     assert "gears written to" in capsys.readouterr().out
-    assert [g.name for g in load_policy(path).policy.gears] == [c.name for c in plan.chosen]
+    assert [g.name for g in read_policy(path).policy.gears] == [c.name for c in plan.chosen]
     with pytest.raises(SystemExit) as usage:
         main(["calibrate", str(path), "--gears"])
     assert usage.value.code == 2

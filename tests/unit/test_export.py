@@ -7,7 +7,7 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from cascade import FidelityError
-from cascade.zoo import load_dataset
+from cascade.zoo import read_dataset
 from cascade.zoo.export import check_fidelity, onnx_probabilities, sklearn_to_onnx
 
 
@@ -15,7 +15,7 @@ def test_hist_gradient_boosting_converts_under_this_protobuf() -> None:
     from skl2onnx.common._container import ModelComponentContainer
 
     original = ModelComponentContainer.add_node
-    ds = load_dataset("digits")
+    ds = read_dataset("digits")
     model = HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(ds.train.X, ds.train.y)
     graph = sklearn_to_onnx(model, n_features=64, metadata={"tier": "small", "classes": ["0"]})
     assert ModelComponentContainer.add_node is original  # the workaround is scoped

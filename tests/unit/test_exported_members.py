@@ -13,7 +13,7 @@ def test_exported_members() -> None:
     assert set(cascade.__all__) == exported
     for name in cascade.__all__:
         assert getattr(cascade, name) is not None
-    assert cascade.HttpModel is cascade.serving.HttpModel  # split inference's remote tier
+    assert cascade.HttpModel is cascade.backends.HttpModel  # split inference's remote tier
 
 
 def test_importing_cascade_loads_no_ray_and_no_training_stack() -> None:

@@ -16,12 +16,12 @@ import httpx
 import numpy as np
 import pytest
 
-from cascade.backends import FakeModel, InputSpec
+from cascade.backends import CALL_DEADLINE, FakeModel, InputSpec
+from cascade.backends.remote import HttpModel
 from cascade.errors import BackendError, ModelTimeout, ModelUnavailable, PolicyError
 from cascade.policy import parse_policy
 from cascade.routing import Engine
-from cascade.routing._engine import CALL_DEADLINE
-from cascade.serving import HttpModel, build_infer_response, model_metadata, parse_infer_request
+from cascade.serving import build_infer_response, model_metadata, parse_infer_request
 
 URL = "http://remote.test/v2/models/large"
 CLASSES = ["a", "b", "c"]
@@ -289,17 +289,17 @@ def test_in_the_engine_failures_degrade_to_the_local_answer_and_open_the_breaker
 
 
 def test_serving_needs_a_cost_for_a_remote_tier_and_evaluation_refuses_it(tmp_path: Any) -> None:
-    from cascade.evaluate import resolve_tiers
-    from cascade.policy import load_policy
+    from cascade.catalog import resolve_tiers
+    from cascade.policy import read_policy
 
     (tmp_path / "tiny.onnx").write_bytes(b"")
     path = tmp_path / "p.yaml"
     path.write_text(POLICY.replace("    cost: 1.0\n", ""))
-    loaded = load_policy(path, check_files=False)
+    loaded = read_policy(path, check_files=False)
     with pytest.raises(PolicyError, match=r"tiers\.large\.cost: a remote tier .* needs `cost:`"):
         resolve_tiers(loaded, remote=True)
     with pytest.raises(PolicyError, match="cannot be evaluated offline"):
         resolve_tiers(loaded)
     path.write_text(POLICY)
-    tiers = resolve_tiers(load_policy(path, check_files=False), remote=True)
+    tiers = resolve_tiers(read_policy(path, check_files=False), remote=True)
     assert (tiers["large"].cost, tiers["large"].latency_ms, tiers["large"].card) == (1.0, 10, None)

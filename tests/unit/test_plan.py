@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cascade.catalog import ModelCard
 from cascade.cli import main
 from cascade.errors import PolicyError
 from cascade.evaluate import Evaluator, ensure_models, labelled_split
@@ -21,22 +22,21 @@ from cascade.evaluate._plan import (
     scorer_per_row_us,
     tier_cards,
 )
-from cascade.policy import LoadedPolicy, load_policy
-from cascade.zoo.cards import ModelCard
+from cascade.policy import PolicyFile, read_policy
 
 DIGITS = Path(__file__).resolve().parents[2] / "policies" / "digits.yaml"
 MODELS = DIGITS.parent / "models" / "digits"
 
 
 @pytest.fixture(scope="module")
-def digits() -> LoadedPolicy:
-    loaded = load_policy(DIGITS, check_files=False)
+def digits() -> PolicyFile:
+    loaded = read_policy(DIGITS, check_files=False)
     ensure_models(loaded, progress=False)
-    return load_policy(DIGITS)
+    return read_policy(DIGITS)
 
 
 @pytest.fixture(scope="module")
-def reach(digits: LoadedPolicy) -> dict[str, float]:
+def reach(digits: PolicyFile) -> dict[str, float]:
     X, _, _ = labelled_split(digits, split="calibration")
     return measure_reach(digits, X)
 
@@ -53,7 +53,7 @@ def _by_hand_us(card: ModelCard, batch: float) -> float:
     )
 
 
-def test_reach_is_what_evaluate_reports(digits: LoadedPolicy, reach: dict[str, float]) -> None:
+def test_reach_is_what_evaluate_reports(digits: PolicyFile, reach: dict[str, float]) -> None:
     X, y, _ = labelled_split(digits, split="calibration")
     evaluated = Evaluator(digits).evaluate(X, y)[0].tier_rates
     assert reach == pytest.approx({"small": 0.0, **evaluated})
@@ -71,7 +71,7 @@ def test_interpolation_is_exact_for_a_fixed_plus_per_row_cost() -> None:
 
 
 def test_arithmetic_at_low_load_matches_a_hand_computation(
-    digits: LoadedPolicy, reach: dict[str, float]
+    digits: PolicyFile, reach: dict[str, float]
 ) -> None:
     plan = plan_capacity(digits, 500, reach=reach)
     tiny, large = _card("tiny"), _card("large")
@@ -95,7 +95,7 @@ def test_arithmetic_at_low_load_matches_a_hand_computation(
 
 
 def test_arithmetic_with_batches_matches_a_hand_computation(
-    digits: LoadedPolicy, reach: dict[str, float]
+    digits: PolicyFile, reach: dict[str, float]
 ) -> None:
     # no serving overhead: one ingress replica, which coalesces 20,000 × 2 ms = 40 requests
     qps, rows = 20_000, 3
@@ -118,7 +118,7 @@ def test_arithmetic_with_batches_matches_a_hand_computation(
 
 
 def test_twice_the_load_never_needs_fewer_replicas(
-    digits: LoadedPolicy, reach: dict[str, float]
+    digits: PolicyFile, reach: dict[str, float]
 ) -> None:
     for rows in (1, 16):
         previous: CapacityPlan | None = None
@@ -139,7 +139,7 @@ def test_twice_the_load_never_needs_fewer_replicas(
 
 
 def test_a_policy_allowing_too_few_replicas_gets_a_note(
-    digits: LoadedPolicy, reach: dict[str, float]
+    digits: PolicyFile, reach: dict[str, float]
 ) -> None:
     plan = plan_capacity(digits, 100_000, reach=reach, rows_per_request=8)
     assert any("tiers.large: the policy allows 1 replica" in note for note in plan.notes)
@@ -157,7 +157,7 @@ def test_cli_prints_the_table_and_the_json(
 
     assert main(["plan", str(DIGITS), "--qps", "500", "--json", "--hop-cpu-ms", "3"]) == 0
     data = json.loads(capsys.readouterr().out)
-    expected = plan_capacity(load_policy(DIGITS), 500, reach=reach, hop_cpu_ms=3).to_dict()
+    expected = plan_capacity(read_policy(DIGITS), 500, reach=reach, hop_cpu_ms=3).to_dict()
     expected["reach_measured_on"] = "digits/calibration, 359 rows"
     assert data == json.loads(json.dumps(expected))
     assert data["assumptions"]["hop_cpu_ms"] == 3
@@ -181,17 +181,17 @@ def _policy(directory: Path, large: str, *, copy_cards: bool) -> Path:
 
 
 def test_a_tier_without_a_card_fails_clearly(
-    digits: LoadedPolicy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    digits: PolicyFile, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _policy(tmp_path, "large.onnx", copy_cards=False)
     with pytest.raises(PolicyError, match=r"tiers.tiny: no model card tiny.card.json beside"):
-        tier_cards(load_policy(path))
+        tier_cards(read_policy(path))
     assert main(["plan", str(path), "--qps", "10"]) == 1
     assert "cascade: error:" in capsys.readouterr().err
 
 
 def test_a_remote_tier_fails_clearly(
-    digits: LoadedPolicy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    digits: PolicyFile, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = "http://127.0.0.1:9/v2/models/large"
     path = _policy(tmp_path, url, copy_cards=True)
@@ -224,7 +224,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 
 
 def test_a_complexity_scorer_runs_at_the_ingress(
-    digits: LoadedPolicy, reach: dict[str, float], tmp_path: Path
+    digits: PolicyFile, reach: dict[str, float], tmp_path: Path
 ) -> None:
     flat = {1: 10.0, 32: 10.0, 256: 10.0}
     plain = plan_capacity(digits, 300, reach=reach)
@@ -233,10 +233,10 @@ def test_a_complexity_scorer_runs_at_the_ingress(
 
     from cascade.backends import OnnxModel
     from cascade.evaluate._complexity import train_scorer
-    from cascade.zoo import load_dataset
+    from cascade.zoo import read_dataset
 
     # a real scorer: "will tiny be wrong?", learnt on the digits calibration split
-    split = load_dataset("digits").calibration
+    split = read_dataset("digits").calibration
     tiny_wrong = OnnxModel(MODELS / "tiny.onnx").predict_sync(split.X).argmax(axis=1) != split.y
     scorer = train_scorer(split.X, tiny_wrong, tmp_path / "c.complexity.onnx")
     path = tmp_path / "c.yaml"
@@ -247,7 +247,7 @@ def test_a_complexity_scorer_runs_at_the_ingress(
         f"routing:\n  kind: complexity\n  scorer: {{name: onnx, model: {scorer}}}\n"
         "  bands:\n    - {tier: tiny, below: 0.5}\n    - {tier: large}\n"
     )
-    loaded = load_policy(path)
+    loaded = read_policy(path)
     measured = scorer_per_row_us(loaded)
     assert measured is not None and set(measured) == {1, 32, 256}
     assert main(["plan", str(path), "--qps", "300", "--json"]) == 0

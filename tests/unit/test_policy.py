@@ -20,10 +20,10 @@ from cascade.errors import PolicyError
 from cascade.policy import (
     ComplexityRouting,
     ConfidenceRouting,
-    LoadedPolicy,
-    load_policy,
+    PolicyFile,
     parse_policy,
     policy_json_schema,
+    read_policy,
     write_schema,
 )
 from cascade.zoo.export import sklearn_to_onnx
@@ -168,8 +168,8 @@ def _exactly(path: Path | str, *lines: str) -> str:
 )
 def test_a_valid_policy_of_each_routing_kind_loads(folder: Path, text: str, kind: str) -> None:
     path = _write(folder, text)
-    loaded = load_policy(path)
-    assert isinstance(loaded, LoadedPolicy)
+    loaded = read_policy(path)
+    assert isinstance(loaded, PolicyFile)
     assert loaded.policy.routing.kind == kind
     assert loaded.path == path.resolve()
     assert loaded.base_dir == folder.resolve()
@@ -178,7 +178,7 @@ def test_a_valid_policy_of_each_routing_kind_loads(folder: Path, text: str, kind
 
 
 def test_defaults_and_types_of_a_loaded_policy(folder: Path) -> None:
-    policy = load_policy(_write(folder, CONFIDENCE)).policy
+    policy = read_policy(_write(folder, CONFIDENCE)).policy
     assert isinstance(policy.routing, ConfidenceRouting)
     assert policy.routing.measure == "margin"
     assert [s.threshold for s in policy.routing.chain] == [0.9, None]
@@ -188,7 +188,7 @@ def test_defaults_and_types_of_a_loaded_policy(folder: Path) -> None:
 
 
 def test_complexity_scorer_model_is_read(folder: Path) -> None:
-    policy = load_policy(_write(folder, COMPLEXITY)).policy
+    policy = read_policy(_write(folder, COMPLEXITY)).policy
     assert isinstance(policy.routing, ComplexityRouting)
     assert policy.routing.scorer.model == "models/scorer.onnx"
 
@@ -198,7 +198,7 @@ def test_remote_tiers_skip_the_file_checks(folder: Path) -> None:
         "{model: models/large.onnx, placement: deployment}",
         "{model: 'https://models.example:8443/v2/models/large', cost: 1}",
     )
-    loaded = load_policy(_write(folder, text))
+    loaded = read_policy(_write(folder, text))
     with pytest.raises(PolicyError, match=r"^tier 'large' is remote \(https://models\.example"):
         loaded.model_path("large")
     with pytest.raises(PolicyError, match=r"^unknown tier 'huge' \(tiers: tiny, large\)$"):
@@ -211,7 +211,7 @@ def test_a_remote_tier_cannot_be_a_deployment(folder: Path) -> None:
         "{model: 'http://cluster:8000/v2/models/covertype', placement: deployment}",
     )
     with pytest.raises(PolicyError, match="runs where its URL points; placement: deployment"):
-        load_policy(_write(folder, text))
+        read_policy(_write(folder, text))
 
 
 def test_parse_policy_checks_no_files_unless_asked(tmp_path: Path) -> None:
@@ -251,14 +251,14 @@ def test_unknown_key(folder: Path) -> None:
             "(allowed: tier, threshold, calibration)",
         ),
     ):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_unknown_key_in_a_tier_lists_the_tier_fields(folder: Path) -> None:
     path = _write(folder, CONFIDENCE.replace("{model: models/tiny.onnx}", "{model: m, batch: 4}"))
     match = _exactly(path, f"3 tiers.tiny.batch: unknown key 'batch' (allowed: {TIER_KEYS})")
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_threshold_out_of_range(folder: Path) -> None:
@@ -266,7 +266,7 @@ def test_threshold_out_of_range(folder: Path) -> None:
     with pytest.raises(
         PolicyError, match=_exactly(path, "9 routing.chain[0].threshold: must be <= 1, got 1.5")
     ):
-        load_policy(path)
+        read_policy(path)
 
 
 CHAIN = "  chain:\n    - {tier: tiny, threshold: 0.9}\n    - {tier: large}"
@@ -330,16 +330,16 @@ def test_field_errors_in_our_voice(folder: Path, old: str, new: str, line: str) 
     assert old in CONFIDENCE
     path = _write(folder, CONFIDENCE.replace(old, new))
     with pytest.raises(PolicyError, match=_exactly(path, line)):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_missing_required_key_points_at_the_parent(folder: Path) -> None:
     path = _write(folder, CONFIDENCE.replace("{model: models/tiny.onnx}", "{cost: 0.1}"))
     with pytest.raises(PolicyError, match=_exactly(path, "3 tiers.tiny.model: required")):
-        load_policy(path)
+        read_policy(path)
     path = _write(folder, CONFIDENCE.replace("name: digits\n", "# no name\n"))
     with pytest.raises(PolicyError, match=_exactly(path, "2 name: required")):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_bad_routing_kind(folder: Path) -> None:
@@ -348,7 +348,7 @@ def test_bad_routing_kind(folder: Path) -> None:
         path, "6 routing.kind: must be one of confidence, complexity, sla, speculative, got 'magic'"
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_missing_routing_kind(folder: Path) -> None:
@@ -357,28 +357,28 @@ def test_missing_routing_kind(folder: Path) -> None:
         path, "5 routing.kind: required (one of confidence, complexity, sla, speculative)"
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_unknown_tier_in_the_chain(folder: Path) -> None:
     path = _write(folder, CONFIDENCE.replace("- {tier: large}", "- {tier: huge}"))
     match = _exactly(path, "10 routing.chain[1].tier: unknown tier 'huge' (tiers: tiny, large)")
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_unknown_tier_in_speculative_routing(folder: Path) -> None:
     path = _write(folder, SPECULATIVE.replace("expensive: large", "expensive: big"))
     match = _exactly(path, "8 routing.expensive: unknown tier 'big' (tiers: tiny, large)")
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_duplicated_tier_in_the_chain(folder: Path) -> None:
     path = _write(folder, CONFIDENCE.replace("- {tier: large}", "- {tier: tiny}"))
     match = _exactly(path, "5 routing: a tier may appear once in the chain, repeated: ['tiny']")
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_missing_threshold_on_a_step_that_is_not_last(folder: Path) -> None:
@@ -387,7 +387,7 @@ def test_missing_threshold_on_a_step_that_is_not_last(folder: Path) -> None:
         path, "5 routing: chain step 'tiny' needs a threshold (only the last may omit it)"
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_complexity_bands_must_increase(folder: Path) -> None:
@@ -399,14 +399,14 @@ def test_complexity_bands_must_increase(folder: Path) -> None:
     with pytest.raises(
         PolicyError, match=_exactly(path, "5 routing: band bounds must increase, got [0.5, 0.4]")
     ):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_complexity_last_band_takes_the_rest(folder: Path) -> None:
     path = _write(folder, COMPLEXITY.replace("- {tier: large}", "- {tier: large, below: 0.9}"))
     match = _exactly(path, "5 routing: the last band takes the remaining scores: omit its `below`")
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_complexity_scorer_parameters(folder: Path) -> None:
@@ -416,7 +416,7 @@ def test_complexity_scorer_parameters(folder: Path) -> None:
     with pytest.raises(
         PolicyError, match=_exactly(path, "7 routing.scorer: scorer onnx needs `model`")
     ):
-        load_policy(path)
+        read_policy(path)
     path = _write(folder, COMPLEXITY.replace("name: onnx", "name: magic"))
     match = _exactly(
         path,
@@ -424,12 +424,12 @@ def test_complexity_scorer_parameters(folder: Path) -> None:
         "'package.module:Class')",
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
     out_of_tree = COMPLEXITY.replace(
         "{name: onnx, model: models/scorer.onnx}",
         "{name: 'mypkg.scorers:Length', params: {cap: 3}}",
     )
-    assert load_policy(_write(folder, out_of_tree)).policy.routing.kind == "complexity"
+    assert read_policy(_write(folder, out_of_tree)).policy.routing.kind == "complexity"
 
 
 def test_autoscaling_max_below_min(folder: Path) -> None:
@@ -442,7 +442,7 @@ def test_autoscaling_max_below_min(folder: Path) -> None:
         path, "5 tiers.large.autoscaling: max_replicas (2) must be >= min_replicas (4)"
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 @pytest.mark.parametrize(
@@ -466,7 +466,7 @@ def test_autoscaling_settings_serve_would_refuse(
         "placement: deployment}", f"placement: deployment,\n          autoscaling: {autoscaling}}}"
     )
     with pytest.raises(PolicyError, match=re.escape(problem)):
-        load_policy(_write(folder, text))
+        read_policy(_write(folder, text))
 
 
 @pytest.mark.parametrize(
@@ -482,7 +482,7 @@ def test_autoscaling_settings_serve_would_refuse(
 def test_isotonic_calibration_knots(folder: Path, knots: str, problem: str) -> None:
     path = _write(folder, SPECULATIVE.replace("x: [0, 0.5, 1], y: [0, 0.4, 1]", knots))
     with pytest.raises(PolicyError, match=_exactly(path, f"10 routing.calibration: {problem}")):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_duplicate_yaml_keys(folder: Path) -> None:
@@ -494,13 +494,13 @@ def test_duplicate_yaml_keys(folder: Path) -> None:
     with pytest.raises(
         PolicyError, match=_exactly(path, "5 tiers.tiny: duplicate key (first at line 3)")
     ):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_yaml_syntax_error(folder: Path) -> None:
     path = _write(folder, CONFIDENCE.replace("  measure: margin\n", "  measure: [margin\n"))
     with pytest.raises(PolicyError, match=rf"^{re.escape(str(path))}:8 invalid YAML: "):
-        load_policy(path)
+        read_policy(path)
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# nothing here\n"])
@@ -508,7 +508,7 @@ def test_empty_file(folder: Path, text: str) -> None:
     path = _write(folder, text)
     match = _exactly(path, "1 file is empty (a policy needs name, tiers and routing)")
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_top_level_must_be_a_mapping(folder: Path) -> None:
@@ -517,13 +517,13 @@ def test_top_level_must_be_a_mapping(folder: Path) -> None:
         path, "2 top level: must be a mapping of name, tiers, routing, ..., got a list"
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_missing_policy_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(PolicyError, match=f"^{re.escape(str(path))}: no such file"):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_several_errors_are_reported_together_in_line_order(folder: Path) -> None:
@@ -544,12 +544,12 @@ def test_several_errors_are_reported_together_in_line_order(folder: Path) -> Non
         "11 cache.exact_max_entries: must be >= 0, got -1",
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_a_cache_section_is_active_and_checked(folder: Path) -> None:
     cached = "cache: {exact_max_entries: 1000, similarity: {threshold: 0.9}}\n"
-    policy = load_policy(_write(folder, CONFIDENCE + cached)).policy
+    policy = read_policy(_write(folder, CONFIDENCE + cached)).policy
     assert policy.cache is not None and policy.cache.similarity is not None
     assert policy.cache.similarity.threshold == 0.9
     bad = "cache: {similarity: {threshold: 1.5}}\n"
@@ -557,26 +557,26 @@ def test_a_cache_section_is_active_and_checked(folder: Path) -> None:
         _write(folder, CONFIDENCE + bad), "11 cache.similarity.threshold: must be <= 1, got 1.5"
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(folder / "policy.yaml")
+        read_policy(folder / "policy.yaml")
 
 
 def test_gears_must_rise_and_name_known_tiers(folder: Path) -> None:
     ok = "gears:\n  - {name: busy, queue_depth_at_least: 8, threshold_shift: 0.1}\n"
     ok += "  - {name: swamped, queue_depth_at_least: 32, max_tier: tiny}\n"
-    assert [g.name for g in load_policy(_write(folder, CONFIDENCE + ok)).policy.gears] == [
+    assert [g.name for g in read_policy(_write(folder, CONFIDENCE + ok)).policy.gears] == [
         "busy",
         "swamped",
     ]
     falling = ok.replace("32", "4")
     with pytest.raises(PolicyError, match=r"must rise strictly from gear to gear, got \[8, 4\]"):
-        load_policy(_write(folder, CONFIDENCE + falling))
+        read_policy(_write(folder, CONFIDENCE + falling))
     unknown = ok.replace("max_tier: tiny", "max_tier: huge")
     with pytest.raises(PolicyError, match=r"gears\[1\]\.max_tier: unknown tier 'huge'"):
-        load_policy(_write(folder, CONFIDENCE + unknown))
+        read_policy(_write(folder, CONFIDENCE + unknown))
 
 
 def test_empty_inactive_sections_are_fine(folder: Path) -> None:
-    assert load_policy(_write(folder, CONFIDENCE + "gears: []\nstages: []\ncache: null\n"))
+    assert read_policy(_write(folder, CONFIDENCE + "gears: []\nstages: []\ncache: null\n"))
 
 
 # --- model files ------------------------------------------------------------------------------
@@ -590,8 +590,8 @@ def test_missing_model_file(folder: Path) -> None:
         path, f"4 tiers.large.model: no such file models/large.onnx (resolved: {resolved})"
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
-    assert load_policy(path, check_files=False).policy.name == "digits"
+        read_policy(path)
+    assert read_policy(path, check_files=False).policy.name == "digits"
 
 
 def test_a_dataset_policy_tolerates_missing_files_but_checks_present_ones(
@@ -599,12 +599,12 @@ def test_a_dataset_policy_tolerates_missing_files_but_checks_present_ones(
 ) -> None:
     (folder / "models" / "large.onnx").unlink()
     text = CONFIDENCE.replace("name: digits\n", "name: digits\ndataset: digits\n")
-    assert load_policy(_write(folder, text)).policy.dataset == "digits"
+    assert read_policy(_write(folder, text)).policy.dataset == "digits"
     shutil.copy(onnx_files["wine"], folder / "models" / "large.onnx")
     path = _write(folder, text)
     match = _exactly(path, "5 tiers.large.model: input width 13 differs from tier 'tiny' (64)")
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_unknown_dataset(folder: Path) -> None:
@@ -614,7 +614,7 @@ def test_unknown_dataset(folder: Path) -> None:
         "2 dataset: unknown dataset 'mnist' (allowed: clinc150, covertype, digits, ltr, movielens)",
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 @pytest.mark.parametrize(
@@ -631,7 +631,7 @@ def test_onnx_inputs_must_agree(
     shutil.copy(onnx_files[model], folder / "models" / "large.onnx")
     path = _write(folder, CONFIDENCE)
     with pytest.raises(PolicyError, match=_exactly(path, f"4 tiers.large.model: {problem}")):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_unreadable_onnx_file(folder: Path, onnx_files: dict[str, Path]) -> None:
@@ -639,7 +639,7 @@ def test_unreadable_onnx_file(folder: Path, onnx_files: dict[str, Path]) -> None
     path = _write(folder, CONFIDENCE)
     pattern = rf"^{re.escape(str(path))}:4 tiers\.large\.model: not a readable ONNX model \("
     with pytest.raises(PolicyError, match=pattern):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_scorer_width_must_match_the_tiers(folder: Path, onnx_files: dict[str, Path]) -> None:
@@ -647,7 +647,7 @@ def test_scorer_width_must_match_the_tiers(folder: Path, onnx_files: dict[str, P
     path = _write(folder, COMPLEXITY)
     match = _exactly(path, "7 routing.scorer.model: input width 13 differs from tier 'tiny' (64)")
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_scorer_model_must_be_a_file(folder: Path) -> None:
@@ -657,7 +657,7 @@ def test_scorer_model_must_be_a_file(folder: Path) -> None:
         path, "7 routing.scorer.model: must be a file path relative to the policy, not a URL"
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_remote_tier_needs_a_host(folder: Path) -> None:
@@ -667,7 +667,7 @@ def test_remote_tier_needs_a_host(folder: Path) -> None:
     path = _write(folder, text)
     match = _exactly(path, "4 tiers.large.model: URL has no host (allowed: http://HOST/...)")
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_other_url_schemes_are_refused(folder: Path) -> None:
@@ -678,7 +678,7 @@ def test_other_url_schemes_are_refused(folder: Path) -> None:
         "file path relative to the policy)",
     )
     with pytest.raises(PolicyError, match=match):
-        load_policy(path)
+        read_policy(path)
 
 
 LEAVES = "path leaves the policy folder (set allow_outside_paths: true to allow it)"
@@ -688,9 +688,9 @@ def test_relative_path_escaping_the_folder(folder: Path, onnx_files: dict[str, P
     shutil.copy(onnx_files["tiny"], folder.parent / "x.onnx")
     path = _write(folder, CONFIDENCE.replace("models/tiny.onnx", "../x.onnx"))
     with pytest.raises(PolicyError, match=_exactly(path, f"3 tiers.tiny.model: {LEAVES}")):
-        load_policy(path)
+        read_policy(path)
     allowed = CONFIDENCE.replace("models/tiny.onnx", "../x.onnx") + "allow_outside_paths: true\n"
-    loaded = load_policy(_write(folder, allowed))
+    loaded = read_policy(_write(folder, allowed))
     assert loaded.model_path("tiny") == (folder.parent / "x.onnx").resolve()
 
 
@@ -698,11 +698,11 @@ def test_absolute_path_is_refused(folder: Path, onnx_files: dict[str, Path]) -> 
     absolute = onnx_files["tiny"].resolve()
     path = _write(folder, CONFIDENCE.replace("models/tiny.onnx", str(absolute)))
     with pytest.raises(PolicyError, match=_exactly(path, f"3 tiers.tiny.model: {LEAVES}")):
-        load_policy(path)
+        read_policy(path)
     inside = (folder / "models" / "tiny.onnx").resolve()  # absolute, even when inside
     path = _write(folder, CONFIDENCE.replace("models/tiny.onnx", str(inside)))
     with pytest.raises(PolicyError, match=_exactly(path, f"3 tiers.tiny.model: {LEAVES}")):
-        load_policy(path)
+        read_policy(path)
 
 
 def test_symlink_escaping_the_folder(folder: Path, onnx_files: dict[str, Path]) -> None:
@@ -711,8 +711,8 @@ def test_symlink_escaping_the_folder(folder: Path, onnx_files: dict[str, Path]) 
     link.symlink_to(onnx_files["tiny"].resolve())
     path = _write(folder, CONFIDENCE)
     with pytest.raises(PolicyError, match=_exactly(path, f"3 tiers.tiny.model: {LEAVES}")):
-        load_policy(path)
-    loaded = load_policy(path, check_files=False)
+        read_policy(path)
+    loaded = read_policy(path, check_files=False)
     with pytest.raises(PolicyError, match=f"^tiers\\.tiny\\.model: {re.escape(LEAVES)}$"):
         loaded.model_path("tiny")
 
@@ -720,7 +720,7 @@ def test_symlink_escaping_the_folder(folder: Path, onnx_files: dict[str, Path]) 
 def test_symlink_inside_the_folder_is_fine(folder: Path) -> None:
     (folder / "models" / "alias.onnx").symlink_to("tiny.onnx")
     path = _write(folder, CONFIDENCE.replace("models/tiny.onnx", "models/alias.onnx"))
-    assert load_policy(path).model_path("tiny") == (folder / "models" / "tiny.onnx").resolve()
+    assert read_policy(path).model_path("tiny") == (folder / "models" / "tiny.onnx").resolve()
 
 
 # --- the JSON Schema ----------------------------------------------------------------------
@@ -751,7 +751,7 @@ SHIPPED = sorted(POLICIES.glob("*.yaml"))
 def test_every_shipped_policy_loads(path: Path) -> None:
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
     assert first_line == SCHEMA_LINE, f"{path.name} must start with `{SCHEMA_LINE}`"
-    assert load_policy(path).policy.tiers
+    assert read_policy(path).policy.tiers
 
 
 # --- the command line ---------------------------------------------------------------------

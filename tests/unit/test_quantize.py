@@ -16,7 +16,7 @@ from skl2onnx import to_onnx
 from sklearn.tree import DecisionTreeClassifier
 
 from cascade.errors import BuildError
-from cascade.zoo import load_dataset
+from cascade.zoo import read_dataset
 from cascade.zoo.quantize import has_quantizable_ops, quantize_dynamic_int8, quantize_static_int8
 from cascade.zoo.student import TrainConfig, student_to_onnx, train_student
 
@@ -33,7 +33,7 @@ class Digits:
 @pytest.fixture(scope="module")
 def digits() -> Digits:
     # The project's own seeded 60/20/20 split: calibration rows stand in for validation.
-    ds = load_dataset("digits")
+    ds = read_dataset("digits")
     return Digits(ds.train.X, ds.train.y, ds.calibration.X, ds.test.X, ds.test.y)
 
 

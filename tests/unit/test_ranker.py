@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from cascade.backends import FakeModel
 from cascade.errors import InputError, PolicyError
 from cascade.policy import Policy, parse_policy
-from cascade.ranking._ranker import Ranker
+from cascade.routing._ranker import Ranker
 from cascade.serving._ranking import build_rank_response, parse_rank_request
 
 WIDTH = 3
@@ -204,7 +204,7 @@ def test_bad_rank_requests_say_what_is_wrong(body: bytes, match: str) -> None:
 
 def test_equal_scores_go_to_the_earlier_candidate_like_the_offline_cascade() -> None:
     from cascade.ranking import top_k
-    from cascade.ranking._ranker import _top
+    from cascade.routing._ranker import _top
 
     scores = np.array([1, 2, 2, 2, 0, 2], np.float32)
     for m in range(1, 7):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cascade.cli import main
-from cascade.policy import load_policy
+from cascade.policy import read_policy
 from cascade.ranking import ltr_queries, ndcg_at_k
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def test_calibrate_picks_n_with_a_margin_and_writes_it(
     assert chosen["lower_bound"] >= 0.98
     meeting = [p for p in result["points"] if p["lower_bound"] >= 0.98]
     assert chosen["relative_cost"] == min(p["relative_cost"] for p in meeting)
-    policy = load_policy(ltr_policy).policy
+    policy = read_policy(ltr_policy).policy
     coarse = policy.stage("coarse")
     assert coarse is not None and coarse.keep == chosen["n"]
     assert policy.provenance is not None and policy.provenance.confidence == 0.95

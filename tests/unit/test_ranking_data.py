@@ -10,6 +10,7 @@ import onnx
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from cascade.catalog import read_scorer_cards
 from cascade.errors import DatasetError
 from cascade.ranking import (
     MOVIELENS_FEATURES,
@@ -17,13 +18,12 @@ from cascade.ranking import (
     MovieLens,
     build_ltr,
     evaluate_cascade,
-    load_cascade,
-    load_ltr,
-    load_movielens,
     ltr_queries,
     movielens_queries,
     onnx_scores,
-    read_scorer_cards,
+    open_cascade,
+    read_ltr,
+    read_movielens,
     split_by_time,
 )
 from cascade.ranking.export import linear_onnx, tree_onnx
@@ -37,13 +37,13 @@ MOVIELENS = Path(__file__).resolve().parents[3] / "shared" / "data" / "movielens
 def movielens() -> MovieLens:
     if not (MOVIELENS / "ratings.csv.gz").is_file():
         pytest.skip(f"MovieLens is not bundled (licence); not found at {MOVIELENS.resolve()}")
-    return load_movielens(MOVIELENS)
+    return read_movielens(MOVIELENS)
 
 
 def test_missing_movielens_names_the_path_and_where_to_get_it(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(DatasetError, match=r"nowhere/ratings\.csv\.gz: no such file") as info:
-        load_movielens(missing)
+        read_movielens(missing)
     assert "grouplens.org" in str(info.value)
     assert "movieId,title,year,genres,userId,rating,timestamp" in str(info.value)
 
@@ -52,7 +52,7 @@ def test_movielens_with_other_columns_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ratings.csv"  # GroupLens' own layout: movies are in another file
     path.write_text("userId,movieId,rating,timestamp\n1,2,4.0,5\n")
     with pytest.raises(DatasetError, match=r"missing columns \['title', 'year', 'genres'\]"):
-        load_movielens(path)
+        read_movielens(path)
 
 
 def test_time_split_holds_out_each_users_last_fifth() -> None:
@@ -97,7 +97,7 @@ def test_real_movielens_split_and_candidates(movielens: MovieLens) -> None:
 
 
 def test_ltr_sample_loads_dense_with_its_queries() -> None:
-    train, test = load_ltr("train"), load_ltr("test")
+    train, test = read_ltr("train"), read_ltr("test")
     assert train.X.shape == (3005, 300) and test.X.shape == (768, 300)
     assert train.X.dtype == np.float32
     assert (len(train.group_sizes), len(test.group_sizes)) == (201, 50)
@@ -105,7 +105,7 @@ def test_ltr_sample_loads_dense_with_its_queries() -> None:
     queries = ltr_queries("test")
     assert [len(q.ids) for q in queries] == test.group_sizes.tolist()
     with pytest.raises(DatasetError, match="must be 'train' or 'test'"):
-        load_ltr("valid")  # type: ignore[arg-type]
+        read_ltr("valid")  # type: ignore[arg-type]
 
 
 def _io(path: Path) -> tuple[list[tuple[str, list[object]]], list[tuple[str, list[object]]]]:
@@ -119,7 +119,7 @@ def _io(path: Path) -> tuple[list[tuple[str, list[object]]], list[tuple[str, lis
 
 def test_ltr_build_exports_onnx_scorers_that_match_sklearn(tmp_path: Path) -> None:
     build = build_ltr(tmp_path, progress=False, seed=0)
-    test = load_ltr("test")
+    test = read_ltr("test")
     cards = read_scorer_cards(tmp_path)
     assert set(cards) == {"coarse", "fine"} and (tmp_path / "features.json").is_file()
 
@@ -136,7 +136,7 @@ def test_ltr_build_exports_onnx_scorers_that_match_sklearn(tmp_path: Path) -> No
     np.testing.assert_allclose(onnx_scores(tmp_path / "fine.onnx", test.X), fine, atol=1e-4)
     assert cards["coarse"].cost_us < cards["fine"].cost_us
 
-    results = evaluate_cascade(ltr_queries("test"), load_cascade(tmp_path), [30])
+    results = evaluate_cascade(ltr_queries("test"), open_cascade(tmp_path), [30])
     by_name = {r.name: r for r in results}
     assert by_name["cascade N=30"].ndcg_at_10 == by_name["fine-only"].ndcg_at_10  # N >= 24
 

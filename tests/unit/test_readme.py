@@ -26,7 +26,7 @@ def test_main_command_serves_the_embedded_default() -> None:
     # Running it is tests/integration/test_serve_cli.py's job: it serves until stopped.
     steps = [s.strip() for s in _block("main-command").split("&&")]
     assert steps[:2] == ["python3 -m venv .venv", ". .venv/bin/activate"]
-    assert steps[2] == 'pip install ".[serve]"'
+    assert steps[2] == 'pip install ".[serve,train]"'  # Ray, and [train]: the first run builds
     assert steps[3:] == ["cascade serve policies/digits.yaml"]
     assert (ROOT / "policies" / "digits.yaml").is_file()
     example = _block("request-example")

@@ -20,6 +20,7 @@ import pytest
 
 from cascade.backends import FakeModel
 from cascade.errors import BackendError, InputError, ModelUnavailable, PolicyError
+from cascade.evaluate import fit_isotonic, fit_temperature
 from cascade.policy import Calibration, Policy
 from cascade.policy import Scorer as ScorerSpec
 from cascade.routing import (
@@ -30,8 +31,6 @@ from cascade.routing import (
     FeatureScorer,
     calibrate,
     confidence,
-    fit_isotonic,
-    fit_temperature,
     make_router,
     make_scorer,
 )

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cascade.backends import FakeModel, InputSpec
+from cascade.backends import FakeModel, InputSpec, OnnxModel
+from cascade.catalog import ModelCard
 from cascade.errors import BackendError
 from cascade.serving import HttpReply, InferenceService, PolicyText
-from cascade.zoo import ModelCard, load_dataset
+from cascade.zoo import read_dataset
 
 
 def _policy_text(models: Path, *, threshold: float = 0.9, name: str = "digits") -> str:
@@ -94,6 +95,29 @@ def _infer_body(rows: np.ndarray, **parameters: Any) -> dict[str, Any]:
     return {"inputs": [tensor], "parameters": parameters}
 
 
+def test_bad_rows_are_refused_before_they_can_spoil_a_batch(service: InferenceService) -> None:
+    """Rows are validated once, where the request is parsed: a request holding NaN gets its
+    400 there, and the request it would have shared a coalesced batch with is answered."""
+    rows = read_dataset("digits").test.X[:2].astype(np.float32)
+    bad = rows.copy()
+    bad[0, 1] = np.nan
+
+    async def both() -> list[HttpReply]:
+        async def call(body: dict[str, Any]) -> HttpReply:
+            async def read() -> bytes:
+                return json.dumps(body).encode()
+
+            return await service.handle("POST", "/v2/models/digits/infer", {}, read)
+
+        return list(await asyncio.gather(call(_infer_body(rows)), call(_infer_body(bad))))
+
+    good, refused = asyncio.run(both())
+    assert refused.status == 400
+    assert "non-finite" in json.loads(refused.body)["error"]
+    assert good.status == 200
+    assert json.loads(good.body)["outputs"][0]["shape"] == [2, 10]
+
+
 def test_health_metadata_and_ready(service: InferenceService) -> None:
     assert _call(service, "GET", "/v2/health/live")[1] == {"live": True}
     assert _call(service, "GET", "/v2/health/ready")[1] == {"ready": True}
@@ -109,18 +133,31 @@ def test_health_metadata_and_ready(service: InferenceService) -> None:
     }
 
 
-def test_infer_escalates_uncertain_rows_to_the_remote_tier(service: InferenceService) -> None:
-    rows = np.asarray(load_dataset("digits").test.X[:8], dtype=np.float32)
+def test_infer_escalates_uncertain_rows_to_the_remote_tier(
+    service: InferenceService, digits_zoo: tuple[Path, list[ModelCard]]
+) -> None:
+    # which rows tiny is unsure of (max probability below the fixture's 0.9), from tiny itself
+    test = np.asarray(read_dataset("digits").test.X[:60], dtype=np.float32)
+    sure = OnnxModel(digits_zoo[0] / "tiny.onnx").predict_sync(test).max(axis=1) >= 0.9
+    unsure_idx, sure_idx = np.flatnonzero(~sure)[:3], np.flatnonzero(sure)[:5]
+    assert len(unsure_idx) == 3 and len(sure_idx) == 5, "the first 60 rows lack a mix"
+    chosen = np.sort(np.concatenate([unsure_idx, sure_idx]))  # 8: the request limit
+    rows, escalates = test[chosen], ~sure[chosen]
     reply, body = _call(service, "POST", "/v2/models/digits/infer", _infer_body(rows, trace=True))
     assert reply.status == 200, body
-    answered = body["parameters"]["answered_by"]
+    expected = ["large" if e else "tiny" for e in escalates]
+    assert body["parameters"]["answered_by"] == expected
     labels = next(o for o in body["outputs"] if o["name"] == "label")["data"]
-    assert len(answered) == len(labels) == 8
-    # the fake large tier always says 3: every row it answered carries 3
-    assert all(
-        label == "3" for label, tier in zip(labels, answered, strict=True) if tier == "large"
-    )
-    assert len(body["parameters"]["decisions"]) == 8
+    # the fake large tier always says 3
+    assert [label for label, e in zip(labels, escalates, strict=True) if e] == ["3"] * 3
+    decisions = body["parameters"]["decisions"]
+    assert [(d["answered_by"], d["reason"]) for d in decisions] == [
+        ("large", "last_tier") if e else ("tiny", "confident") for e in escalates
+    ]
+    for d, e in zip(decisions, escalates, strict=True):
+        tiers = [(s["tier"], s["accepted"]) for s in d["steps"]]
+        assert tiers == ([("tiny", False), ("large", True)] if e else [("tiny", True)])
+        assert not d["degraded"]
     assert ("record", "digits", "8") in service.metrics.events  # type: ignore[attr-defined]
 
 
@@ -165,7 +202,7 @@ def test_a_failing_remote_tier_degrades_and_never_500s(
     path.write_text(_policy_text(models, threshold=1.0))  # every row escalates
     svc = InferenceService()
     svc.apply_policies([PolicyText(str(path), path.read_text())], remote=_remote(failing=True))
-    rows = np.asarray(load_dataset("digits").test.X[:4], dtype=np.float32)
+    rows = np.asarray(read_dataset("digits").test.X[:4], dtype=np.float32)
     reply, body = _call(svc, "POST", "/v2/models/digits/infer", _infer_body(rows))
     assert reply.status == 200
     assert body["parameters"]["answered_by"] == ["tiny"] * 4
@@ -232,7 +269,7 @@ def test_repeated_rows_come_from_the_exact_cache_and_near_ones_from_the_similar(
 ) -> None:
     models, _ = digits_zoo
     svc = _cached_service(models, tmp_path)
-    rows = np.asarray(load_dataset("digits").test.X[:3], dtype=np.float32)
+    rows = np.asarray(read_dataset("digits").test.X[:3], dtype=np.float32)
     first = _decisions(svc, rows)
     assert [d["cache_hit"] for d in first] == [False] * 3
     assert {d["answered_by"] for d in first} == {"large"}
@@ -260,7 +297,7 @@ def test_a_reload_never_serves_the_old_policys_answers(
 ) -> None:
     models, _ = digits_zoo
     svc = _cached_service(models, tmp_path)
-    rows = np.asarray(load_dataset("digits").test.X[:2], dtype=np.float32)
+    rows = np.asarray(read_dataset("digits").test.X[:2], dtype=np.float32)
     _decisions(svc, rows)
     path = tmp_path / "cached.yaml"
     path.write_text(path.read_text().replace("threshold: 1.0", "threshold: 0.99"))
@@ -273,6 +310,6 @@ def test_degraded_answers_are_not_cached(
 ) -> None:
     models, _ = digits_zoo
     svc = _cached_service(models, tmp_path, remote_fails=True)
-    rows = np.asarray(load_dataset("digits").test.X[:2], dtype=np.float32)
+    rows = np.asarray(read_dataset("digits").test.X[:2], dtype=np.float32)
     assert [d["degraded"] for d in _decisions(svc, rows)] == [True, True]
     assert [d["cache_hit"] for d in _decisions(svc, rows)] == [False, False]

@@ -12,7 +12,7 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 
 from cascade.errors import BuildError
-from cascade.zoo import load_dataset
+from cascade.zoo import read_dataset
 from cascade.zoo.student import (
     MLP,
     TrainConfig,
@@ -42,7 +42,7 @@ class Digits:
 @pytest.fixture(scope="module")
 def digits() -> Digits:
     # The project's own seeded 60/20/20 split: calibration rows stand in for validation.
-    ds = load_dataset("digits")
+    ds = read_dataset("digits")
     return Digits(ds.train.X, ds.train.y, ds.calibration.X, ds.calibration.y, ds.test.X, ds.test.y)
 
 

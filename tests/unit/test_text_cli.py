@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 
 from cascade.cli import main
-from cascade.policy import load_policy
-from cascade.zoo import load_dataset
+from cascade.policy import read_policy
+from cascade.zoo import read_dataset
 
 
 def test_a_users_text_table_gets_tiers_a_calibrated_policy_and_an_evaluation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("tokenizers")
-    data = load_dataset("clinc150")
+    data = read_dataset("clinc150")
     intents = [data.classes.index(c) for c in data.classes[:40]]  # 4,000 rows
     keep = np.isin(data.train.y, intents)
     frame = pd.DataFrame({
@@ -32,7 +32,7 @@ def test_a_users_text_table_gets_tiers_a_calibrated_policy_and_an_evaluation(
                  "--label-column", "intent", "--out", str(out), "--no-progress"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     assert "wrote a calibrated policy" in capsys.readouterr().out
-    policy = load_policy(out / "intents.yaml").policy
+    policy = read_policy(out / "intents.yaml").policy
     assert policy.provenance is not None
     assert policy.provenance.target == {"relative_accuracy": 0.99}
     assert main(["evaluate", str(out / "intents.yaml"), "--data", str(table), "--text-column",

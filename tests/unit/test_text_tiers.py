@@ -18,12 +18,13 @@ import pytest
 from onnx import TensorProto, helper
 
 from cascade.backends import InputSpec, Model, OnnxModel, open_model
+from cascade.backends.featurize import HashedCharNgrams, Tfidf, read_featurizer
+from cascade.backends.text import TextModel
+from cascade.catalog import COST_BATCH, TEXT_SIDECAR_SUFFIX, ModelCard, beside, read_cards
 from cascade.errors import BuildError, InputError, ModelUnavailable
-from cascade.text.backend import TextModel, sidecar_path
 from cascade.text.build import LINEAR_C, build_text_zoo
-from cascade.text.featurize import HashedCharNgrams, Tfidf, load_featurizer
-from cascade.zoo import Dataset, ModelCard, Split, load_dataset, read_cards
-from cascade.zoo.cards import COST_BATCH
+from cascade.text.common import to_csr
+from cascade.zoo import Dataset, Split, read_dataset
 
 N_INTENTS = 19
 PER_CLASS = {"train": 20, "calibration": 5, "test": 10}
@@ -53,7 +54,7 @@ def _subset(ds: Dataset) -> Dataset:
 
 @pytest.fixture(scope="session")
 def subset() -> Dataset:
-    return _subset(load_dataset("clinc150"))
+    return _subset(read_dataset("clinc150"))
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +95,7 @@ def test_hashed_ngrams_are_deterministic_across_processes() -> None:
 
 def test_hashed_ngrams_json_round_trip() -> None:
     featurizer = HashedCharNgrams(n_features=4096, ngram=(1, 3), signed=False)
-    again = load_featurizer(featurizer.to_json())
+    again = read_featurizer(featurizer.to_json())
     assert isinstance(again, HashedCharNgrams)
     assert repr(again) == repr(featurizer)
     texts = ["book a flight to paris", "what's my credit score?"]
@@ -135,9 +136,9 @@ def test_tfidf_blocks_match_scikit_learn(subset: Dataset) -> None:
 
 def test_featurizer_json_errors() -> None:
     with pytest.raises(BuildError, match="unknown featurizer kind 'bow'"):
-        load_featurizer(json.dumps({"format_version": 1, "kind": "bow"}))
+        read_featurizer(json.dumps({"format_version": 1, "kind": "bow"}))
     with pytest.raises(BuildError, match="format_version 2"):
-        load_featurizer(json.dumps({"format_version": 2, "kind": "hashed"}))
+        read_featurizer(json.dumps({"format_version": 2, "kind": "hashed"}))
     with pytest.raises(BuildError, match="Tfidf is not fitted"):
         Tfidf().transform(["hello"])
 
@@ -153,11 +154,11 @@ def test_text_model_matches_the_sklearn_pipeline(
 
     out, _ = linear_zoo
     model = TextModel(out / f"{tier}.onnx")
-    featurizer = load_featurizer(sidecar_path(model.path).read_text())
-    train = featurizer.transform([str(t) for t in subset.train.X]).csr()
+    featurizer = read_featurizer(beside(model.path, TEXT_SIDECAR_SUFFIX).read_text())
+    train = to_csr(featurizer.transform([str(t) for t in subset.train.X]))
     estimator = LogisticRegression(C=LINEAR_C[tier], max_iter=1000).fit(train, subset.train.y)
     test = [str(t) for t in subset.test.X]
-    expected = estimator.predict_proba(featurizer.transform(test).csr())
+    expected = estimator.predict_proba(to_csr(featurizer.transform(test)))
     got = model.predict_sync(np.asarray(test, dtype=object))
     assert got.dtype == np.float32 and got.shape == (len(test), subset.n_classes)
     assert np.abs(got - expected).max() < 1e-4
@@ -225,10 +226,10 @@ def test_text_model_refuses_broken_sidecars(
     model_file.write_bytes((linear_zoo[0] / "tiny.onnx").read_bytes())
     with pytest.raises(ModelUnavailable, match=r"tiny.text.json: no text sidecar"):
         TextModel(model_file)
-    sidecar_path(model_file).write_text('{"format_version": 1, "kind": "bag"}')
+    beside(model_file, TEXT_SIDECAR_SUFFIX).write_text('{"format_version": 1, "kind": "bag"}')
     with pytest.raises(ModelUnavailable, match=r"kind 'bag' is not one of"):
         TextModel(model_file)
-    sidecar_path(model_file).write_text('{"format_version": 1, "kind": "minilm"}')
+    beside(model_file, TEXT_SIDECAR_SUFFIX).write_text('{"format_version": 1, "kind": "minilm"}')
     with pytest.raises(ModelUnavailable, match=r"cannot read the minilm sidecar"):
         TextModel(model_file)
 
@@ -238,7 +239,7 @@ def test_serving_imports_neither_sklearn_nor_scipy(
 ) -> None:
     code = (
         "import sys\n"
-        "from cascade.text.backend import TextModel\n"
+        "from cascade.backends.text import TextModel\n"
         f"for tier in ('tiny', 'small'):\n"
         f"    TextModel({str(linear_zoo[0])!r} + f'/{{tier}}.onnx').predict_sync(['hi there'])\n"
         "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))\n"
@@ -251,7 +252,7 @@ def test_serving_imports_neither_sklearn_nor_scipy(
 
 def test_build_refuses_non_text_and_unknown_tiers(subset: Dataset, tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="dataset 'digits' is tabular; build_text_zoo needs text"):
-        build_text_zoo(load_dataset("digits"), tmp_path, progress=False)
+        build_text_zoo(read_dataset("digits"), tmp_path, progress=False)
     with pytest.raises(BuildError, match=r"unknown text tiers \['huge'\]"):
         build_text_zoo(subset, tmp_path, progress=False, tiers=("tiny", "huge"))
 
@@ -265,7 +266,7 @@ def test_large_tier_is_one_graph_with_probabilities(
     out, cards = large_zoo
     model = open_model(out / "large.onnx")
     assert isinstance(model, TextModel) and model.kind == "minilm"
-    assert json.loads(sidecar_path(model.path).read_text()) == {
+    assert json.loads(beside(model.path, TEXT_SIDECAR_SUFFIX).read_text()) == {
         "format_version": 1,
         "kind": "minilm",
         "tokenizer": "tokenizer.json",

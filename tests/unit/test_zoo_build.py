@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 
 from cascade import BuildError, CascadeError, OnnxModel
-from cascade.zoo import (
-    CompressionOptions,
-    ModelCard,
-    build_zoo,
-    format_cards,
-    load_dataset,
-    read_cards,
-)
-from cascade.zoo.cards import sha256_of
+from cascade.catalog import ModelCard, format_cards, read_cards, sha256_of
+from cascade.cli import main
+from cascade.zoo import CompressionOptions, build_zoo, read_dataset
 from cascade.zoo.report import format_compression
 
 Zoo = tuple[Path, list[ModelCard]]
@@ -62,7 +56,7 @@ def test_cards_are_re_read_unchanged(digits_zoo: Zoo) -> None:
 
 def test_exports_are_faithful_and_accuracy_is_what_onnx_scores(digits_zoo: Zoo) -> None:
     out, cards = digits_zoo
-    test = load_dataset("digits").test
+    test = read_dataset("digits").test
     for card in cards:
         if card.variant not in ("int8", "int8-static"):
             assert card.fidelity is not None and card.fidelity.max_abs_diff <= 1e-4
@@ -125,15 +119,16 @@ def test_card_table_lists_every_model(digits_zoo: Zoo) -> None:
         assert f"\n{name} " in table
 
 
-def test_compression_of_text_tiers_is_refused_clearly(tmp_path: Path) -> None:
+def test_compression_of_text_tiers_is_refused_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # text datasets build their own tiers (cascade.text; tested in test_text_tiers.py)
-    with pytest.raises(BuildError, match=r"distill / quantize / prune apply to tabular tiers"):
-        build_zoo(
-            load_dataset("clinc150"),
-            tmp_path,
-            compression=CompressionOptions(distill=True),
-            progress=False,
-        )
+    with pytest.raises(SystemExit) as stopped:
+        main(["models", "build", "clinc150", "--distill", "--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "--distill / --quantize / --prune apply to tabular tiers" in capsys.readouterr().err
+    with pytest.raises(BuildError, match=r"'clinc150' holds texts: .*build_text_zoo"):
+        build_zoo(read_dataset("clinc150"), tmp_path, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -179,5 +174,5 @@ def test_fidelity_failure_stops_the_build(tmp_path: Path, monkeypatch: pytest.Mo
         match=r"digits/tiny: ONNX disagrees with the reference by "
         r"0\.001 \(row 0; allowed <= 0\.0001\)",
     ):
-        build_zoo(load_dataset("digits"), tmp_path, progress=False)
+        build_zoo(read_dataset("digits"), tmp_path, progress=False)
     assert not (tmp_path / "tiny.onnx").exists()

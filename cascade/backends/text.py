@@ -8,7 +8,7 @@ become the graph's inputs (see :mod:`cascade.text.build` for how both are writte
     {"format_version": 1, "kind": "minilm", "tokenizer": "tokenizer.json", "max_length": 128}
 
 ``hashed`` and ``tfidf`` graphs take ``feature_ids`` int64 and ``feature_values`` float32
-``[batch, k]`` (:meth:`SparseRows.padded <cascade.text.featurize.SparseRows.padded>`);
+``[batch, k]`` (:meth:`SparseRows.padded <cascade.backends.featurize.SparseRows.padded>`);
 ``minilm`` graphs take ``input_ids`` and ``attention_mask`` int64 ``[batch, seq]``. All output
 ``probabilities`` float32 ``[batch, n_classes]``. Serving needs neither scikit-learn nor the
 network: the featurizer is numpy and the standard library, the tokenizer file sits beside the
@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cascade.backends._base import InputSpec, validate_texts
-from cascade.backends._open import TEXT_SIDECAR_SUFFIX
-from cascade.backends.onnx import _resolve_providers, _translate, load_session
+from cascade.backends._base import InputSpec, as_rows, validate_texts
+from cascade.backends._session import CPU, onnxruntime_errors, open_session, resolve_providers
+from cascade.backends.featurize import FORMAT_VERSION, Featurizer, read_featurizer
+from cascade.catalog import TEXT_SIDECAR_SUFFIX, beside
 from cascade.errors import BuildError, ModelUnavailable
-from cascade.text.featurize import FORMAT_VERSION, Featurizer, load_featurizer
 
-__all__ = ["TEXT_KINDS", "TextModel", "sidecar_path"]
+__all__ = ["TEXT_KINDS", "TextModel"]
 
 TEXT_KINDS = ("hashed", "tfidf", "minilm")
 _GRAPH_INPUTS = {
@@ -42,13 +42,6 @@ _GRAPH_INPUTS = {
     "minilm": ("input_ids", "attention_mask"),
 }
 _OUTPUT = "probabilities"
-_CPU = "CPUExecutionProvider"
-
-
-def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
-    """Where the sidecar of ``model_path`` lives: ``tiny.onnx`` → ``tiny.text.json``."""
-    path = Path(model_path)
-    return path.with_name(path.name.removesuffix(".onnx") + TEXT_SIDECAR_SUFFIX)
 
 
 class TextModel:
@@ -82,26 +75,24 @@ class TextModel:
         path: str | os.PathLike[str],
         *,
         name: str | None = None,
-        providers: Sequence[str] = (_CPU,),
+        providers: Sequence[str] = (CPU,),
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
         warmup_runs: int = 3,
         offload: bool | None = None,
         row_by_row: bool | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         self.name = name if name is not None else self.path.name.split(".")[0]
         if not self.path.is_file():
             raise ModelUnavailable(f"{self.path}: no such model file")
-        self.sidecar = sidecar_path(self.path)
+        self.sidecar = beside(self.path, TEXT_SIDECAR_SUFFIX)
         self.kind, self._featurizer, self._tokenizer = _read_sidecar(self.sidecar)
         self.offload = self.kind == "minilm" if offload is None else offload
         self.row_by_row = self.kind == "minilm" if row_by_row is None else row_by_row
-        self.providers = _resolve_providers(providers, ort.get_available_providers())
+        self.providers = resolve_providers(providers)
 
-        self._session = load_session(
+        self._session = open_session(
             self.path,
             providers=self.providers,
             intra_op_threads=intra_op_threads,
@@ -128,22 +119,26 @@ class TextModel:
 
     def predict_sync(self, batch: Any) -> np.ndarray:
         """Validate ``batch``, featurize or tokenize it and run the graph in this thread."""
-        texts = validate_texts(batch, self.input_spec).tolist()
+        return self._answer(validate_texts(batch, self.input_spec).tolist())
+
+    def _answer(self, texts: list[str]) -> np.ndarray:
         if self.row_by_row and len(texts) > 1:
             return np.concatenate([self._run([text]) for text in texts])
         return self._run(texts)
 
     def _run(self, texts: list[str]) -> np.ndarray:
         feeds = self.feeds(texts)
-        with _translate(str(self.path)):
+        with onnxruntime_errors(str(self.path)):
             (probabilities,) = self._session.run([_OUTPUT], feeds)
         return np.asarray(probabilities, dtype=np.float32)
 
     async def predict(self, batch: Any) -> np.ndarray:
-        """Return probabilities ``(len(batch), n_classes)``; see ``offload`` above."""
+        """Probabilities ``(len(batch), n_classes)`` of texts the engine has validated
+        (anything else is validated here); see ``offload`` above."""
+        texts = as_rows(batch, self.input_spec).tolist()
         if self.offload:
-            return await asyncio.to_thread(self.predict_sync, batch)
-        return self.predict_sync(batch)
+            return await asyncio.to_thread(self._answer, texts)
+        return self._answer(texts)
 
 
 def _read_sidecar(path: Path) -> tuple[str, Featurizer | None, Any]:
@@ -165,11 +160,11 @@ def _read_sidecar(path: Path) -> tuple[str, Featurizer | None, Any]:
         )
     try:
         if kind == "minilm":
-            from cascade.text.tokenize import Tokenizer
+            from cascade.backends.tokenize import Tokenizer
 
             tokenizer_file = path.parent / str(data["tokenizer"])
             return kind, None, Tokenizer.from_file(tokenizer_file, max_length=data["max_length"])
-        return kind, load_featurizer(text), None
+        return kind, read_featurizer(text), None
     except (BuildError, KeyError, TypeError, ValueError) as exc:
         raise ModelUnavailable(f"{path}: cannot read the {kind} sidecar: {exc!r}") from exc
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from cascade.errors import InputError
 
-__all__ = ["add_evaluate_commands", "run_calibrate", "run_evaluate"]
+__all__ = ["add_data_arguments", "add_evaluate_commands", "run_calibrate", "run_evaluate"]
 
 
 def _fraction(text: str) -> float:
@@ -28,14 +28,21 @@ def _positive(text: str) -> float:
     return value
 
 
-def _data_arguments(parser: argparse.ArgumentParser) -> None:
+_SPLIT_DATA = (
+    "labelled table (CSV/Parquet) instead of the policy's bundled dataset; split 60/20/20 "
+    "like `models build --data`"
+)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, data_help: str = _SPLIT_DATA) -> None:
+    """The policy and ``--data FILE --label-column COL [--text-column COL]``.
+
+    Example::
+
+        add_data_arguments(parser, data_help="labelled table, scored whole")
+    """
     parser.add_argument("policy", type=Path, help="policy file (YAML)")
-    parser.add_argument(
-        "--data",
-        type=Path,
-        help="labelled table (CSV/Parquet) instead of the "
-        "policy's bundled dataset; split 60/20/20 like `models build --data`",
-    )
+    parser.add_argument("--data", type=Path, help=data_help)
     parser.add_argument("--label-column", help="the label column of --data")
     parser.add_argument("--text-column", help="the text column of --data (text policies)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -45,12 +52,25 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     evaluate = commands.add_parser(
         "evaluate",
         help="replay labelled data through a policy, beside always-tiny/small/large",
-        description="Replay a labelled split through the policy with the serving engine and "
-        "in-process ONNX tiers; print accuracy, cost and escalation beside always-<tier>.",
+        description="Replay labelled rows through the policy with the serving engine and "
+        "in-process ONNX tiers; print accuracy, cost and escalation beside always-<tier>. "
+        "A --data file is scored whole unless --split asks for a part of it; the policy's "
+        "bundled dataset is scored on its test split.",
     )
-    _data_arguments(evaluate)
-    evaluate.add_argument("--split", choices=("test", "calibration", "train"), default="test")
+    add_data_arguments(
+        evaluate,
+        data_help="labelled table (CSV/Parquet) instead of the policy's bundled dataset; "
+        "every row is scored unless --split is given",
+    )
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "calibration", "train"),
+        help="score only this part of the seeded, stratified 60/20/20 split (as `models build "
+        "--data` splits a file); default: all of --data, else the bundled dataset's test "
+        "split (ranking policies: their test split)",
+    )
     evaluate.add_argument("--json", action="store_true", help="one JSON object per row")
+    evaluate.set_defaults(run=run_evaluate)
     ranking = evaluate.add_argument_group("ranking policies (stages)")
     ranking.add_argument(
         "--n",
@@ -70,7 +90,11 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
         "with a statistical margin, write them into the policy file (comments kept) with "
         "provenance, print the Pareto frontier and save it as a PNG.",
     )
-    _data_arguments(calibrate)
+    add_data_arguments(
+        calibrate,
+        data_help="labelled table (CSV/Parquet) instead of the policy's bundled dataset; "
+        "thresholds are fitted on its calibration split (60/20/20 like `models build --data`)",
+    )
     calibrate.add_argument(
         "--target-relative-accuracy",
         type=_fraction,
@@ -124,14 +148,15 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     gears.add_argument("--deadline-ms", type=_positive, metavar="MS",
                        help="the deadline requests carry")  # fmt: skip
-    calibrate.set_defaults(subparser=calibrate)
+    calibrate.set_defaults(subparser=calibrate, run=run_calibrate)
 
 
 def _labelled(args: argparse.Namespace, loaded: Any, split: Any) -> Any:
-    """Rows, labels and a label of ``split``: from --data or the policy's dataset."""
-    from cascade.evaluate import labelled_split
+    """The rows of ``split`` (``None``: all of --data) as ``LabelledRows``: from --data or
+    the policy's dataset."""
+    from cascade.evaluate._data import labelled_rows
 
-    return labelled_split(
+    return labelled_rows(
         loaded,
         split=split,
         data=args.data,
@@ -142,9 +167,9 @@ def _labelled(args: argparse.Namespace, loaded: Any, split: Any) -> Any:
 
 def _prepare(args: argparse.Namespace) -> Any:
     from cascade.evaluate import ensure_models
-    from cascade.policy import load_policy
+    from cascade.policy import read_policy
 
-    loaded = load_policy(args.policy)
+    loaded = read_policy(args.policy)
     built = ensure_models(loaded, progress=not args.no_progress)
     if built:
         print(
@@ -169,7 +194,7 @@ def _evaluate_ranking(args: argparse.Namespace, loaded: Any) -> int:
     if args.label_column:
         raise InputError("--label-column does not apply to a ranking policy")
     queries, label = ranking_queries(
-        loaded, split=args.split, data=args.data, max_users=args.max_users
+        loaded, split=args.split or "test", data=args.data, max_users=args.max_users
     )
     results = evaluate_ranking(loaded, queries, n_values=tuple(args.n))
     if args.json:
@@ -187,35 +212,41 @@ def run_evaluate(args: argparse.Namespace) -> int:
     loaded = _prepare(args)
     if loaded.policy.stages:
         return _evaluate_ranking(args, loaded)
-    X, y, label = _labelled(args, loaded, args.split)
-    rows = Evaluator(loaded).evaluate(X, y)
+    # A user's file is scored whole unless a split is asked for; a bundled dataset's tiers
+    # were trained on its train split, so it is scored on its test split.
+    split = args.split if args.split is not None or args.data is not None else "test"
+    data = _labelled(args, loaded, split)
+    rows = Evaluator(loaded).evaluate(data.X, data.y)
     if args.json:
         for row in rows:
-            print(json.dumps(row.to_dict()))
+            print(json.dumps({**row.to_dict(), **data.to_dict()}))
     else:
-        print(format_rows(rows, title=f"{loaded.policy.name} on {label} ({len(y)} rows)"))
+        print(format_rows(rows, title=f"{loaded.policy.name} on {data.description}"))
     return 0
 
 
 def run_gears(args: argparse.Namespace) -> int:
+    from cascade._table import table
     from cascade.evaluate import edit_policy_file, plan_gears
     from cascade.policy import parse_policy
-    from cascade.zoo.cards import table
 
     if args.capacity is None or args.deadline_ms is None:
         args.subparser.error("--gears needs --capacity RPS and --deadline-ms MS")
     loaded = _prepare(args)
-    X, y, label = _labelled(args, loaded, "calibration")
-    plan = plan_gears(loaded, X, y, capacity_rps=args.capacity, deadline_ms=args.deadline_ms)
+    data = _labelled(args, loaded, "calibration")
+    plan = plan_gears(
+        loaded, data.X, data.y, capacity_rps=args.capacity, deadline_ms=args.deadline_ms
+    )
     chosen = {c.name for c in plan.chosen}
     rows = [[c.name, f"{c.relative_cost:.3f}", f"{c.accuracy:.4f}", "*" if c.name in chosen
              else ""] for c in (plan.full, *plan.candidates)]  # fmt: skip
-    print(f"candidate gears replayed on {label} ({len(y)} rows; * = chosen)")
+    print(f"candidate gears replayed on {data.description}; * = chosen")
     print(table(["gear", "cost vs normal", "accuracy", ""], rows))
     for note in plan.notes:
         print(f"note: {note}")
     if args.json:
-        print(json.dumps({"gears": list(plan.gears), "notes": list(plan.notes)}))
+        print(json.dumps({"gears": list(plan.gears), "notes": list(plan.notes),
+                          **data.to_dict()}))  # fmt: skip
     if not plan.gears or args.dry_run:
         print(f"\ngears not written{' (--dry-run)' if args.dry_run else ''}: {list(plan.gears)}")
         return 0 if plan.gears else 1
@@ -259,7 +290,7 @@ def _calibrate_ranking(args: argparse.Namespace) -> int:
         return 0 if result.chosen is not None else 1
     print(f"{loaded.policy.name}: N (and filter cut) on {label}; target NDCG@10 >= "
           f"{result.target:g} x fine-only's at confidence {result.confidence:g}")  # fmt: skip
-    from cascade.zoo.cards import table
+    from cascade._table import table
 
     points = [
         [("none" if cut is None else f"{cut:.4f}"), str(r.n), f"{r.relative_ndcg:.4f}",
@@ -282,9 +313,10 @@ def _calibrate_ranking(args: argparse.Namespace) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     if args.gears:
         return run_gears(args)
-    from cascade.policy import load_policy as _load
 
-    if _load(args.policy).policy.stages:
+    from cascade.policy import read_policy
+
+    if read_policy(args.policy).policy.stages:
         return _calibrate_ranking(args)
     from cascade.evaluate import (
         Evaluator,
@@ -295,7 +327,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
         format_rows,
         plot_frontier,
     )
-    from cascade.policy import load_policy
 
     target = Target(
         relative_accuracy=args.target_relative_accuracy,
@@ -304,7 +335,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         confidence=args.confidence,
     )
     loaded = _prepare(args)
-    X, y, label = _labelled(args, loaded, "calibration")
+    data = _labelled(args, loaded, "calibration")
+    X, y = data.X, data.y
     evaluator = Evaluator(loaded)
     result = calibrate_policy(
         loaded, X, y, target=target, method=args.calibration,
@@ -319,7 +351,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     plot_frontier(
         png, points=result.points, front=result.frontier, chosen=result.chosen,
         baselines=baselines, target=target.relative_accuracy,
-        title=f"{loaded.policy.name}: {loaded.policy.routing.kind} routing on {label}",
+        title=f"{loaded.policy.name}: {loaded.policy.routing.kind} routing on {data.label}",
     )  # fmt: skip
     if args.json:
         print(json.dumps({
@@ -329,9 +361,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
             "loss_allowed": result.allowed_loss,
             "notes": result.notes,
             "png": str(png),
+            **data.to_dict(),
         }))  # fmt: skip
         return 0 if result.met else 1
-    print(f"Pareto frontier on {label} ({len(y)} rows; * = chosen)")
+    print(f"Pareto frontier on {data.description}; * = chosen")
     print(format_frontier(result.frontier, chosen=result.chosen))
     for note in result.notes:
         print(f"note: {note}")
@@ -346,13 +379,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"thresholds {written} {args.policy}")
     print(f"frontier plot: {png}")
     if not args.dry_run:
-        reloaded = load_policy(args.policy)
-        X_test, y_test, test_label = _labelled(args, reloaded, "test")
+        reloaded = read_policy(args.policy)
+        test = _labelled(args, reloaded, "test")
         check = Evaluator(reloaded, tiers=evaluator.tiers)
         on_calibration = replace(
             check.evaluate(X, y)[0], name=f"{reloaded.policy.name} (calibration)"
         )
         print()
-        title = f"the calibrated policy on {label}, then on {test_label}"
-        print(format_rows([on_calibration, *check.evaluate(X_test, y_test)], title=title))
+        title = f"the calibrated policy on {data.description}, then on {test.description}"
+        print(format_rows([on_calibration, *check.evaluate(test.X, test.y)], title=title))
     return 0

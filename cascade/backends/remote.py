@@ -23,9 +23,8 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from cascade.backends import InputSpec
+from cascade.backends._base import CALL_DEADLINE, InputSpec
 from cascade.errors import BackendError, ModelTimeout, ModelUnavailable
-from cascade.routing._engine import CALL_DEADLINE
 
 __all__ = ["HttpModel"]
 

@@ -87,14 +87,14 @@ def _tiers(paths: list[str]) -> tuple[list[TierFootprint], float]:
     import onnxruntime  # noqa: F401  (its libraries belong to the base, not to the first tier)
 
     from cascade.backends import open_model
-    from cascade.policy import load_policy
+    from cascade.policy import read_policy
 
     gc.collect()
     base, _ = rss_mb()
     out: list[TierFootprint] = []
     held = []  # keep every session alive: each delta is that session's own memory
     for path in paths:
-        loaded = load_policy(path)
+        loaded = read_policy(path)
         for name, tier in loaded.policy.tiers.items():
             if tier.is_remote:
                 out.append(TierFootprint(loaded.policy.name, name, tier.model, True, None, None))
@@ -118,21 +118,21 @@ def _tiers(paths: list[str]) -> tuple[list[TierFootprint], float]:
     return out, base
 
 
-def _process(paths: list[str]) -> dict[str, float]:
+def measure_process(paths: list[str]) -> dict[str, float]:
     """Run in a fresh process: the edge app as served, one request per policy, its RSS."""
     import asyncio
 
     import uvicorn  # noqa: F401  (the edge server's own memory counts)
 
+    from cascade.catalog import resolve_tiers
     from cascade.edge._runner import EdgeSettings, build_edge_app
-    from cascade.evaluate import resolve_tiers
-    from cascade.policy import load_policy
+    from cascade.policy import read_policy
     from cascade.serving import ServedModel
 
-    app = build_edge_app(EdgeSettings(policies=paths), build_models=False)
+    app = build_edge_app(EdgeSettings(policies=paths))
     caps = {}  # the dearest local tier of each policy: the probe never leaves the process
     for path in paths:
-        loaded = load_policy(path)
+        loaded = read_policy(path)
         costs = {n: t.cost for n, t in resolve_tiers(loaded, remote=True).items()
                  if not loaded.policy.tiers[n].is_remote}  # fmt: skip
         caps[loaded.policy.name] = max(costs, key=costs.__getitem__)
@@ -141,7 +141,7 @@ def _process(paths: list[str]) -> dict[str, float]:
         for name, served in app.service.models.items():
             rows = _probe(served.spec, rows=1 if isinstance(served, ServedModel) else 8)
             if isinstance(served, ServedModel):
-                await served.answer(rows, deadline_ms=None, max_tier=caps[name])
+                await served.infer(rows, deadline_ms=None, max_tier=caps[name])
             else:
                 await served.ranker.rank(rows)
             await served.aclose()
@@ -163,13 +163,13 @@ def measure_footprint(paths: list[str], *, budget_mb: float | None = None) -> Fo
         print(format_footprint(footprint))
     """
     from cascade.evaluate import ensure_models
-    from cascade.policy import load_policy
+    from cascade.policy import read_policy
 
     for path in paths:
-        ensure_models(load_policy(path), progress=False)
+        ensure_models(read_policy(path), progress=False)
     tiers, base = _tiers(paths)
-    code = "import json, sys; from cascade.edge._footprint import _process; " \
-           "print(json.dumps(_process(sys.argv[1:])))"  # fmt: skip
+    code = "import json, sys; from cascade.bench._footprint import measure_process; " \
+           "print(json.dumps(measure_process(sys.argv[1:])))"  # fmt: skip
     child = subprocess.run(
         [sys.executable, "-c", code, *[str(Path(p).resolve()) for p in paths]],
         capture_output=True, text=True, check=False,
@@ -188,7 +188,7 @@ def measure_footprint(paths: list[str], *, budget_mb: float | None = None) -> Fo
 
 def format_footprint(footprint: Footprint) -> str:
     """The footprint as a table and a summary line."""
-    from cascade.zoo.cards import table
+    from cascade._table import table
 
     rows = []
     for t in footprint.tiers:

@@ -55,7 +55,7 @@ class TokenBatch:
         return int(self.input_ids.shape[0])
 
 
-def _load_tokenizers() -> type[tokenizers.Tokenizer]:
+def _read_tokenizers() -> type[tokenizers.Tokenizer]:
     try:
         from tokenizers import Tokenizer as Backend
     except ImportError as exc:
@@ -91,7 +91,7 @@ class Tokenizer:
         cls, path: str | os.PathLike[str], *, max_length: int = DEFAULT_MAX_LENGTH
     ) -> Tokenizer:
         """Read ``tokenizer.json`` (as extracted by :func:`~cascade.text.fetch_minilm`)."""
-        backend_type = _load_tokenizers()
+        backend_type = _read_tokenizers()
         file = Path(path)
         if not file.is_file():
             raise BuildError(f"{file}: no such tokenizer file")

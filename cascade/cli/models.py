@@ -1,39 +1,18 @@
-"""`cascade` command line: one entry point for everything a user does.
-
-cascade models build [DATASET | --data FILE --label-column COL] [--out DIR] [options]
-cascade models card DIR [--json]
-cascade datasets
-cascade policy schema [--out policies/policy.schema.json]
-cascade policy validate FILE...
-cascade evaluate POLICY [--split test] [--json]    cascade calibrate POLICY [--target-...]
-cascade serve [--runtime ray|edge] POLICY...        cascade reload POLICY...
-cascade config POLICY... [--package ZIP | --kuberay] [--ingress-replicas N] [-o FILE]
-cascade plan POLICY --qps N [--json]               cascade footprint POLICY... [--budget-mb MB]
-cascade bench URL --model NAME [--rate RPS | --ramp START:END] [--duration S] [options]
-"""
+"""`cascade models build|card` and `cascade datasets`: the model zoo from the command line."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cascade._cli_bench import add_bench_command, run_bench
-from cascade._cli_config import add_config_command
-from cascade._cli_evaluate import add_evaluate_commands, run_calibrate, run_evaluate
-from cascade._cli_plan import add_plan_command
-from cascade._cli_serve import add_serve_command
-from cascade.errors import CascadeError
-
-__all__ = ["main"]
+__all__ = ["add_models_commands", "run_build", "run_card", "run_datasets"]
 
 DEFAULT_DATASET = "digits"
-DEFAULT_SCHEMA = Path("policies") / "policy.schema.json"
 
 
 def _sparsity(text: str) -> float:
@@ -53,13 +32,7 @@ def _modes(text: str) -> tuple[str, ...]:
     return modes
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cascade",
-        description="Route requests through tiny/small/large model tiers by a policy file.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_models_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     models = commands.add_parser("models", help="build and inspect the model zoo")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
 
@@ -112,46 +85,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.add_argument("--json", action="store_true", help="print the cards as JSON")
-    build.set_defaults(subparser=build)
+    build.set_defaults(run=lambda args: run_build(args, build))
 
     card = model_commands.add_parser("card", help="print the model cards found in a directory")
     card.add_argument("directory", type=Path)
     card.add_argument("--json", action="store_true", help="print the cards as JSON")
+    card.set_defaults(run=run_card)
 
-    commands.add_parser("datasets", help="list the built-in datasets")
-    add_evaluate_commands(commands)
-    add_serve_command(commands)
-    add_config_command(commands)
-    add_plan_command(commands)
-    add_bench_command(commands)
-    _add_policy_commands(commands)
-    return parser
+    datasets = commands.add_parser("datasets", help="list the built-in datasets")
+    datasets.set_defaults(run=run_datasets)
 
 
-def _add_policy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    policy = commands.add_parser("policy", help="validate policy files, write their JSON Schema")
-    actions = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    schema = actions.add_parser(
-        "schema",
-        help="write the JSON Schema of policy files (editor completion and checks)",
-    )
-    schema.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_SCHEMA,
-        help=f"where to write it (default: {DEFAULT_SCHEMA})",
-    )
-    validate = actions.add_parser(
-        "validate",
-        help="check policy files: schema, model files, ONNX inputs",
-        description="Check each policy file as `cascade serve` would load it; print `ok` per "
-        "valid file and every problem of the others as FILE:LINE field.path: problem.",
-    )
-    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+def run_datasets(args: argparse.Namespace) -> int:
+    from cascade.zoo.datasets import available_datasets
+
+    for name in available_datasets():
+        print(name)
+    return 0
+
+
+def run_card(args: argparse.Namespace) -> int:
+    from cascade.catalog import read_cards
+
+    _print_cards(read_cards(args.directory), as_json=args.json)
+    return 0
 
 
 def _print_cards(cards: Sequence[object], *, as_json: bool) -> None:
-    from cascade.zoo.cards import ModelCard, format_cards
+    from cascade.catalog import ModelCard, format_cards
     from cascade.zoo.report import format_compression
 
     typed = [c for c in cards if isinstance(c, ModelCard)]
@@ -165,9 +126,10 @@ def _print_cards(cards: Sequence[object], *, as_json: bool) -> None:
         print(compression)
 
 
-def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def run_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from cascade.text.build import build_text_zoo
     from cascade.zoo.build import CompressionOptions, build_zoo
-    from cascade.zoo.datasets import load_dataset, load_table
+    from cascade.zoo.datasets import read_dataset, read_table
 
     if args.dataset in ("ltr", "movielens"):
         return _build_ranking(args, parser)
@@ -176,13 +138,13 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error("give either DATASET or --data FILE, not both")
         if not args.label_column:
             parser.error("--data needs --label-column COL")
-        dataset = load_table(
+        dataset = read_table(
             args.data, label_column=args.label_column, seed=args.seed, text_column=args.text_column
         )
     else:
         if args.label_column:
             parser.error("--label-column only goes with --data FILE")
-        dataset = load_dataset(args.dataset or DEFAULT_DATASET, seed=args.seed)
+        dataset = read_dataset(args.dataset or DEFAULT_DATASET, seed=args.seed)
     given = {"alpha": args.alpha, "temperature": args.temperature}  # else the defaults
     options = CompressionOptions(
         distill=args.distill,
@@ -191,7 +153,16 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         **{key: value for key, value in given.items() if value is not None},
     )
     out = args.out or Path("models") / dataset.name
-    cards = build_zoo(dataset, out, compression=options, progress=not args.no_progress)
+    if dataset.kind == "text":  # hashed char-grams, TF-IDF, MiniLM (and an oos filter)
+        if options.wants_student:
+            parser.error(
+                "--distill / --quantize / --prune apply to tabular tiers; the text tiers ship "
+                "their own INT8 MiniLM"
+            )
+        tiers = ("tiny", "small", "large", *(("oos",) if "oos" in dataset.classes else ()))
+        cards = build_text_zoo(dataset, out, progress=not args.no_progress, tiers=tiers)
+    else:
+        cards = build_zoo(dataset, out, compression=options, progress=not args.no_progress)
     _print_cards(cards, as_json=args.json)
     if not args.json:
         print(f"\nwrote {len(cards)} models and cards to {out}/")
@@ -205,7 +176,7 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _calibrated_text_policy(dataset: Any, out: Path, *, data: Path) -> Path:
     """``OUT/NAME.yaml``: tiny -> MiniLM, thresholds fitted on the table's calibration rows."""
     from cascade.evaluate import Target, calibrate_policy
-    from cascade.policy import load_policy
+    from cascade.policy import read_policy
 
     path = out / f"{dataset.name}.yaml"
     path.write_text(
@@ -218,7 +189,7 @@ def _calibrated_text_policy(dataset: Any, out: Path, *, data: Path) -> Path:
         "routing:\n  kind: confidence\n  measure: margin\n  chain:\n"
         "    - {tier: tiny, threshold: 0.5}\n    - {tier: large}\n"
     )
-    loaded = load_policy(path)
+    loaded = read_policy(path)
     result = calibrate_policy(
         loaded,
         np.asarray(dataset.calibration.X),
@@ -252,7 +223,7 @@ def _build_ranking(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     if args.json:
         print(json.dumps({s: c.model_dump(mode="json") for s, c in build.cards.items()}))
         return 0
-    from cascade.zoo.cards import table
+    from cascade._table import table
 
     rows = [
         [stage, card.family, f"{card.cost_us:.3f}", f"{card.relative_cost or 1:.4f}",
@@ -262,66 +233,3 @@ def _build_ranking(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     print(table(["stage", "model", "µs/row", "relative cost", "features"], rows))
     print(f"\nwrote {len(build.cards)} scorers and cards to {out}/")
     return 0
-
-
-def _policy(args: argparse.Namespace) -> int:
-    from cascade.errors import PolicyError
-    from cascade.policy import load_policy, write_schema
-
-    if args.policy_command == "schema":
-        print(write_schema(args.out))
-        return 0
-    status = 0
-    for file in args.files:
-        try:
-            policy = load_policy(file).policy
-        except PolicyError as exc:
-            print(exc, file=sys.stderr)
-            status = 1
-            continue
-        tiers = len(policy.tiers)
-        kind = (
-            f"routing {policy.routing.kind}"
-            if policy.routing is not None
-            else "ranking " + " -> ".join(s.name for s in policy.stages)
-        )
-        print(f"ok  {file} ({tiers} tier{'s' if tiers != 1 else ''}, {kind})")
-    return status
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 failed, 2 usage)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "datasets":
-            from cascade.zoo.datasets import available_datasets
-
-            for name in available_datasets():
-                print(name)
-            return 0
-        if args.command == "policy":
-            return _policy(args)
-        run = getattr(args, "run", None)
-        if run is not None:  # commands registered with set_defaults(run=...)
-            status: int = run(args)
-            return status
-        if args.command == "bench":
-            return run_bench(args)
-        if args.command == "evaluate":
-            return run_evaluate(args)
-        if args.command == "calibrate":
-            return run_calibrate(args)
-        if args.models_command == "build":
-            return _build(args, args.subparser)
-        from cascade.zoo.cards import read_cards
-
-        _print_cards(read_cards(args.directory), as_json=args.json)
-        return 0
-    except CascadeError as exc:
-        print(f"cascade: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

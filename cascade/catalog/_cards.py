@@ -1,43 +1,47 @@
 """Model cards: what each tier is, how accurate, how big and how costly, as measured here.
 
-A card is a JSON file beside its model (``tiny.onnx`` → ``tiny.card.json``). Routing reads
-tier costs from cards, so cost numbers are measured the same way for every tier: onnxruntime,
-one intra-op thread, after warm-up, on rows of the dataset's test split.
+A card is a JSON file beside its model (``tiny.onnx`` → ``tiny.card.json``; a ranking stage's
+``coarse.onnx`` → ``coarse.scorer.json``). Routing reads tier costs from cards, so cost numbers
+are measured the same way for every tier: onnxruntime, one intra-op thread, after warm-up, on
+rows of the dataset's test split. The workshop writes cards; both wings read them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import statistics
-import time
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cascade.errors import BuildError, CascadeError
+from cascade._files import CARD_SUFFIX, SCORER_CARD_SUFFIX
+from cascade._table import table
+from cascade.errors import CascadeError
 
 __all__ = [
     "BATCH_SIZES",
-    "CARD_SUFFIX",
+    "COST_BATCH",
+    "SCORER_COST_ROWS",
     "Fidelity",
     "Latency",
     "ModelCard",
+    "ScorerCard",
     "format_cards",
-    "measure_latency",
     "read_cards",
+    "read_scorer_cards",
     "sha256_of",
-    "table",
     "write_card",
 ]
 
-CARD_SUFFIX = ".card.json"
 BATCH_SIZES = (1, 32, 256)
 COST_BATCH = 256
 """Relative cost compares per-row cost at this batch size, where per-call overhead is amortised
 and the model's own compute shows; batch-1 ratios are kept beside it."""
+SCORER_COST_ROWS = 1000
+"""A ranking scorer's per-row cost is measured on batches of this many rows (a typical
+candidate set)."""
 
 
 class _Frozen(BaseModel):
@@ -98,66 +102,41 @@ class ModelCard(_Frozen):
         return self.latency.per_row_us[COST_BATCH]
 
 
+class ScorerCard(_Frozen):
+    """What one ranking stage's ONNX scorer is, how faithful and how costly, as measured."""
+
+    card_version: int = 1
+    name: str = Field(description="file stem, e.g. 'coarse'")
+    stage: Literal["filter", "coarse", "fine"] = Field(description="filter | coarse | fine")
+    file: str = Field(description="ONNX file name, relative to the card")
+    dataset: str
+    dataset_source: str
+    seed: int = Field(description="seed of sampling and training")
+    input_name: str = Field(description="the graph's one input, float32 [None, n_features]")
+    output_name: str = Field(description="the graph's one output, float32 [None, 1]")
+    n_features: int
+    feature_names: list[str] = Field(description="every column of the input, in order")
+    used_features: list[str] = Field(description="the columns this scorer reads")
+    threshold: float | None = Field(
+        None, description="filters only: a candidate is kept when its score >= threshold"
+    )
+    family: str = Field(description="estimator, e.g. 'LogisticRegression'")
+    size_bytes: int
+    sha256: str
+    latency: Latency
+    cost_us: float = Field(description=f"per-row cost at a batch of {SCORER_COST_ROWS} rows, µs")
+    relative_cost: float | None = Field(None, description="cost_us over the fine scorer's")
+    fidelity: Fidelity
+    build: dict[str, Any] = Field(description="parameters, training rows, timing, versions")
+
+
 def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def measure_latency(
-    model: Any,
-    rows: np.ndarray | Sequence[str],
-    *,
-    threads: int = 1,
-    single_row_runs: int = 300,
-    batch_sizes: Sequence[int] = BATCH_SIZES,
-    min_seconds: float = 0.2,
-) -> Latency:
-    """Time ``model.predict_sync`` on ``rows`` (an ``OnnxModel`` built with ``threads``).
-
-    ``rows`` is a float matrix, or a sequence of texts for a text tier (its featurization or
-    tokenization is timed too). Single rows cycle through ``rows``; each batch size runs for
-    at least ``min_seconds`` and at least 5 calls, and reports the median call time divided
-    by the batch size.
-    """
-    items: np.ndarray | list[str] = (
-        np.ascontiguousarray(rows, dtype=np.float32) if isinstance(rows, np.ndarray) else list(rows)
-    )
-    if len(items) == 0:
-        raise BuildError("need at least one row to measure latency")
-
-    def take(start: int, size: int) -> Any:
-        picked = [(start + j) % len(items) for j in range(size)]
-        return items[picked] if isinstance(items, np.ndarray) else [items[k] for k in picked]
-
-    for i in range(20):  # warm-up: allocator, caches, branch predictors
-        model.predict_sync(take(i, 1))
-    singles = []
-    for i in range(single_row_runs):
-        row = take(i, 1)
-        start = time.perf_counter()
-        model.predict_sync(row)
-        singles.append(time.perf_counter() - start)
-    per_row: dict[int, float] = {}
-    for size in batch_sizes:
-        batch = take(0, size)
-        model.predict_sync(batch)
-        calls: list[float] = []
-        began = time.perf_counter()
-        while len(calls) < 5 or time.perf_counter() - began < min_seconds:
-            start = time.perf_counter()
-            model.predict_sync(batch)
-            calls.append(time.perf_counter() - start)
-        per_row[size] = statistics.median(calls) / size * 1e6
-    micro = np.asarray(singles) * 1e6
-    return Latency(
-        threads=threads,
-        p50_us=float(np.percentile(micro, 50)),
-        p99_us=float(np.percentile(micro, 99)),
-        per_row_us=per_row,
-    )
 
 
 def write_card(card: ModelCard, directory: Path) -> Path:
@@ -198,26 +177,36 @@ def read_cards(directory: str | Path) -> list[ModelCard]:
     return sorted(cards, key=_order)
 
 
+def read_scorer_cards(directory: str | os.PathLike[str]) -> dict[str, ScorerCard]:
+    """Read the ``{stage}.scorer.json`` cards of a built ranking cascade, by stage.
+
+    Example::
+
+        costs = {s: c.cost_us for s, c in read_scorer_cards("models/ltr").items()}
+    """
+    directory = Path(directory)
+    paths = sorted(directory.glob(f"*{SCORER_CARD_SUFFIX}"))
+    if not paths:
+        raise CascadeError(
+            f"{directory}: no scorer cards (*{SCORER_CARD_SUFFIX}); build them with "
+            "cascade.ranking.build_movielens or build_ltr"
+        )
+    cards: dict[str, ScorerCard] = {}
+    for path in paths:
+        try:
+            card = ScorerCard.model_validate_json(path.read_text())
+        except ValidationError as exc:
+            raise CascadeError(f"{path}: not a valid scorer card: {exc}") from exc
+        cards[card.stage] = card
+    return cards
+
+
 def _size(n_bytes: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n_bytes < 1000 or unit == "GB":
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes = n_bytes / 1000  # type: ignore[assignment]
     raise AssertionError("unreachable")
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    body = [list(header), *[list(r) for r in rows]]
-    widths = [max(len(r[i]) for r in body) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.rjust(w) if i else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in body
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def format_cards(cards: Sequence[ModelCard]) -> str:

@@ -128,6 +128,7 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--binary", action="store_true",
                        help="send rows as the binary tensor data extension (raw float32 after "
                        "a JSON header), not as JSON numbers")  # fmt: skip
+    bench.set_defaults(run=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -135,7 +136,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from cascade.bench import loopback_url, poisson_arrivals, ramp_arrivals, run_load
     from cascade.errors import InputError
-    from cascade.zoo.datasets import load_dataset
+    from cascade.zoo.datasets import read_dataset
 
     loopback_url(args.url)  # refuse another host before loading anything
     if args.ramp is not None:
@@ -158,7 +159,7 @@ def run_bench(args: argparse.Namespace) -> int:
     # --max-requests ended it sooner.
     cut_short = args.max_requests is not None and len(offsets) == args.max_requests
     window = float(offsets[-1]) if cut_short else args.duration
-    split = getattr(load_dataset(args.dataset), args.split)
+    split = getattr(read_dataset(args.dataset), args.split)
     report = asyncio.run(
         run_load(
             args.url,

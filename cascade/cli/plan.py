@@ -8,6 +8,8 @@ import math
 import sys
 from typing import Any
 
+from cascade.cli.evaluate import add_data_arguments
+
 __all__ = ["add_plan_command", "format_plan", "run_plan"]
 
 
@@ -34,7 +36,6 @@ def _count(text: str) -> int:
 
 
 def add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from cascade._cli_evaluate import _data_arguments
 
     plan = commands.add_parser(
         "plan",
@@ -45,7 +46,7 @@ def add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "overhead defaults were measured on 2-core machines with Ray 2.60; re-measure "
         "yours with `python benchmarks/serve_latency.py`.",
     )
-    _data_arguments(plan)
+    add_data_arguments(plan)
     plan.add_argument("--qps", type=_number(0, inclusive=False), required=True, metavar="N",
                       help="requests per second to plan for")  # fmt: skip
     plan.add_argument("--rows-per-request", type=_count, default=1, metavar="R",
@@ -85,7 +86,7 @@ def format_plan(plan: Any) -> str:
 
         print(format_plan(plan_capacity(loaded, 500, reach=reach)))
     """
-    from cascade.zoo.cards import table
+    from cascade._table import table
 
     a = plan.assumptions
     rows = []
@@ -124,9 +125,9 @@ def run_plan(args: argparse.Namespace) -> int:
         scorer_per_row_us,
         tier_cards,
     )
-    from cascade.policy import load_policy
+    from cascade.policy import read_policy
 
-    loaded = load_policy(args.policy)
+    loaded = read_policy(args.policy)
     if loaded.policy.routing is None:
         raise PolicyError(
             f"{args.policy}: a ranking policy (stages); `cascade plan` covers classification "

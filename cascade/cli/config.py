@@ -65,7 +65,7 @@ def add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def add_app_options(parser: argparse.ArgumentParser) -> None:
-    """The serving knobs of ``cascade.deploy.AppArgs``; unset ones keep its defaults."""
+    """The serving knobs of ``cascade.serving.AppArgs``; unset ones keep its defaults."""
     group = parser.add_argument_group("serving settings (defaults tuned on 2 cores)")
     group.add_argument(
         "--max-ongoing-requests",
@@ -109,7 +109,7 @@ _APP_KNOBS = (
 
 def app_args_of(args: argparse.Namespace) -> dict[str, object]:
     """``build_app`` arguments from the command line, validated now rather than in Serve."""
-    from cascade.deploy import AppArgs
+    from cascade.serving import AppArgs
 
     given: dict[str, object] = {"policies": [str(p) for p in args.policies]}
     for key in _APP_KNOBS:
@@ -120,11 +120,12 @@ def app_args_of(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from cascade.deploy import AppArgs, build_package, dump_yaml, kuberay_manifest, serve_config
+    from cascade.cluster import build_package, dump_yaml, kuberay_manifest, serve_config
     from cascade.errors import PolicyError
-    from cascade.policy import load_policy
+    from cascade.policy import read_policy
+    from cascade.serving import AppArgs
 
-    loaded = [load_policy(p) for p in args.policies]
+    loaded = [read_policy(p) for p in args.policies]
     given = app_args_of(args)
     given["use_gpus"] = not args.cpu_only
     runtime_env: dict[str, Any] | None = None

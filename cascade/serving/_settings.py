@@ -1,20 +1,52 @@
-"""Serve deployment options of a cascade app, computed once for `build_app` and `cascade config`.
+"""What a serving process serves and its limits, and the Ray Serve options they imply.
 
-Pure: no Ray import. ``deployments.app.build_app`` binds deployments with these options, and
-`cascade config` writes the same ones into the Serve config, where an operator sees and edits
-them (a config's ``deployments`` entries override what the code sets).
+:class:`ServingLimits` are the fields both runtimes share (the edge's settings extend them);
+:class:`AppArgs` are the Ray app's (``deployments.app.build_app``, the ``args`` of a Serve
+config). The option functions are pure, no Ray import: the Ray host binds its deployments
+with them, and ``cascade config`` writes the same ones into a Serve config, where an operator
+sees and edits them (a config's ``deployments`` entries override what the code sets).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cascade.policy import Policy, Tier
-from cascade.serving import ServingLimits
 
-__all__ = ["INGRESS", "AppArgs", "deployment_name", "ingress_options", "tier_options"]
+__all__ = [
+    "INGRESS",
+    "AppArgs",
+    "ServingLimits",
+    "deployment_name",
+    "ingress_options",
+    "tier_options",
+]
+
+
+class ServingLimits(BaseModel):
+    """Policies to serve and the limits of one serving process (a Ray replica, an edge box).
+
+    Example::
+
+        ServingLimits(policies=["policies/digits.yaml"], max_rows=1024)
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    policies: list[str] = Field(min_length=1, description="policy files to serve")
+    max_rows: int = Field(4096, ge=1, description="most rows per request")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body")
+    coalesce_ms: float = Field(2.0, ge=0, description="window coalescing concurrent requests")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="requests one serving process (replica) runs at once"
+    )
+    max_queued_requests: int = Field(
+        256, ge=-1, description="requests waiting beyond those before a 503 (-1: no limit)"
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 for backpressure")
+
 
 INGRESS = "Ingress"
 
@@ -49,7 +81,7 @@ def tier_options(policy: Policy, tier: str, args: AppArgs) -> dict[str, Any]:
 
     Example::
 
-        tier_options(load_policy("policies/digits.yaml").policy, "large", AppArgs(policies=[...]))
+        tier_options(read_policy("policies/digits.yaml").policy, "large", AppArgs(policies=[...]))
         # {'name': 'digits-large', 'max_ongoing_requests': 64, ..., 'num_replicas': 1}
     """
     spec = policy.tiers[tier]

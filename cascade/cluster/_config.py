@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from cascade.deploy._options import AppArgs, ingress_options, tier_options
 from cascade.errors import CascadeError, PolicyError
-from cascade.policy import LoadedPolicy
+from cascade.policy import PolicyFile
+from cascade.serving import AppArgs, ingress_options, tier_options
 
 __all__ = ["ProxyLocation", "serve_config", "validate_serve_config"]
 
@@ -20,7 +20,7 @@ ProxyLocation = Literal["EveryNode", "HeadOnly", "Disabled"]
 
 
 def serve_config(
-    loaded: Sequence[LoadedPolicy],
+    loaded: Sequence[PolicyFile],
     args: AppArgs,
     *,
     host: str = "0.0.0.0",
@@ -34,7 +34,7 @@ def serve_config(
 
     Example::
 
-        loaded = [load_policy("policies/digits.yaml")]
+        loaded = [read_policy("policies/digits.yaml")]
         config = serve_config(loaded, AppArgs(policies=["digits.yaml"]),
                               runtime_env={"working_dir": "s3://bucket/cascade-app.zip"})
     """

@@ -8,7 +8,6 @@ checked before it is handed out: each policy loads from a fresh extraction of it
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import zipfile
@@ -16,8 +15,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cascade.catalog import companions
 from cascade.errors import PolicyError
-from cascade.policy import ComplexityRouting, LoadedPolicy, load_policy
+from cascade.policy import ComplexityRouting, PolicyFile, read_policy
 
 __all__ = ["PACKAGE_TOP", "PolicyPackage", "build_package"]
 
@@ -34,34 +34,19 @@ class PolicyPackage:
     size_bytes: int
 
 
-def _companions(model: Path) -> Iterator[Path]:
-    """A model file and what its backend reads beside it: card, text sidecar, tokenizer."""
-    yield model
-    stem = model.name[: -len(model.suffix)] if model.suffix else model.name
-    for suffix in (".card.json", ".text.json"):
-        extra = model.with_name(stem + suffix)
-        if extra.is_file():
-            yield extra
-    sidecar = model.with_name(stem + ".text.json")
-    if sidecar.is_file():
-        tokenizer = json.loads(sidecar.read_text()).get("tokenizer")
-        if isinstance(tokenizer, str):
-            yield model.with_name(tokenizer)
-
-
-def _path(loaded: LoadedPolicy) -> Path:
+def _path(loaded: PolicyFile) -> Path:
     assert loaded.path is not None  # loaded from a file
     return loaded.path
 
 
-def _files(loaded: LoadedPolicy) -> Iterator[Path]:
+def _files(loaded: PolicyFile) -> Iterator[Path]:
     yield _path(loaded)
     for name, tier in loaded.policy.tiers.items():
         if not tier.is_remote:
-            yield from _companions(loaded.model_path(name))
+            yield from companions(loaded.model_path(name))
     routing = loaded.policy.routing
     if isinstance(routing, ComplexityRouting) and routing.scorer.model is not None:
-        yield from _companions((loaded.base_dir / routing.scorer.model).resolve())
+        yield from companions((loaded.base_dir / routing.scorer.model).resolve())
 
 
 def build_package(
@@ -79,7 +64,7 @@ def build_package(
     """
     from cascade.evaluate import ensure_models
 
-    loaded = [load_policy(p) for p in policies]
+    loaded = [read_policy(p) for p in policies]
     for item in loaded:
         ensure_models(item, progress=False)
     root = Path(os.path.commonpath([_path(item).resolve().parent for item in loaded]))
@@ -110,6 +95,6 @@ def _check(package: Path, policies: list[str]) -> None:
             archive.extractall(tmp)
         for policy in policies:
             try:
-                load_policy(Path(tmp) / PACKAGE_TOP / policy)
+                read_policy(Path(tmp) / PACKAGE_TOP / policy)
             except PolicyError as exc:
                 raise PolicyError(f"{package}: the package is incomplete: {exc}") from exc

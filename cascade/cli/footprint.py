@@ -26,7 +26,7 @@ def add_footprint_command(commands: argparse._SubParsersAction[argparse.Argument
 
 
 def run_footprint(args: argparse.Namespace) -> int:
-    from cascade.edge import format_footprint, measure_footprint
+    from cascade.bench import format_footprint, measure_footprint
 
     found = measure_footprint([str(p) for p in args.policies], budget_mb=args.budget_mb)
     if args.json:

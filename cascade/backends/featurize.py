@@ -20,7 +20,7 @@ Example::
     featurizer = HashedCharNgrams(n_features=2**14)
     rows = featurizer.transform(["what's my balance", "play jazz"])
     ids, values = rows.padded()                 # the two graph inputs
-    same = load_featurizer(featurizer.to_json())
+    same = read_featurizer(featurizer.to_json())
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ __all__ = [
     "HashedCharNgrams",
     "SparseRows",
     "Tfidf",
-    "load_featurizer",
+    "read_featurizer",
 ]
 
 FORMAT_VERSION = 1
-"""Version of the JSON written by ``to_json``; ``load_featurizer`` refuses other versions."""
+"""Version of the JSON written by ``to_json``; ``read_featurizer`` refuses other versions."""
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
 _SPACES = re.compile(r"\s+")
@@ -92,15 +92,6 @@ class SparseRows:
         rows = np.repeat(np.arange(len(self)), np.diff(self.indptr))
         out[rows, self.indices] = self.values
         return out
-
-    def csr(self) -> Any:
-        """A ``scipy.sparse.csr_matrix`` (float64) to train on; imports scipy: build time only."""
-        from scipy.sparse import csr_matrix
-
-        return csr_matrix(
-            (self.values.astype(np.float64), self.indices, self.indptr),
-            shape=(len(self), self.width),
-        )
 
 
 def _normalise(text: str, lowercase: bool) -> str:
@@ -226,7 +217,7 @@ class HashedCharNgrams:
         return _rows((self._row(t) for t in texts), self.n_features)
 
     def to_json(self) -> str:
-        """Parameters as JSON; :func:`load_featurizer` reads it back."""
+        """Parameters as JSON; :func:`read_featurizer` reads it back."""
         return json.dumps(
             {
                 "format_version": FORMAT_VERSION,
@@ -420,12 +411,12 @@ def _parse(text: str | bytes, kind: str | None) -> dict[str, Any]:
     return data
 
 
-def load_featurizer(text: str | bytes) -> Featurizer:
+def read_featurizer(text: str | bytes) -> Featurizer:
     """The featurizer a ``to_json`` string describes, whichever kind it is.
 
     Example::
 
-        featurizer = load_featurizer(Path("tiny.text.json").read_text())
+        featurizer = read_featurizer(Path("tiny.text.json").read_text())
     """
     kind = _parse(text, None).get("kind")
     factory = _KINDS.get(str(kind))

@@ -1,0 +1,231 @@
+"""`cascade serve`: the policies on a local Ray + Serve, or with ``--runtime edge`` in one
+process without Ray (uvicorn), until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cascade.cli.config import add_app_options, app_args_of
+from cascade.errors import CascadeError, PolicyError
+
+if TYPE_CHECKING:
+    from cascade.policy import PolicyFile
+
+__all__ = ["APP_NAME", "add_serve_command", "check_port_free", "run_reload", "run_serve"]
+
+APP_NAME = "cascade"
+"""The Serve application `cascade serve` runs and `cascade reload` rebuilds."""
+
+
+def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve policies over HTTP (Open Inference Protocol v2) on a local Ray, or on "
+        "the edge without Ray",
+        description="Build missing models of bundled datasets, serve the policies at "
+        "/v2/models/NAME/infer, stop on Ctrl-C or SIGTERM. --runtime ray (default) starts a "
+        "local Ray (no dashboard); --runtime edge serves from this one process with uvicorn, "
+        "no Ray (SIGHUP re-reads the policy files).",
+    )
+    serve.add_argument("policies", nargs="+", type=Path, help="policy files")
+    serve.add_argument(
+        "--runtime",
+        choices=("ray", "edge"),
+        default="ray",
+        help="ray: local Ray Serve (default); edge: one process, no Ray",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--num-cpus", type=int, default=None,
+                       help="CPUs Ray may use (default: all; ray runtime only)")  # fmt: skip
+    serve.add_argument("--no-progress", action="store_true",
+                       help="no progress bar while missing models are built")  # fmt: skip
+    add_app_options(serve)
+    serve.set_defaults(run=run_serve)
+
+    reload = commands.add_parser(
+        "reload",
+        help="apply changed policy files to the app `cascade serve` runs, without a restart",
+        description="Validate the policy files, then hand them to the running local app: "
+        "new thresholds, chains and batch settings apply in place; in-flight requests finish. "
+        "Give the same files `cascade serve` got; an invalid file changes nothing.",
+    )
+    reload.add_argument("policies", nargs="+", type=Path, help="policy files")
+    reload.set_defaults(run=run_reload)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ``CascadeError`` when something listens on ``host:port`` already.
+
+    Ray's proxy and uvicorn would both start anyway (port reuse), and the kernel would then
+    split connections between two unrelated servers: asked before anything starts.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CascadeError(f"--host {host}: cannot resolve it: {exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CascadeError(
+                f"{host}:{port} is already in use ({exc.strerror}): is another server (another "
+                "`cascade serve`?) running there? Stop it or choose another --port"
+            ) from exc
+
+
+def _read_and_build(args: argparse.Namespace) -> list[PolicyFile]:
+    """Read every policy (a bad file fails here, with its line), then build the missing model
+    files of the bundled datasets they name: the command line's convenience, never the
+    servers'. Building needs the training stack; serving built files does not."""
+    from cascade.catalog import require_model_files
+    from cascade.policy import read_policy
+
+    loaded = [read_policy(p) for p in args.policies]
+    for item in loaded:  # before Ray starts: training wants the cores to itself
+        try:
+            require_model_files(item)
+            continue
+        except PolicyError:
+            if item.policy.dataset is None:
+                raise
+        try:
+            from cascade.evaluate import ensure_models
+        except ModuleNotFoundError as exc:
+            raise CascadeError(
+                f"{item.path}: its model files are not built yet, and building them needs the "
+                f'training stack: pip install "cascade[train]" ({exc})'
+            ) from exc
+        ensure_models(item, progress=not args.no_progress)
+    return loaded
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if args.runtime == "edge":
+        return _run_edge(args)
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        print('cascade serve needs Ray Serve: pip install "cascade[serve]"', file=sys.stderr)
+        return 1
+    from cascade.serving import AppArgs
+    from deployments.app import app_for
+
+    app_args = AppArgs.model_validate(app_args_of(args))
+    check_port_free(args.host, args.port)
+    loaded = _read_and_build(args)
+    names = [item.policy.name for item in loaded]
+    stop = threading.Event()
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(app_for(loaded, app_args), name=APP_NAME, route_prefix="/")
+        # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        url = f"http://{args.host}:{args.port}"
+        print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops)")
+        print(f"metadata: curl -s {url}/v2/models/{names[0]}")
+        print(f"infer:    {_curl_example(url, names[0], loaded[0])}")
+        sys.stdout.flush()
+        stop.wait()
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+    print("stopped")
+    return 0
+
+
+def _run_edge(args: argparse.Namespace) -> int:
+    """The edge runtime: no Ray import on this path, nor in anything it calls."""
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print('cascade serve --runtime edge needs uvicorn: pip install cascade',
+              file=sys.stderr)  # fmt: skip
+        return 1
+    from cascade.edge import EdgeSettings, serve_edge
+
+    given = {key: getattr(args, key) for key in
+             ("max_ongoing_requests", "max_queued_requests", "coalesce_ms", "max_rows")
+             if getattr(args, key, None) is not None}  # fmt: skip
+    settings = EdgeSettings(policies=[str(p) for p in args.policies], **given)
+    check_port_free(args.host, args.port)
+    loaded = _read_and_build(args)
+    names = [item.policy.name for item in loaded]
+
+    def announce(url: str) -> None:
+        print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops; "
+              "edge runtime, no Ray)")  # fmt: skip
+        print(f"metadata: curl -s {url}/v2/models/{names[0]}")
+        print(f"infer:    {_curl_example(url, names[0], loaded[0])}")
+        print(f"metrics:  curl -s {url}/metrics")
+        sys.stdout.flush()
+
+    serve_edge(settings, host=args.host, port=args.port, announce=announce, policies=loaded)
+    print("stopped")
+    return 0
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    """Rebuild the running app from these files with the settings it was started with
+    (``--max-ongoing-requests`` and the rest, read back from its ingress): only the policies
+    change, so Serve hands them to the replicas through ``reconfigure``."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        print('cascade reload needs Ray Serve: pip install "cascade[serve]"', file=sys.stderr)
+        return 1
+    from cascade.serving import AppArgs
+    from deployments.app import app_for
+
+    loaded = _read_and_build(args)  # an invalid file stops here, before anything reaches the app
+    ray.init(address="auto", include_dashboard=False, log_to_driver=False)
+    try:
+        try:
+            ingress = serve.get_app_handle(APP_NAME)
+        except Exception as exc:  # Serve raises RayServeException: no such application
+            raise CascadeError(f"no `cascade serve` app is running here: {exc}") from exc
+        started_with = ingress.app_args.remote().result()
+        app_args = AppArgs.model_validate(
+            {**started_with, "policies": [str(p) for p in args.policies]}
+        )
+        serve.run(app_for(loaded, app_args), name=APP_NAME, route_prefix="/")
+    finally:
+        ray.shutdown()
+    print(f"reloaded {len(args.policies)} policies")
+    return 0
+
+
+def _curl_example(url: str, name: str, loaded: PolicyFile) -> str:
+    """A ready-to-paste infer request: one row of zeros of the policy's input width, read from
+    a tier's card (no model is opened here: a forest costs hundreds of MB to open)."""
+    import json
+
+    from cascade.catalog import TEXT_SIDECAR_SUFFIX, beside, read_card
+
+    first = next(n for n, t in loaded.policy.tiers.items() if not t.is_remote)
+    path = loaded.model_path(first)
+    card = read_card(path)
+    input_name = card.input_name if card is not None else "input"
+    if beside(path, TEXT_SIDECAR_SUFFIX).is_file():
+        text = {"name": input_name, "shape": [1], "datatype": "BYTES",
+                "data": ["what is my balance"]}  # fmt: skip
+        body: dict[str, object] = {"inputs": [text]}
+    else:
+        width = card.n_features if card is not None else 1
+        body = {"inputs": [{"name": input_name, "shape": [1, width], "datatype": "FP32",
+                            "data": [0.0] * width}]}  # fmt: skip
+    return (f"curl -s {url}/v2/models/{name}/infer -H 'content-type: application/json' "
+            f"-d '{json.dumps(body)}'")  # fmt: skip

@@ -1,0 +1,32 @@
+"""Taking policies to a cluster: Serve configs, policy packages and KubeRay manifests.
+
+No Ray import here; Serve's own schema is consulted lazily.
+
+Example::
+
+    from cascade.cluster import serve_config
+    from cascade.serving import AppArgs
+    from cascade.policy import read_policy
+
+    config = serve_config([read_policy("policies/digits.yaml")],
+                          AppArgs(policies=["policies/digits.yaml"]))
+"""
+
+from __future__ import annotations
+
+from cascade.cluster._config import ProxyLocation, serve_config, validate_serve_config
+from cascade.cluster._kuberay import DEFAULT_IMAGE, RAY_IMAGE, dump_yaml, kuberay_manifest
+from cascade.cluster._package import PACKAGE_TOP, PolicyPackage, build_package
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "PACKAGE_TOP",
+    "RAY_IMAGE",
+    "PolicyPackage",
+    "ProxyLocation",
+    "build_package",
+    "dump_yaml",
+    "kuberay_manifest",
+    "serve_config",
+    "validate_serve_config",
+]
