@@ -48,6 +48,40 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_help: str = _SPL
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a served request costs: its size, the runtime and where its overheads come from."""
+    group = parser.add_argument_group("served cost (model time at the batches served, plus "
+                                      "the runtime's work per request and per hop)")  # fmt: skip
+    group.add_argument("--rows-per-request", type=int, default=1, metavar="R",
+                       help="rows in one request (default 1)")  # fmt: skip
+    group.add_argument("--runtime", choices=("ray", "edge"), default="ray",
+                       help="whose serving overheads (default ray)")  # fmt: skip
+    group.add_argument("--overheads", type=Path, default=None, metavar="FILE",
+                       help="served_cost.json of benchmarks/served_cost.py (default: "
+                       "benchmarks/results/served_cost.json when it exists, else fallback "
+                       "figures)")  # fmt: skip
+
+
+def cost_model_of(args: argparse.Namespace, loaded: Any, tiers: Any) -> Any:
+    """The served-cost model the cost arguments describe, for ``loaded``'s tiers."""
+    from cascade.evaluate._served_cost import CostModel, read_overheads
+
+    if args.rows_per_request < 1:
+        raise InputError(f"--rows-per-request must be >= 1, got {args.rows_per_request}")
+    overheads = read_overheads(args.overheads)
+    if args.runtime not in overheads:
+        raise InputError(f"no overheads measured for runtime {args.runtime!r}")
+    return CostModel.for_policy(loaded, tiers, rows_per_request=args.rows_per_request,
+                                overheads=overheads[args.runtime])  # fmt: skip
+
+
+def _cost_note(model: Any) -> str:
+    o = model.overheads
+    return (f"served cost: {model.rows} row(s)/request on {o.runtime}; serving work "
+            f"{o.request_us:.0f} + {o.request_us_per_row:.1f}/row µs per request, "
+            f"{o.hop_us:.0f} + {o.hop_us_per_row:.1f}/row µs per hop ({o.source})")  # fmt: skip
+
+
 def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     evaluate = commands.add_parser(
         "evaluate",
@@ -70,6 +104,7 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
         "split (ranking policies: their test split)",
     )
     evaluate.add_argument("--json", action="store_true", help="one JSON object per row")
+    add_cost_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
     ranking = evaluate.add_argument_group("ranking policies (stages)")
     ranking.add_argument(
@@ -133,6 +168,11 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     calibrate.add_argument("--max-users", type=int, metavar="U",
                            help="movielens: a seeded sample of U users (default: all)")  # fmt: skip
     calibrate.add_argument("--dry-run", action="store_true", help="do not write the policy")
+    calibrate.add_argument("--cost", choices=("model", "served"), default="model",
+                           help="what the cheapest certified setting minimises: model "
+                           "(the cards' per-row cost at batch 256, default) or served "
+                           "(requests of --rows-per-request on --runtime)")  # fmt: skip
+    add_cost_arguments(calibrate)
     calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
     gears = calibrate.add_argument_group(
         "degradation gears (--gears: plan gears instead of fitting thresholds)"
@@ -216,12 +256,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     # were trained on its train split, so it is scored on its test split.
     split = args.split if args.split is not None or args.data is not None else "test"
     data = _labelled(args, loaded, split)
-    rows = Evaluator(loaded).evaluate(data.X, data.y)
+    evaluator = Evaluator(loaded)
+    cost_model = cost_model_of(args, loaded, evaluator.tiers)
+    rows = evaluator.evaluate(data.X, data.y, cost_model=cost_model)
     if args.json:
         for row in rows:
-            print(json.dumps({**row.to_dict(), **data.to_dict()}))
+            print(json.dumps({**row.to_dict(), **data.to_dict(),
+                              "served_cost": _cost_note(cost_model)}))  # fmt: skip
     else:
         print(format_rows(rows, title=f"{loaded.policy.name} on {data.description}"))
+        print(_cost_note(cost_model))
     return 0
 
 
@@ -338,16 +382,19 @@ def run_calibrate(args: argparse.Namespace) -> int:
     data = _labelled(args, loaded, "calibration")
     X, y = data.X, data.y
     evaluator = Evaluator(loaded)
+    cost_model = cost_model_of(args, loaded, evaluator.tiers)
     result = calibrate_policy(
         loaded, X, y, target=target, method=args.calibration,
         data_label=str(args.data) if args.data is not None else str(loaded.policy.dataset),
         evaluator=evaluator, write=not args.dry_run,
         progress=None if args.no_progress else (lambda m: print(m, file=sys.stderr)),
+        cost_model=cost_model if args.cost == "served" else None,
     )  # fmt: skip
     png = args.png or args.policy.with_name(f"{args.policy.stem}.frontier.png")
     baselines = []
-    for row in evaluator.evaluate(X, y)[1:]:
-        baselines.append(Point(row.relative_cost, row.relative_accuracy, label=row.name))
+    for row in evaluator.evaluate(X, y, cost_model=cost_model)[1:]:
+        cost = row.served_relative_cost if args.cost == "served" else row.relative_cost
+        baselines.append(Point(cost or 0.0, row.relative_accuracy, label=row.name))
     plot_frontier(
         png, points=result.points, front=result.frontier, chosen=result.chosen,
         baselines=baselines, target=target.relative_accuracy,
@@ -383,9 +430,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         test = _labelled(args, reloaded, "test")
         check = Evaluator(reloaded, tiers=evaluator.tiers)
         on_calibration = replace(
-            check.evaluate(X, y)[0], name=f"{reloaded.policy.name} (calibration)"
+            check.evaluate(X, y, cost_model=cost_model)[0],
+            name=f"{reloaded.policy.name} (calibration)",
         )
         print()
         title = f"the calibrated policy on {data.description}, then on {test.description}"
-        print(format_rows([on_calibration, *check.evaluate(test.X, test.y)], title=title))
+        rows = [on_calibration, *check.evaluate(test.X, test.y, cost_model=cost_model)]
+        print(format_rows(rows, title=title))
+        print(_cost_note(cost_model))
     return 0

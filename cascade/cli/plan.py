@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from cascade.cli.evaluate import add_data_arguments
@@ -43,8 +44,9 @@ def add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         description="Turn the share of rows reaching each tier (the policy replayed on a "
         "labelled split), the model cards' per-row costs at each tier's batch size and the "
         "serving overheads into CPU cores, replicas and an autoscaling range per tier. The "
-        "overhead defaults were measured on 2-core machines with Ray 2.60; re-measure "
-        "yours with `python benchmarks/serve_latency.py`.",
+        "overheads default to what `python benchmarks/served_cost.py` measured here "
+        "(benchmarks/results/served_cost.json, or --overheads FILE); without a measurement, "
+        "to fallback figures, and the plan says which.",
     )
     add_data_arguments(plan)
     plan.add_argument("--qps", type=_number(0, inclusive=False), required=True, metavar="N",
@@ -60,12 +62,15 @@ def add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     sizing.add_argument("--cpus-per-replica", type=_number(0, inclusive=False), default=1.0,
                         metavar="N", help="cores one replica keeps busy (default 1: tiers "
                         "run onnxruntime with one intra-op thread)")  # fmt: skip
-    sizing.add_argument("--ingress-cpu-ms", type=_number(0, inclusive=True), default=5.0,
+    sizing.add_argument("--ingress-cpu-ms", type=_number(0, inclusive=True), default=None,
                         metavar="MS", help="server CPU per request at the ingress "
-                        "(default 5, measured)")  # fmt: skip
-    sizing.add_argument("--hop-cpu-ms", type=_number(0, inclusive=True), default=2.0,
+                        "(default: the measured Ray figure, see --overheads)")  # fmt: skip
+    sizing.add_argument("--hop-cpu-ms", type=_number(0, inclusive=True), default=None,
                         metavar="MS", help="server CPU per call to a deployment tier "
-                        "(default 2, measured)")  # fmt: skip
+                        "(default: the measured Ray figure)")  # fmt: skip
+    sizing.add_argument("--overheads", type=Path, default=None, metavar="FILE",
+                        help="served_cost.json of benchmarks/served_cost.py (default: "
+                        "benchmarks/results/served_cost.json when it exists)")  # fmt: skip
     sizing.add_argument("--coalesce-ms", type=_number(0, inclusive=True), default=2.0,
                         metavar="MS", help="the ingress's coalescing window, as "
                         "`cascade serve --coalesce-ms` (default 2)")  # fmt: skip
@@ -106,8 +111,8 @@ def format_plan(plan: Any) -> str:
         f"total: {plan.total_cpu_cores:.2f} CPU cores busy; {plan.total_replicas} replicas × "
         f"{a.cpus_per_replica:g} CPU = {plan.total_cpus:g} CPUs to reserve",
         f"assumptions: {a.ingress_cpu_ms:g} ms CPU per request at the ingress, "
-        f"{a.hop_cpu_ms:g} ms per call to a deployment tier (measured on 2 cores with Ray "
-        "2.60;\n  re-measure: python benchmarks/serve_latency.py), coalescing "
+        f"{a.hop_cpu_ms:g} ms per call to a deployment tier ({a.overheads_source});\n  "
+        "coalescing "
         f"{a.coalesce_ms:g} ms, replicas at {a.utilisation:.0%} utilisation, no cache hits, "
         f"normal gear;\n  autoscaling = the replicas needed at {a.autoscale_low:.0%} and at "
         f"{a.autoscale_high:g}× this rate",
@@ -125,6 +130,7 @@ def run_plan(args: argparse.Namespace) -> int:
         scorer_per_row_us,
         tier_cards,
     )
+    from cascade.evaluate._served_cost import read_overheads
     from cascade.policy import read_policy
 
     loaded = read_policy(args.policy)
@@ -145,6 +151,8 @@ def run_plan(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         text_column=args.text_column,
     )
+    ray = read_overheads(args.overheads)["ray"]
+    given = args.ingress_cpu_ms is not None or args.hop_cpu_ms is not None
     plan = plan_capacity(
         loaded,
         args.qps,
@@ -154,9 +162,14 @@ def run_plan(args: argparse.Namespace) -> int:
         rows_per_request=args.rows_per_request,
         utilisation=args.utilisation,
         cpus_per_replica=args.cpus_per_replica,
-        ingress_cpu_ms=args.ingress_cpu_ms,
-        hop_cpu_ms=args.hop_cpu_ms,
+        ingress_cpu_ms=args.ingress_cpu_ms
+        if args.ingress_cpu_ms is not None
+        else ray.request(args.rows_per_request) / 1000,
+        hop_cpu_ms=args.hop_cpu_ms
+        if args.hop_cpu_ms is not None
+        else ray.hop(args.rows_per_request) / 1000,
         coalesce_ms=args.coalesce_ms,
+        overheads_source="given on the command line" if given else ray.source,
     )
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
     return 0

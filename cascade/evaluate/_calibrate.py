@@ -36,6 +36,7 @@ from cascade.evaluate._fit import fit_isotonic, fit_temperature
 from cascade.evaluate._frontier import Point, pareto_front
 from cascade.evaluate._policy_edit import edit_policy_file
 from cascade.evaluate._replay import Evaluator
+from cascade.evaluate._served_cost import CostModel
 from cascade.policy import (
     Calibration,
     ComplexityRouting,
@@ -137,7 +138,9 @@ class _Chain:
         open_rows = np.ones(n, dtype=bool)
         correct = np.zeros(n, dtype=bool)
         cost = np.zeros(n)
+        reach: dict[str, float] = {}
         for k, tier in enumerate(self.tiers[: self.depth]):
+            reach[tier] = float(open_rows.mean())
             cost[open_rows] += self.costs[tier]
             last = k == self.depth - 1
             accept = open_rows if last else open_rows & (self.conf[tier] >= thresholds[k])
@@ -147,7 +150,7 @@ class _Chain:
             (self.conf[self.tiers[0]] >= thresholds[0]).mean() if self.depth > 1 else 1.0
         )
         params = {f"{t}": float(v) for t, v in zip(self.tiers, thresholds, strict=False)}
-        return Candidate(params, correct, float(cost.mean()), escalated)
+        return Candidate(params, correct, float(cost.mean()), escalated, reach)
 
 
 def _fit_confidences(
@@ -257,8 +260,13 @@ def calibrate_policy(
     evaluator: Evaluator | None = None,
     write: bool = True,
     progress: Callable[[str], None] | None = None,
+    cost_model: CostModel | None = None,
 ) -> CalibrationResult:
     """Fit ``loaded``'s thresholds on (X, y) — the calibration split — and write them back.
+
+    Relative cost is the model cost at batch 256 (the cards' figure) unless ``cost_model``
+    is given: then it is the served cost of requests of that model's size on that runtime
+    (:mod:`cascade.evaluate._served_cost`), which confidence and SLA chains support.
 
     Example::
 
@@ -288,6 +296,16 @@ def calibrate_policy(
         )
         extra_files.append(scorer_path)
 
+    if cost_model is not None:
+        if any(not c.reach for c in candidates):
+            raise PolicyError(
+                f"{loaded.path or loaded.policy.name}: calibrating on served cost needs the "
+                "share of rows reaching each tier, which confidence and SLA chains give; "
+                "calibrate this routing on model cost"
+            )
+        for c in candidates:
+            c.cost = cost_model.relative(c.reach)[1] * reference_cost
+
     chosen, bound, allowed, notes = _select(candidates, selection_rows, target)
     points = _points(candidates, selection_rows, reference_cost)
     frontier = pareto_front(points)
@@ -314,8 +332,21 @@ def calibrate_policy(
         extra_files=extra_files,
     )
     if write and chosen is not None and loaded.path is not None:
-        _write(loaded, result, target=target, data_label=data_label, evaluator=evaluator)
+        _write(loaded, result, target=target, data_label=data_label, evaluator=evaluator,
+               cost=cost_objective(cost_model))  # fmt: skip
     return result
+
+
+def cost_objective(cost_model: CostModel | None) -> str:
+    """How provenance names what 'relative cost' counted when the thresholds were fitted."""
+    if cost_model is None:
+        return "model: per-row cost at batch 256 (the model cards')"
+    o = cost_model.overheads
+    return (
+        f"served: {cost_model.rows} rows/request on {o.runtime} "
+        f"({o.request_us:.0f} + {o.request_us_per_row:.1f}/row µs per request, "
+        f"{o.hop_us:.0f} + {o.hop_us_per_row:.1f}/row µs per hop; {o.source})"
+    )
 
 
 def _speculative_search(
@@ -397,6 +428,7 @@ def _write(
     target: Target,
     data_label: str,
     evaluator: Evaluator,
+    cost: str,
 ) -> None:
     from cascade.evaluate._policy_edit import plain
 
@@ -404,7 +436,7 @@ def _write(
     policy = result.policy
     routing = policy.chain_routing
     provenance = calibration_provenance(
-        result, target=target, data_label=data_label, evaluator=evaluator
+        result, target=target, data_label=data_label, evaluator=evaluator, cost=cost
     )
 
     def _calibration(value: Calibration | None) -> dict[str, Any] | None:
@@ -435,7 +467,12 @@ def _write(
 
 
 def calibration_provenance(
-    result: CalibrationResult, *, target: Target, data_label: str, evaluator: Evaluator
+    result: CalibrationResult,
+    *,
+    target: Target,
+    data_label: str,
+    evaluator: Evaluator,
+    cost: str | None = None,
 ) -> dict[str, Any]:
     """The policy's ``provenance`` section for a calibration result (see ``Provenance``)."""
     if result.chosen is None:
@@ -454,6 +491,7 @@ def calibration_provenance(
         "target": target.as_dict(),
         "achieved": achieved,
         "confidence": target.confidence,
+        **({"cost": cost} if cost is not None else {}),
         "cards": {n: i.card.sha256 for n, i in evaluator.tiers.items() if i.card is not None},
     }
 

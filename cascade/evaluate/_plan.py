@@ -3,8 +3,8 @@
 Three measured inputs meet here: the share of rows *reaching* each tier (the policy replayed
 on a labelled split by the serving engine), each tier's per-row cost at a batch size (its
 model card: onnxruntime, one intra-op thread, batches of 1/32/256) and the serving overheads
-of Ray Serve (CPU per request at the ingress, CPU per extra hop; measured on the project's
-2-core machines, re-measure yours with ``python benchmarks/serve_latency.py``).
+of Ray Serve (CPU per request at the ingress, CPU per extra hop; ``benchmarks/served_cost.py``
+measures them on your machine, and the command line reads its result).
 
 For ``qps`` requests/s of ``R`` rows and a tier reached by a share ``s`` of the rows:
 
@@ -26,7 +26,6 @@ For ``qps`` requests/s of ``R`` rows and a tier reached by a share ``s`` of the 
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +36,7 @@ import numpy as np
 from cascade.catalog import CARD_SUFFIX, ModelCard, beside
 from cascade.errors import PolicyError
 from cascade.evaluate._replay import Evaluator
+from cascade.evaluate._served_cost import per_row_us_at
 from cascade.policy import ComplexityRouting, PolicyFile, SlaRouting
 
 __all__ = [
@@ -65,6 +65,7 @@ class Assumptions:
     coalesce_ms: float = 2.0
     autoscale_low: float = 0.25
     autoscale_high: float = 2.0
+    overheads_source: str = "given"
 
     def __post_init__(self) -> None:
         checks = {
@@ -145,30 +146,6 @@ class CapacityPlan:
             "assumptions": asdict(self.assumptions),
             "notes": list(self.notes),
         }
-
-
-def per_row_us_at(per_row_us: Mapping[int, float], batch: float) -> float:
-    """Per-row cost at ``batch`` from costs measured at a few batch sizes.
-
-    Linear in ``1/batch`` between measured sizes (exact when a call costs a fixed part plus
-    a per-row part), the nearest measurement outside them.
-
-    Example::
-
-        per_row_us_at({1: 96.6, 32: 73.7, 256: 68.7}, 64)   # ≈ 71.8
-    """
-    if not per_row_us:
-        raise PolicyError("capacity plan: a model card without per-row costs")
-    sizes = sorted(per_row_us)
-    if batch <= sizes[0]:
-        return float(per_row_us[sizes[0]])
-    if batch >= sizes[-1]:
-        return float(per_row_us[sizes[-1]])
-    hi = bisect.bisect_left(sizes, batch)
-    b0, b1 = sizes[hi - 1], sizes[hi]
-    t0, t1 = per_row_us[b0], per_row_us[b1]
-    weight = (1 / b0 - 1 / batch) / (1 / b0 - 1 / b1)
-    return float(t0 + weight * (t1 - t0))
 
 
 def tier_cards(loaded: PolicyFile) -> dict[str, ModelCard]:
@@ -341,6 +318,7 @@ def plan_capacity(
     ingress_cpu_ms: float = 5.0,
     hop_cpu_ms: float = 2.0,
     coalesce_ms: float = 2.0,
+    overheads_source: str = "given",
 ) -> CapacityPlan:
     """Replicas and CPUs per tier of a classification policy serving ``qps`` requests/s.
 
@@ -359,7 +337,7 @@ def plan_capacity(
         raise PolicyError(f"capacity plan: qps must be > 0, got {qps}")
     policy = loaded.policy
     a = Assumptions(rows_per_request, utilisation, cpus_per_replica, ingress_cpu_ms,
-                    hop_cpu_ms, coalesce_ms)  # fmt: skip
+                    hop_cpu_ms, coalesce_ms, overheads_source=overheads_source)  # fmt: skip
     cards = tier_cards(loaded)
     tiers, ingress = _loads(loaded, cards, qps, reach, a, scorer_us)
     low_tiers, low_ingress = _loads(loaded, cards, qps * a.autoscale_low, reach, a, scorer_us)

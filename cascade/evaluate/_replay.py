@@ -26,6 +26,7 @@ import numpy as np
 
 from cascade.backends import OnnxModel, open_model
 from cascade.catalog import TierInfo, check_provenance, resolve_tiers
+from cascade.evaluate._served_cost import CostModel
 from cascade.policy import (
     ChainStep,
     ComplexityRouting,
@@ -53,6 +54,10 @@ class EvalRow:
     tier_rates: dict[str, float] = field(default_factory=dict)
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0
+    # with a CostModel: model time at the batches each tier sees when served, and the whole
+    # served cost (per-request and per-hop work included), both relative to always-large's
+    served_batch_relative_cost: float | None = None
+    served_relative_cost: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,8 +160,10 @@ class Evaluator:
         *,
         reference_accuracy: float,
         reference_cost: float,
+        cost_model: CostModel | None = None,
     ) -> EvalRow:
-        """Accuracy, cost, escalation and simulated latency of one replay."""
+        """Accuracy, cost, escalation and simulated latency of one replay; with
+        ``cost_model``, its served cost too (see :mod:`cascade.evaluate._served_cost`)."""
         decisions = result.decisions
         costs, latencies = self._accounting(policy, decisions)
         n = len(decisions)
@@ -169,6 +176,8 @@ class Evaluator:
             escalated += decision.answered_by != entry
         accuracy = float((result.labels == y).mean())
         cost = float(costs.mean())
+        reach = {tier: count / n for tier, count in reached.items() if count}
+        served = cost_model.relative(reach) if cost_model is not None else (None, None)
         return EvalRow(
             name=name,
             n=n,
@@ -177,9 +186,11 @@ class Evaluator:
             cost=cost,
             relative_cost=cost / reference_cost if reference_cost else 0.0,
             escalation_rate=escalated / n,
-            tier_rates={tier: count / n for tier, count in reached.items() if count},
+            tier_rates=reach,
             latency_p50_ms=float(np.percentile(latencies, 50)),
             latency_p99_ms=float(np.percentile(latencies, 99)),
+            served_batch_relative_cost=served[0],
+            served_relative_cost=served[1],
         )
 
     def _accounting(
@@ -203,8 +214,11 @@ class Evaluator:
         lat = np.array([sum(latency[s.tier] for s in d.steps) for d in decisions])
         return costs, lat
 
-    def evaluate(self, X: np.ndarray, y: np.ndarray) -> list[EvalRow]:
-        """The policy beside always-<tier> for every tier, cheapest first after the policy."""
+    def evaluate(
+        self, X: np.ndarray, y: np.ndarray, *, cost_model: CostModel | None = None
+    ) -> list[EvalRow]:
+        """The policy beside always-<tier> for every tier, cheapest first after the policy;
+        with ``cost_model``, each row's served cost too."""
         policy = self.loaded.policy
         reference_policy = _always(policy, self.reference)
         reference = self.replay(reference_policy, X)
@@ -214,6 +228,7 @@ class Evaluator:
             self.summarise(
                 policy.name, policy, self.replay(policy, X), y,
                 reference_accuracy=reference_accuracy, reference_cost=reference_cost,
+                cost_model=cost_model,
             )
         ]  # fmt: skip
         for tier in sorted(self.tiers, key=lambda t: self.tiers[t].cost):
@@ -223,6 +238,7 @@ class Evaluator:
                 self.summarise(
                     f"always-{tier}", always, result, y,
                     reference_accuracy=reference_accuracy, reference_cost=reference_cost,
+                    cost_model=cost_model,
                 )
             )  # fmt: skip
         return rows

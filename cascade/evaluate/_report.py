@@ -10,6 +10,10 @@ from cascade.evaluate._replay import EvalRow
 __all__ = ["format_rows"]
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def format_rows(rows: Sequence[EvalRow], *, title: str = "") -> str:
     """The policy and its baselines side by side.
 
@@ -17,10 +21,14 @@ def format_rows(rows: Sequence[EvalRow], *, title: str = "") -> str:
 
         print(format_rows(Evaluator(loaded).evaluate(X, y), title="digits / test"))
     """
+    served = any(row.served_relative_cost is not None for row in rows)
     header = ["configuration", "accuracy", "rel acc", "rel cost", "escalated",
               "rows reaching each tier", "p50 ms", "p99 ms"]  # fmt: skip
-    body = [
-        [
+    if served:
+        header[4:4] = ["rel cost @ served batch", "served rel cost"]
+    body = []
+    for row in rows:
+        cells = [
             row.name,
             f"{row.accuracy:.4f}",
             f"{row.relative_accuracy:.4f}",
@@ -30,7 +38,8 @@ def format_rows(rows: Sequence[EvalRow], *, title: str = "") -> str:
             f"{row.latency_p50_ms:.3f}",
             f"{row.latency_p99_ms:.3f}",
         ]
-        for row in rows
-    ]
+        if served:
+            cells[4:4] = [_ratio(row.served_batch_relative_cost), _ratio(row.served_relative_cost)]
+        body.append(cells)
     text = table(header, body)
     return f"{title}\n{text}" if title else text

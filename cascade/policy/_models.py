@@ -29,6 +29,7 @@ __all__ = [
     "ConfidenceRouting",
     "Gear",
     "Policy",
+    "ProfileSection",
     "Provenance",
     "Resources",
     "Routing",
@@ -477,6 +478,24 @@ class CacheSection(_Strict):
     )
 
 
+class ProfileSection(_Strict):
+    """Latency profiles of a sampled share of requests, recorded by the server.
+
+    A sampled request's phases (parse, admission, cache, coalescer wait, each tier call,
+    encoding: see README "Latency profile") go to the histogram
+    ``cascade_phase_latency_ms{model, phase}`` of both runtimes; its response is unchanged.
+    A request may always ask for its own profile (``parameters.profile: true``).
+    """
+
+    sample_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of requests profiled (0.01: one in a hundred; 0: none). Each costs "
+        "a few clock reads and one histogram observation per phase",
+    )
+
+
 class Stage(_Strict):
     """A ranking stage: filter, coarse or fine, in that order; only fine is required.
 
@@ -532,6 +551,12 @@ class Provenance(_Strict):
     achieved: dict[str, float] = Field(description="what the fitted policy reached, per split")
     confidence: float | None = Field(
         None, gt=0, lt=1, description="confidence level of the statistical margin, if one was used"
+    )
+    cost: str | None = Field(
+        None,
+        description="what 'relative cost' counted when fitted: the model cards' per-row cost "
+        "at batch 256 ('model: ...') or the served cost of requests of a given size on a "
+        "runtime ('served: ...')",
     )
     cards: dict[str, str] = Field(
         default_factory=dict, description="sha256 of each tier's model file when fitted"
@@ -592,6 +617,11 @@ class Policy(_Strict):
     cache: CacheSection | None = Field(
         None, description="answer caches (classification policies), per serving replica"
     )
+    profile: ProfileSection | None = Field(
+        None,
+        description="latency profiles of a sampled share of requests (classification "
+        "policies), as a per-phase histogram metric; absent: only requests that ask",
+    )
     stages: list[Stage] = Field(
         default_factory=list,
         description="ranking stages, filter -> coarse -> fine (ranking policies, instead of "
@@ -640,6 +670,8 @@ class Policy(_Strict):
             raise ValueError("gears apply to routing, not to ranking stages")
         if self.cache is not None:
             raise ValueError("cache applies to classification policies, not to ranking stages")
+        if self.profile is not None:
+            raise ValueError("profile applies to classification policies, not to ranking stages")
         return self
 
     @property

@@ -147,17 +147,36 @@ def test_a_policy_allowing_too_few_replicas_gets_a_note(
 
 
 def test_cli_prints_the_table_and_the_json(
-    reach: dict[str, float], capsys: pytest.CaptureFixture[str]
+    reach: dict[str, float],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert main(["plan", str(DIGITS), "--qps", "500"]) == 0
+    measured = tmp_path / "served_cost.json"
+    measured.write_text(json.dumps({"overheads": {"ray": {
+        "request_us": 4000.0, "request_us_per_row": 10.0, "hop_us": 1500.0,
+        "hop_us_per_row": 0.0, "note": "a test's measurement",
+    }}}))  # fmt: skip
+    assert main(["plan", str(DIGITS), "--qps", "500", "--overheads", str(measured)]) == 0
     text = capsys.readouterr().out
     assert "digits at 500 requests/s" in text and "digits/calibration, 359 rows" in text
-    for word in ("tiny", "large", "ingress", "in ingress", "CPUs to reserve", "serve_latency"):
+    for word in ("tiny", "large", "ingress", "in ingress", "CPUs to reserve"):
         assert word in text
+    # the serving overheads are the measured ones (1 row: 4000 + 10 µs), and it says so
+    assert "4.01 ms CPU per request at the ingress, 1.5 ms per call" in text
+    assert f"measured: {measured} (a test's measurement)" in text
 
-    assert main(["plan", str(DIGITS), "--qps", "500", "--json", "--hop-cpu-ms", "3"]) == 0
+    monkeypatch.chdir(tmp_path)  # no benchmarks/results/served_cost.json: the fallbacks
+    assert main(["plan", str(DIGITS), "--qps", "500"]) == 0
+    assert "fallback defaults" in capsys.readouterr().out
+
+    argv = ["plan", str(DIGITS), "--qps", "500", "--json", "--ingress-cpu-ms", "5",
+            "--hop-cpu-ms", "3"]  # fmt: skip
+    assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
-    expected = plan_capacity(read_policy(DIGITS), 500, reach=reach, hop_cpu_ms=3).to_dict()
+    given = "given on the command line"
+    expected = plan_capacity(read_policy(DIGITS), 500, reach=reach, ingress_cpu_ms=5,
+                             hop_cpu_ms=3, overheads_source=given).to_dict()  # fmt: skip
     expected["reach_measured_on"] = "digits/calibration, 359 rows"
     assert data == json.loads(json.dumps(expected))
     assert data["assumptions"]["hop_cpu_ms"] == 3

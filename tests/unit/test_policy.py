@@ -560,6 +560,18 @@ def test_a_cache_section_is_active_and_checked(folder: Path) -> None:
         read_policy(folder / "policy.yaml")
 
 
+def test_a_profile_section_samples_a_share_of_requests(folder: Path) -> None:
+    policy = read_policy(_write(folder, CONFIDENCE + "profile: {sample_rate: 0.01}\n")).policy
+    assert policy.profile is not None and policy.profile.sample_rate == 0.01
+    assert read_policy(_write(folder, CONFIDENCE)).policy.profile is None
+    match = _exactly(
+        _write(folder, CONFIDENCE + "profile: {sample_rate: 2}\n"),
+        "11 profile.sample_rate: must be <= 1, got 2",
+    )
+    with pytest.raises(PolicyError, match=match):
+        read_policy(folder / "policy.yaml")
+
+
 def test_gears_must_rise_and_name_known_tiers(folder: Path) -> None:
     ok = "gears:\n  - {name: busy, queue_depth_at_least: 8, threshold_shift: 0.1}\n"
     ok += "  - {name: swamped, queue_depth_at_least: 32, max_tier: tiny}\n"
