@@ -9,6 +9,7 @@ object in ``__init__`` and delegates.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cascade.backends import InputSpec, open_model
+from cascade.backends import CALL_TIMES, InputSpec, open_model
 from cascade.catalog import require_model_files
 from cascade.errors import PolicyError
 from cascade.policy import PolicyFile, read_policy
@@ -30,6 +31,7 @@ from cascade.serving import (
     RecordingMetrics,
     RemoteFactory,
     ingress_options,
+    sends_its_time,
     tier_options,
 )
 
@@ -38,7 +40,15 @@ __all__ = ["AppArgs", "Ingress", "ModelDeployment", "app_for", "build_app"]
 
 @serve.deployment
 class ModelDeployment:
-    """One ONNX tier behind a Serve deployment, batching calls with ``@serve.batch``."""
+    """One ONNX tier behind a Serve deployment, batching calls with ``@serve.batch``.
+
+    A call from a profiled batch comes through :meth:`predict_timed`, which also returns the
+    time it waited here for its ``@serve.batch`` and the model run's: the ingress reports
+    them in the tier call (``CALL_TIMES``), and the rest of the call is the hop. Durations
+    only, on this replica's clock: no timestamps cross machines. Timed and plain calls share
+    one ``@serve.batch`` queue (a queue of their own would time another queue), so a plain
+    call passes ``None`` as its arrival; only a batch holding a timed call reads the clock.
+    """
 
     def __init__(self, path: str, providers: tuple[str, ...]) -> None:
         self.model = open_model(path, providers=providers, offload=True)
@@ -49,11 +59,27 @@ class ModelDeployment:
         self.predict.set_batch_wait_timeout_s(float(config["max_wait_ms"]) / 1000.0)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def predict(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+    async def predict(self, batches: list[np.ndarray], arrived: list[float | None]) -> list[Any]:
         # Each call carries a batch of rows already; one session run answers them all.
+        # ``arrived``: when a timed call reached this replica (None: not timed); the clock
+        # is read only for a batch holding one.
         sizes = [len(b) for b in batches]
+        timed = arrived.count(None) != len(arrived)
+        started = time.perf_counter() if timed else 0.0
         out = await self.model.predict(np.concatenate(batches))
-        return list(np.split(out, np.cumsum(sizes)[:-1]))
+        answers: list[Any] = list(np.split(out, np.cumsum(sizes)[:-1]))
+        if timed:
+            model_ms = (time.perf_counter() - started) * 1000.0
+            for i, at in enumerate(arrived):
+                if at is not None:
+                    times = {"queue": (started - at) * 1000.0, "model": model_ms}
+                    answers[i] = (answers[i], times)
+        return answers
+
+    async def predict_timed(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """:meth:`predict` for one call, with its queue and model ms here."""
+        answer: tuple[np.ndarray, dict[str, float]] = await self.predict(rows, time.perf_counter())
+        return answer
 
     def check_health(self) -> None:
         spec = self.model.input_spec
@@ -75,7 +101,12 @@ class _HandleModel:
 
     async def predict(self, batch: Any) -> np.ndarray:
         rows = batch if self.input_spec.dtype == "string" else np.asarray(batch, np.float32)
-        result: np.ndarray = await self._handle.predict.remote(rows)
+        times = CALL_TIMES.get()  # a dict only in a profiled batch
+        if times is None:
+            result: np.ndarray = await self._handle.predict.remote(rows, None)
+            return result
+        result, parts = await self._handle.predict_timed.remote(rows)
+        times.update(parts)
         return result
 
 
@@ -153,7 +184,11 @@ class Ingress:
         root = request.scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        reply = await self.service.handle(request.method, path, request.headers, request.body)
+        # the client sent its send time: the profile starts here, the body read is timed
+        received_s = self.service.clock() if sends_its_time(request.scope["headers"]) else None
+        reply = await self.service.handle(
+            request.method, path, request.headers, request.body, received_s=received_s
+        )
         return Response(reply.body, reply.status, headers=reply.headers)
 
 

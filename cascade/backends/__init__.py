@@ -11,6 +11,7 @@ reached through a handle, wrapped by the Ray host (``deployments/app.py``).
 
 from cascade.backends._base import (
     CALL_DEADLINE,
+    CALL_TIMES,
     MAX_TEXT_CHARS,
     InputSpec,
     Model,
@@ -26,6 +27,7 @@ from cascade.backends.text import TextModel
 
 __all__ = [
     "CALL_DEADLINE",
+    "CALL_TIMES",
     "MAX_TEXT_CHARS",
     "FakeModel",
     "GraphOptimization",

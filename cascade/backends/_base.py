@@ -12,6 +12,7 @@ from cascade.errors import InputError
 
 __all__ = [
     "CALL_DEADLINE",
+    "CALL_TIMES",
     "MAX_TEXT_CHARS",
     "InputSpec",
     "Model",
@@ -29,6 +30,15 @@ CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 """The ``time.monotonic()`` by which the tier call running in this task must end (``None``:
 unbounded), set by the engine around each backend call: a remote backend sizes its network
 timeout and decides whether a retry still fits by it."""
+
+CALL_TIMES: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "cascade_call_times", default=None
+)
+"""Where a backend may say how its call's time was spent, in ms by part (``"queue"``,
+``"model"``), set by the engine around each call of a profiled batch only (``None``
+otherwise: a backend then measures nothing). A Ray deployment tier fills in its replica's
+batching queue and model run, so the rest of the call is known to be the hop; backends that
+cannot tell leave it empty and their call is profiled whole."""
 
 MAX_TEXT_CHARS = 10_000
 """Longest text one row of a text model may hold."""

@@ -3,7 +3,8 @@
 Schedules say when requests leave (Poisson at a fixed rate, or a linear ramp), the runner
 replays labelled rows against ``/v2/models/{name}/infer`` on this machine and records every
 request, and the report turns the records into latency percentiles, goodput, shedding,
-errors, accuracy and a per-second timeline (JSON, a table, a PNG).
+errors, accuracy and a per-second timeline (JSON, a table, a PNG). ``run_profile`` sends a
+short load of profiled requests and breaks their latency down by phase (`cascade profile`).
 
 Example::
 
@@ -30,6 +31,7 @@ from cascade.bench._footprint import (
     rss_mb,
 )
 from cascade.bench._loadgen import LOOPBACK_HOSTS, ModelInfo, fetch_metadata, loopback_url, run_load
+from cascade.bench._profile import PhaseStats, ProfiledRequest, ProfileReport, run_profile
 from cascade.bench._report import BenchReport, Outcome, RequestRecord, SecondStats
 from cascade.bench._schedule import poisson_arrivals, ramp_arrivals
 
@@ -39,6 +41,9 @@ __all__ = [
     "Footprint",
     "ModelInfo",
     "Outcome",
+    "PhaseStats",
+    "ProfileReport",
+    "ProfiledRequest",
     "RequestRecord",
     "SecondStats",
     "TierFootprint",
@@ -50,4 +55,5 @@ __all__ = [
     "ramp_arrivals",
     "rss_mb",
     "run_load",
+    "run_profile",
 ]

@@ -10,6 +10,7 @@ cascade serve [--runtime ray|edge] POLICY...        cascade reload POLICY...
 cascade config POLICY... [--package ZIP | --kuberay] [--ingress-replicas N] [-o FILE]
 cascade plan POLICY --qps N [--json]               cascade footprint POLICY... [--budget-mb MB]
 cascade bench URL --model NAME [--rate RPS | --ramp START:END] [--duration S] [options]
+cascade profile URL --model NAME [--rows N] [--requests N] [--concurrency C] [--binary]
 
 One module per command group; each registers its parsers with the function that runs them
 (``set_defaults(run=...)``).
@@ -28,6 +29,7 @@ from cascade.cli.footprint import add_footprint_command
 from cascade.cli.models import add_models_commands
 from cascade.cli.plan import add_plan_command
 from cascade.cli.policy import add_policy_commands
+from cascade.cli.profile import add_profile_command
 from cascade.cli.serve import add_serve_command
 from cascade.errors import CascadeError
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_command(commands)
     add_plan_command(commands)
     add_bench_command(commands)
+    add_profile_command(commands)
     add_policy_commands(commands)
     return parser
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from cascade.edge._metrics import PrometheusMetrics
-from cascade.serving import HttpReply, InferenceService, unavailable
+from cascade.serving import PROFILE_HEADER, HttpReply, InferenceService, unavailable
 
 __all__ = ["EdgeApp"]
 
@@ -92,6 +92,9 @@ class EdgeApp:
             path = path[len(root) :]
         method: str = scope["method"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # a client that sends its send time wants the wire measured: the body read below is
+        # part of the service's time then (and only then is the clock read here)
+        received_s = self.service.clock() if PROFILE_HEADER in headers else None
         if path.rstrip("/") == "/metrics" and self.metrics is not None:
             if method not in ("GET", "HEAD"):
                 return HttpReply.error(f"method {method} is not allowed on /metrics", 405,
@@ -109,7 +112,7 @@ class EdgeApp:
         async def read() -> bytes:
             return body
 
-        return await self.service.handle(method, path, headers, read)
+        return await self.service.handle(method, path, headers, read, received_s=received_s)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

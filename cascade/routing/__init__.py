@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 from cascade.routing._confidence import calibrate, confidence
-from cascade.routing._decision import BatchResult, Decision, Reason, Step
+from cascade.routing._decision import BatchResult, Decision, Reason, Step, TierCall
 from cascade.routing._engine import Engine
 from cascade.routing._ranker import Ranker, Ranking, StageTrace
 from cascade.routing._scorers import SCORERS, FeatureScorer, OnnxScorer, Scorer, make_scorer
@@ -26,7 +26,6 @@ from cascade.routing._strategies import (
     Router,
     SlaRouter,
     SpeculativeRouter,
-    TierCall,
     make_router,
     routed_tiers,
 )

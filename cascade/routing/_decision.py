@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["BatchResult", "Decision", "Reason", "Step"]
+__all__ = ["BatchResult", "Decision", "Reason", "Step", "TierCall"]
 
 Reason = Literal[
     "confident",
@@ -90,9 +90,41 @@ class Decision:
         return out
 
 
+@dataclass(frozen=True)
+class TierCall:
+    """One batched call to a tier: which requests went, what came back, when, at what cost.
+
+    Times are engine milliseconds since the batch started. ``probabilities`` is ``None``
+    when the call was cancelled or failed; ``cost`` is charged to each request sent.
+    ``parts`` is what the backend said of the call's time, in ms by part (a deployment
+    tier's ``queue`` and ``model``: see ``CALL_TIMES``), in profiled batches only.
+    """
+
+    tier: str
+    idx: np.ndarray
+    probabilities: np.ndarray | None
+    started_ms: float
+    ended_ms: float
+    cost: float
+    parts: dict[str, float] | None = None
+
+    @property
+    def latency_ms(self) -> float:
+        return self.ended_ms - self.started_ms
+
+    @property
+    def completed(self) -> bool:
+        return self.probabilities is not None
+
+
 @dataclass(frozen=True, repr=False)
 class BatchResult:
     """The answers to a batch: the answering tier's probabilities and a decision per row.
+
+    ``calls`` holds the batch's tier calls in the order they ended (failed and cancelled
+    ones included) when the engine was asked for its timeline (``timeline=True``: a
+    profiled request is in the batch); else it stays empty, so that routing an unprofiled
+    batch keeps nothing it would not keep anyway.
 
     Example::
 
@@ -102,6 +134,7 @@ class BatchResult:
 
     probabilities: np.ndarray
     decisions: tuple[Decision, ...]
+    calls: tuple[TierCall, ...] = field(default=(), compare=False)
 
     @property
     def labels(self) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cascade.backends import CALL_DEADLINE, Model, validate_batch
+from cascade.backends import CALL_DEADLINE, CALL_TIMES, Model, validate_batch
 from cascade.errors import BackendError, CascadeError, InputError, ModelTimeout, PolicyError
 from cascade.load import CircuitBreaker, LoadSignals, Outcome
 from cascade.policy import ComplexityRouting, Policy, SlaRouting
@@ -179,11 +179,14 @@ class Engine:
         budget_ms: float | None,
         *,
         policy: Policy,
-    ) -> tuple[np.ndarray, float]:
+        timed: bool = False,
+    ) -> tuple[np.ndarray, float, dict[str, float] | None]:
         """Run one batched call to ``tier``; the only way the engine reaches a backend.
 
         The call gets the tier's ``timeout_ms`` or what is left of the rows' deadline,
-        whichever is shorter; a deadline already passed fails it without calling.
+        whichever is shorter; a deadline already passed fails it without calling. ``timed``
+        (a profiled batch): the backend may say where the call's time went (``CALL_TIMES``),
+        returned as the third item; otherwise that is ``None`` and nothing is set up for it.
         """
         timeout_ms = policy.tiers[tier].timeout_ms if tier in policy.tiers else None
         why = "its timeout"
@@ -194,6 +197,7 @@ class Engine:
         breaker = self._breakers.get(tier)
         load = self.signals.tier(tier)
         outcome: Outcome | None = None  # None: never called (refused by the breaker)
+        parts: dict[str, float] | None = {} if timed else None
         try:
             # a tier that failed only because the request's deadline was short is not ill:
             # that timeout leaves the breaker's count alone (_DeadlineCut is no BackendError)
@@ -204,10 +208,13 @@ class Engine:
                     async with asyncio.timeout(None if timeout_ms is None else timeout_ms / 1e3):
                         ends = None if timeout_ms is None else time.monotonic() + timeout_ms / 1e3
                         token = CALL_DEADLINE.set(ends)
+                        times = None if parts is None else CALL_TIMES.set(parts)
                         try:
                             output = await self._backends[tier].predict(rows)
                         finally:
                             CALL_DEADLINE.reset(token)
+                            if times is not None:
+                                CALL_TIMES.reset(times)
                 except TimeoutError as exc:
                     outcome = "timeout"
                     if why != "its timeout":
@@ -232,7 +239,7 @@ class Engine:
         observed_ms = (ended_s - started_s) * 1000.0
         old = self._estimates[tier]
         self._estimates[tier] = (1.0 - self._ewma) * old + self._ewma * observed_ms
-        return probabilities, ended_s
+        return probabilities, ended_s, parts or None  # a backend that said nothing: None
 
     def _budgets(
         self, policy: Policy, n: int, deadlines_ms: Sequence[float | None] | None
@@ -291,6 +298,7 @@ class Engine:
         deadlines_ms: Sequence[float | None] | None = None,
         max_tiers: Sequence[str | None] | None = None,
         gear: str | None = None,
+        timeline: bool = False,
     ) -> BatchResult:
         """Answer every row of the batch; ``deadlines_ms[i]`` is row i's budget from now.
 
@@ -303,10 +311,11 @@ class Engine:
         its ``max_tier`` caps every row and its ``threshold_shift`` lowers every threshold;
         answers that differ from full quality because of it are flagged ``degraded``. A batch
         that does not fit the first tier's input raises ``InputError`` as a whole.
+        ``timeline``: see :meth:`run_validated`.
         """
         batch = validate_batch(rows, self._backends[self._tiers[0]].input_spec)
         return await self.run_validated(
-            batch, deadlines_ms=deadlines_ms, max_tiers=max_tiers, gear=gear
+            batch, deadlines_ms=deadlines_ms, max_tiers=max_tiers, gear=gear, timeline=timeline
         )
 
     async def run_validated(
@@ -316,20 +325,27 @@ class Engine:
         deadlines_ms: Sequence[float | None] | None = None,
         max_tiers: Sequence[str | None] | None = None,
         gear: str | None = None,
+        timeline: bool = False,
     ) -> BatchResult:
         """:meth:`run` for a batch already checked by ``validate_batch`` against the first
-        tier's input (the serving path validates each request once, where it is parsed)."""
+        tier's input (the serving path validates each request once, where it is parsed).
+
+        ``timeline``: the result carries the batch's tier calls (``BatchResult.calls``),
+        each with what its backend said of its time: the coalescer asks for it when a
+        profiled request is in the batch, and only then.
+        """
         start_s = self._clock()
         policy, router = self._policy, self._router
         ctx = RouteContext(
             rows=batch,
             budgets_ms=self._budgets(policy, len(batch), deadlines_ms),
-            call=functools.partial(self._call_tier, policy=policy),
+            call=functools.partial(self._call_tier, policy=policy, timed=timeline),
             clock=self._clock,
             start_s=start_s,
             estimate=self.latency_estimate,
             costs=self._costs,
             caps=self._caps(len(batch), max_tiers),
+            timeline=timeline,
             **self._gear(policy, gear),
         )
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,7 +31,7 @@ from cascade.policy import (
     SpeculativeRouting,
 )
 from cascade.routing._confidence import calibrate, confidence
-from cascade.routing._decision import BatchResult, Decision, Reason, Step
+from cascade.routing._decision import BatchResult, Decision, Reason, Step, TierCall
 from cascade.routing._scorers import Scorer
 
 __all__ = [
@@ -44,38 +43,17 @@ __all__ = [
     "Router",
     "SlaRouter",
     "SpeculativeRouter",
-    "TierCall",
     "make_router",
     "routed_tiers",
 ]
 
-TierCaller = Callable[[str, np.ndarray, float, float | None], Awaitable[tuple[np.ndarray, float]]]
-"""``(tier, rows, started_s, budget_ms) -> (probabilities, ended_s)``: the engine's one way to
-call a tier; ``budget_ms`` (``None``: no deadline) caps the call's timeout."""
-
-
-@dataclass(frozen=True)
-class TierCall:
-    """One batched call to a tier: which requests went, what came back, when, at what cost.
-
-    Times are engine milliseconds since the batch started. ``probabilities`` is ``None``
-    when the call was cancelled; ``cost`` is charged to each request sent.
-    """
-
-    tier: str
-    idx: np.ndarray
-    probabilities: np.ndarray | None
-    started_ms: float
-    ended_ms: float
-    cost: float
-
-    @property
-    def latency_ms(self) -> float:
-        return self.ended_ms - self.started_ms
-
-    @property
-    def completed(self) -> bool:
-        return self.probabilities is not None
+TierCaller = Callable[
+    [str, np.ndarray, float, float | None],
+    Awaitable[tuple[np.ndarray, float, dict[str, float] | None]],
+]
+"""``(tier, rows, started_s, budget_ms) -> (probabilities, ended_s, parts)``: the engine's one
+way to call a tier; ``budget_ms`` (``None``: no deadline) caps the call's timeout, ``parts``
+is what the backend said of the call's time (profiled batches only, else ``None``)."""
 
 
 def _retrieve(task: asyncio.Task[TierCall]) -> None:
@@ -117,7 +95,7 @@ class Pending:
         elapsed_ms = (now_s - self.started_s) * 1000.0
         estimate = ctx.estimate(self.tier)
         share = 1.0 if estimate <= 0 else min(1.0, max(0.0, elapsed_ms / estimate))
-        return TierCall(
+        call = TierCall(
             tier=self.tier,
             idx=self.idx,
             probabilities=None,
@@ -125,12 +103,16 @@ class Pending:
             ended_ms=ctx._ms(now_s),
             cost=ctx._costs[self.tier] * share,
         )
+        ctx.keep(call)
+        return call
 
 
 class RouteContext:
     """What a router may do with one batch: run tiers, read time and deadlines, answer.
 
     Built by the engine for each ``run``. Indices (``idx``) are positions in the batch.
+    With ``timeline`` it keeps every tier call (completed, failed or cancelled) for the
+    batch's result: a profiled request is in the batch.
 
     Example (inside a router)::
 
@@ -155,6 +137,7 @@ class RouteContext:
         gear: str | None = None,
         gear_cap: float = np.inf,
         threshold_shift: float = 0.0,
+        timeline: bool = False,
     ) -> None:
         self.rows = rows
         self.n = len(rows)
@@ -174,6 +157,7 @@ class RouteContext:
         self._estimate = estimate
         self._costs = dict(costs)
         self._pending: list[Pending] = []
+        self._calls: list[TierCall] | None = [] if timeline else None
         self._steps: list[list[Step]] = [[] for _ in range(self.n)]
         self._answered_by: list[str | None] = [None] * self.n
         self._reason: list[Reason | None] = [None] * self.n
@@ -240,15 +224,27 @@ class RouteContext:
         self, tier: str, idx: np.ndarray, started_s: float, *, bounded: bool = True
     ) -> TierCall:
         budget_ms = self._budget_ms(idx, started_s) if bounded else None
-        probabilities, ended_s = await self._caller(tier, self.rows[idx], started_s, budget_ms)
-        return TierCall(
+        probabilities, ended_s, parts = await self._caller(
+            tier, self.rows[idx], started_s, budget_ms
+        )
+        call = TierCall(
             tier=tier,
             idx=idx,
             probabilities=probabilities,
             started_ms=self._ms(started_s),
             ended_ms=self._ms(ended_s),
             cost=self._costs[tier],
+            parts=parts,
         )
+        if self._calls is not None:
+            self._calls.append(call)
+        return call
+
+    def keep(self, call: TierCall) -> None:
+        """Add a call that gave no answer (cancelled, failed) to the batch's timeline, if
+        one is kept: its time was spent all the same."""
+        if self._calls is not None:
+            self._calls.append(call)
 
     async def call(self, tier: str, idx: np.ndarray, *, bounded: bool = True) -> TierCall:
         """Run ``tier`` on rows ``idx`` as one batched call and return it.
@@ -302,6 +298,8 @@ class RouteContext:
         cost = self._costs[tier] * share
         step = Step(tier=tier, confidence=None, threshold=None, accepted=False,
                     latency_ms=elapsed_ms, cost=cost, error=str(error))  # fmt: skip
+        if self._calls is not None:
+            self.keep(TierCall(tier, idx, None, self._ms(started_s), self._ms(now_s), cost))
         for row in idx.tolist():
             self._steps[row].append(step)
 
@@ -408,7 +406,8 @@ class RouteContext:
                     score=None if score is None or np.isnan(score) else score,
                 )
             )
-        return BatchResult(probabilities=self._probabilities, decisions=tuple(decisions))
+        calls = () if self._calls is None else tuple(self._calls)
+        return BatchResult(self._probabilities, tuple(decisions), calls)
 
 
 class Router(Protocol):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from cascade.serving._coalescer import Coalescer
 from cascade.serving._metrics import METRICS, MetricSpec, RecordingMetrics
 from cascade.serving._openapi import openapi_document
+from cascade.serving._profile import PROFILE_HEADER, Profile, sends_its_time
 from cascade.serving._protocol import (
     OUTPUT_NAMES,
     InferRequest,
@@ -47,6 +48,7 @@ __all__ = [
     "INGRESS",
     "METRICS",
     "OUTPUT_NAMES",
+    "PROFILE_HEADER",
     "AppArgs",
     "Coalescer",
     "HttpReply",
@@ -54,6 +56,7 @@ __all__ = [
     "InferenceService",
     "MetricSpec",
     "PolicyText",
+    "Profile",
     "RecordingMetrics",
     "RemoteFactory",
     "ServedModel",
@@ -67,6 +70,7 @@ __all__ = [
     "openapi_document",
     "parse_infer_request",
     "policy_hash",
+    "sends_its_time",
     "tier_options",
     "unavailable",
 ]

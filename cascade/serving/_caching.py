@@ -18,6 +18,7 @@ import numpy as np
 
 from cascade.policy import CacheSection
 from cascade.routing import Decision
+from cascade.serving._profile import Profile
 
 __all__ = ["AnswerCaches"]
 
@@ -60,11 +61,15 @@ class AnswerCaches:
         self,
         version: str,
         rows: np.ndarray,
-        route: Callable[[np.ndarray], Awaitable[Answer]],
+        route: Callable[[np.ndarray, Profile | None], Awaitable[Answer]],
         *,
         deadline_ms: float | None,
+        profile: Profile | None = None,
     ) -> Answer:
-        """Answer ``rows``: cached ones from the caches, the rest by ``route`` (the cascade)."""
+        """Answer ``rows``: cached ones from the caches, the rest by ``route(misses,
+        profile)`` (the cascade).
+
+        ``profile``: the lookups, and the stores after the route, are its ``cache`` phases."""
         began = time.perf_counter()
         n = len(rows)
         cached: list[tuple[Any, str, float | None] | None] = [None] * n
@@ -95,8 +100,10 @@ class AnswerCaches:
 
         probabilities: np.ndarray | None = None
         decisions: list[Decision | None] = [None] * n
+        if profile is not None:
+            profile.mark("cache")
         if len(misses):
-            got, got_decisions = await route(rows[misses])
+            got, got_decisions = await route(rows[misses], profile)
             probabilities = np.zeros((n, got.shape[1]), dtype=np.float32)
             probabilities[misses] = got
             for row, decision in zip(misses.tolist(), got_decisions, strict=True):
@@ -119,6 +126,8 @@ class AnswerCaches:
                 similarity=None if kind == "exact" else similarity,
             )  # fmt: skip
         assert probabilities is not None and all(d is not None for d in decisions)
+        if profile is not None:
+            profile.mark("cache")
         return probabilities, tuple(d for d in decisions if d is not None)
 
     def _store(

@@ -8,18 +8,35 @@ caller gets back exactly its own rows' answers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from cascade.errors import BackendError
 from cascade.routing import BatchResult, Decision
+from cascade.serving._profile import Profile
 
-__all__ = ["Coalescer"]
+__all__ = ["Coalescer", "RunBatch"]
 
-RunBatch = Callable[[np.ndarray, list[float | None], list[str | None]], Awaitable[BatchResult]]
 Answer = tuple[np.ndarray, tuple[Decision, ...]]
+
+
+class RunBatch(Protocol):
+    """``run(rows, deadlines, max_tiers)``: one engine batch. It is called with
+    ``timeline=True`` too (and then must return the batch's tier calls, as
+    ``Engine.run_validated`` does) when a profiled request is in the batch."""
+
+    def __call__(
+        self,
+        rows: np.ndarray,
+        deadlines: list[float | None],
+        max_tiers: list[str | None],
+        /,
+        *,
+        timeline: bool = ...,
+    ) -> Awaitable[BatchResult]: ...
 
 
 @dataclass(eq=False)
@@ -29,6 +46,7 @@ class _Waiting:
     max_tier: str | None
     arrived_s: float
     future: asyncio.Future[Answer] = field(repr=False)
+    profile: Profile | None = field(default=None, repr=False)
 
 
 class Coalescer:
@@ -44,10 +62,18 @@ class Coalescer:
     ``max_tier`` per row (its request's). If ``run`` raises, every request of that batch
     gets the exception.
 
+    Profiling crosses into the batch explicitly, not through context variables (the batch
+    runs in a task of its own): a request submitted with a :class:`Profile` gets its wait,
+    the batch's tier calls and route work, and its wake-up recorded in it; a batch holding
+    a profiled request asks ``run`` for its timeline (``timeline=True``), and only such a
+    batch reads the clock for it.
+
     Example::
 
         coalescer = Coalescer(
-            lambda rows, d, m: engine.run(rows, deadlines_ms=d, max_tiers=m), max_wait_ms=2
+            lambda rows, d, m, **timeline: engine.run(rows, deadlines_ms=d, max_tiers=m,
+                                                      **timeline),
+            max_wait_ms=2,
         )
         probabilities, decisions = await coalescer.submit(request.rows, deadline_ms=50)
     """
@@ -91,26 +117,39 @@ class Coalescer:
         return self._batch_ms
 
     async def submit(
-        self, rows: np.ndarray, *, deadline_ms: float | None = None, max_tier: str | None = None
+        self,
+        rows: np.ndarray,
+        *,
+        deadline_ms: float | None = None,
+        max_tier: str | None = None,
+        profile: Profile | None = None,
     ) -> Answer:
         """Answer ``rows`` as part of a coalesced batch: this request's probabilities and
         decisions, one per row.
 
         ``rows`` must be validated already (``validate_batch``, as the request parser
         does), so that no bad request reaches a batch it would share with others: the
-        coalescer only merges them.
+        coalescer only merges them. ``profile``: this request is profiled (see the class).
         """
         batch = rows
         loop = asyncio.get_running_loop()
         if len(batch) >= self._max_batch_rows:
-            result = await self._run(batch, [deadline_ms] * len(batch), [max_tier] * len(batch))
+            deadlines, caps = [deadline_ms] * len(batch), [max_tier] * len(batch)
+            if profile is None:
+                result = await self._run(batch, deadlines, caps)
+                return _slice(result, 0, len(batch))
+            began_s = profile.clock()
+            result = await self._run(batch, deadlines, caps, timeline=True)
+            ended_s = profile.clock()
+            profile.ran_in_batch(began_s, ended_s, result.calls, requests=1, rows=len(batch))
+            profile.mark("wake")
             return _slice(result, 0, len(batch))
         if self._pending and (
             self._pending_rows + len(batch) > self._max_batch_rows
             or self._pending[0].rows.shape[1:] != batch.shape[1:]
         ):
             self._flush()
-        waiting = _Waiting(batch, deadline_ms, max_tier, loop.time(), loop.create_future())
+        waiting = _Waiting(batch, deadline_ms, max_tier, loop.time(), loop.create_future(), profile)
         self._pending.append(waiting)
         self._pending_rows += len(batch)
         if self._pending_rows >= self._max_batch_rows or (self._eager and not self._batches):
@@ -120,10 +159,13 @@ class Coalescer:
         elif self._timer is None:
             self._timer = loop.call_later(self._max_wait_s, self._flush)
         try:
-            return await waiting.future
+            answer = await waiting.future
         except asyncio.CancelledError:
             self._withdraw(waiting)
             raise
+        if profile is not None:
+            profile.mark("wake")
+        return answer
 
     def _withdraw(self, waiting: _Waiting) -> None:
         """Drop a cancelled request that has not been dispatched yet."""
@@ -164,6 +206,7 @@ class Coalescer:
         rows = np.concatenate([w.rows for w in batch])
         deadlines: list[float | None] = []
         max_tiers: list[str | None] = []
+        profiled: Profile | None = None  # any profiled request's: they share the clock
         for w in batch:
             max_tiers.extend([w.max_tier] * len(w.rows))
             remaining = (
@@ -172,8 +215,16 @@ class Coalescer:
                 else max(0.0, w.deadline_ms - (now_s - w.arrived_s) * 1000.0)
             )
             deadlines.extend([remaining] * len(w.rows))
+            if w.profile is not None:
+                profiled = w.profile
+        began_s = ended_s = 0.0
         try:
-            result = await self._run(rows, deadlines, max_tiers)
+            if profiled is None:
+                result = await self._run(rows, deadlines, max_tiers)
+            else:
+                began_s = profiled.clock()
+                result = await self._run(rows, deadlines, max_tiers, timeline=True)
+                ended_s = profiled.clock()
             took_ms = (asyncio.get_running_loop().time() - now_s) * 1000.0
             self._batch_ms = (
                 took_ms if self._batch_ms is None else 0.8 * self._batch_ms + 0.2 * took_ms
@@ -194,6 +245,9 @@ class Coalescer:
         start = 0
         for w in batch:
             if not w.future.done():  # its caller may have been cancelled meanwhile
+                if w.profile is not None:
+                    w.profile.ran_in_batch(began_s, ended_s, result.calls,
+                                           requests=len(batch), rows=len(rows))  # fmt: skip
                 w.future.set_result(_slice(result, start, start + len(w.rows)))
             start += len(w.rows)
 

@@ -72,6 +72,10 @@ _INFER_REQUEST = {
                 },
                 "max_tier": {"type": "string", "description": "most expensive tier allowed"},
                 "trace": {"type": "boolean", "description": "per-row decision trace"},
+                "profile": {
+                    "type": "boolean",
+                    "description": "latency profile, as a JSON string in parameters.profile",
+                },
             },
         },
     },
@@ -86,7 +90,8 @@ _INFER_RESPONSE = {
         "outputs": {"type": "array", "items": {"type": "object"}},
         "parameters": {
             "type": "object",
-            "description": "answered_by, degraded and gear per request; decisions with trace",
+            "description": "answered_by, degraded and gear per request; decisions with "
+            "trace; profile (a JSON string) with parameters.profile",
         },
     },
 }

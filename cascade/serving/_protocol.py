@@ -61,6 +61,8 @@ class InferRequest:
 
         request = parse_infer_request(body, input_name="input", width=64, tiers=["tiny"])
         request.rows.shape, request.deadline_ms, request.output_names
+
+    ``profile``: the request asked for its latency profile (``parameters.profile: true``).
     """
 
     id: str | None
@@ -69,6 +71,7 @@ class InferRequest:
     max_tier: str | None
     trace: bool
     output_names: list[str]
+    profile: bool = False
 
 
 def type_name(value: Any) -> str:
@@ -129,9 +132,9 @@ def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
 
 def _parse_parameters(
     parameters: Any, tiers: Sequence[str]
-) -> tuple[float | None, str | None, bool]:
+) -> tuple[float | None, str | None, bool, bool]:
     if parameters is None:
-        return None, None, True
+        return None, None, True, False
     if not isinstance(parameters, dict):
         raise InputError(f"'parameters' must be an object, got {type_name(parameters)}")
     deadline = parameters.get("deadline_ms")
@@ -150,7 +153,10 @@ def _parse_parameters(
     trace = parameters.get("trace", True)
     if not isinstance(trace, bool):
         raise InputError(f"parameters.trace must be true or false, got {json.dumps(trace)}")
-    return (None if deadline is None else float(deadline)), max_tier, trace
+    profile = parameters.get("profile", False)
+    if not isinstance(profile, bool):
+        raise InputError(f"parameters.profile must be true or false, got {json.dumps(profile)}")
+    return (None if deadline is None else float(deadline)), max_tier, trace, profile
 
 
 def _parse_outputs(outputs: Any) -> list[str]:
@@ -381,7 +387,8 @@ def parse_infer_request(
     many bytes of JSON, then the input's raw little-endian values, announced by its
     ``parameters.binary_data_size``, in place of ``data``. ``tiers`` are the policy's tier names,
     which ``parameters.max_tier`` must be one of. With ``text`` the input is ``BYTES``: texts,
-    shape ``[n]`` or ``[n, 1]``, returned as a 1-D object array.
+    shape ``[n]`` or ``[n, 1]``, returned as a 1-D object array. ``parameters.profile``
+    (``true``/``false``) asks for the request's latency profile in the response.
 
     Example::
 
@@ -396,7 +403,7 @@ def parse_infer_request(
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InputError(f"'id' must be a string, got {type_name(request_id)}")
-    deadline_ms, max_tier, trace = _parse_parameters(document.get("parameters"), tiers)
+    deadline_ms, max_tier, trace, profile = _parse_parameters(document.get("parameters"), tiers)
     output_names = _parse_outputs(document.get("outputs"))
     rows = parse_input(
         document.get("inputs"),
@@ -414,6 +421,7 @@ def parse_infer_request(
         max_tier=max_tier,
         trace=trace,
         output_names=output_names,
+        profile=profile,
     )
 
 

@@ -94,6 +94,11 @@ def parse_rank_request(
     trace = parameters.get("trace", True)
     if not isinstance(trace, bool):
         raise InputError(f"parameters.trace must be true or false, got {json.dumps(trace)}")
+    if parameters.get("profile", False) is not False:
+        raise InputError(
+            "parameters.profile: latency profiles cover classification policies; "
+            "a ranking policy is not profiled"
+        )
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InputError(f"'inputs' must list the candidates as input '{input_name}'")

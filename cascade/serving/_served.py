@@ -8,7 +8,7 @@ spec of the local models.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +19,10 @@ from cascade.catalog import TierInfo, require_model_files, resolve_tiers
 from cascade.errors import PolicyError
 from cascade.load import Gear, GearShifter
 from cascade.policy import Policy, PolicyFile
-from cascade.routing import Engine, Ranker
+from cascade.routing import BatchResult, Engine, Ranker
 from cascade.serving._caching import AnswerCaches
 from cascade.serving._coalescer import Coalescer
+from cascade.serving._profile import Profile
 from cascade.serving._protocol import policy_hash
 
 __all__ = ["RemoteFactory", "Served", "ServedModel", "ServedRanker", "serve_policy"]
@@ -179,14 +180,27 @@ class ServedModel(Served):
             latency_ms={n: t.latency_ms for n, t in tiers.info.items()},
             base_dir=loaded.base_dir,
         )
-        self.coalescer = Coalescer(
-            lambda rows, deadlines, caps: self.engine.run_validated(
-                rows, deadlines_ms=deadlines, max_tiers=caps, gear=self.shifter.gear.name
-            ),
-            max_wait_ms=coalesce_ms,
-        )
+        self.coalescer = Coalescer(self._run_batch, max_wait_ms=coalesce_ms)
         self.caches: AnswerCaches | None = None
         self._take_policy(loaded.policy, cache_changed=True)
+
+    def _run_batch(
+        self,
+        rows: np.ndarray,
+        deadlines: list[float | None],
+        caps: list[str | None],
+        /,
+        *,
+        timeline: bool = False,
+    ) -> Awaitable[BatchResult]:
+        # the engine's coroutine itself, not one wrapped around it: one frame per batch
+        return self.engine.run_validated(
+            rows,
+            deadlines_ms=deadlines,
+            max_tiers=caps,
+            gear=self.shifter.gear.name,
+            timeline=timeline,
+        )
 
     def set_policy(self, policy: Policy) -> None:
         """Take ``policy`` (same tiers) from the next batch on; the gear restarts at normal.
@@ -229,19 +243,29 @@ class ServedModel(Served):
         )
 
     async def infer(
-        self, rows: np.ndarray, *, deadline_ms: float | None, max_tier: str | None
+        self,
+        rows: np.ndarray,
+        *,
+        deadline_ms: float | None,
+        max_tier: str | None,
+        profile: Profile | None = None,
     ) -> tuple[Any, tuple[Any, ...]]:
         """Probabilities and decisions for ``rows`` (validated: the request parser's), from
-        the caches, else the cascade."""
+        the caches, else the cascade. ``profile``: this request is profiled (its cache,
+        coalescer and batch phases are recorded in it)."""
 
-        def route(misses: Any) -> Any:
-            return self.coalescer.submit(misses, deadline_ms=deadline_ms, max_tier=max_tier)
+        # ``profile`` goes to route as an argument, not captured: an unprofiled request
+        # then allocates nothing more for it (a captured variable costs a cell per call)
+        def route(misses: Any, profile: Profile | None) -> Any:
+            return self.coalescer.submit(
+                misses, deadline_ms=deadline_ms, max_tier=max_tier, profile=profile
+            )
 
         if self.caches is None:
-            routed: tuple[Any, tuple[Any, ...]] = await route(rows)
+            routed: tuple[Any, tuple[Any, ...]] = await route(rows, profile)
             return routed
         cached: tuple[Any, tuple[Any, ...]] = await self.caches.read_through(
-            self.version, rows, route, deadline_ms=deadline_ms
+            self.version, rows, route, deadline_ms=deadline_ms, profile=profile
         )
         return cached
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 
 from cascade.errors import CascadeError, CircuitOpen, InputError
 from cascade.policy import PolicyFile, parse_policy
+from cascade.serving._profile import PROFILE_HEADER, Profile
 from cascade.serving._protocol import (
     build_infer_response,
     error_body,
@@ -74,6 +76,9 @@ class ServiceMetrics(Protocol):
         """One request's cache outcomes (rows per ``exact_hit``, ``similar_hit``, ``miss``)
         and the similarity cache's audited false-hit rate so far."""
 
+    def profile(self, model: str, phases: dict[str, float]) -> None:
+        """One request the policy sampled for profiling: ms per phase."""
+
 
 class _NoMetrics:
     def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
@@ -89,6 +94,9 @@ class _NoMetrics:
         pass
 
     def cache(self, model: str, outcomes: dict[str, int], false_hit_rate: float | None) -> None:
+        pass
+
+    def profile(self, model: str, phases: dict[str, float]) -> None:
         pass
 
 
@@ -107,6 +115,8 @@ def unavailable(message: str, *, retry_after_s: float = 1.0) -> HttpReply:
 
 Body = Callable[[], Awaitable[bytes]]
 _Handler = Callable[..., Awaitable[HttpReply]]
+_SLOT = "\u0000cascade-profile\u0000"  # where the profile goes, until it is complete
+_SLOT_JSON = json.dumps(_SLOT).encode()
 
 
 class InferenceService:
@@ -117,6 +127,17 @@ class InferenceService:
         service = InferenceService(max_rows=4096, max_body_bytes=8 << 20)
         service.apply_policies([PolicyText(path, Path(path).read_text())], remote=lambda p: {})
         reply = await service.handle("POST", "/v2/models/digits/infer", headers, read_body)
+
+    Latency profiles (``cascade.serving._profile``): a request that asks
+    (``parameters.profile: true``) gets its profile in the response, as a JSON *string* in
+    ``parameters.profile`` (response parameters stay scalars, as KServe and gRPC clients
+    need); a request the policy samples (``profile: {sample_rate}``) goes to the metric
+    ``cascade_phase_latency_ms{phase}`` instead, its response unchanged: the metric then
+    holds an unbiased sample of the traffic, which profiles clients ask for (a load test)
+    would skew, and a sampled client gets no bytes it did not ask for. Profiles are timed
+    with ``clock`` (seconds); ``wall_clock`` (epoch seconds) reads the client's send time
+    (header ``x-cascade-sent-at``) against it. Requests that are not profiled read neither
+    clock for it and allocate nothing for it.
     """
 
     def __init__(
@@ -126,11 +147,15 @@ class InferenceService:
         max_body_bytes: int = 8 * 2**20,
         coalesce_ms: float = 2.0,
         metrics: ServiceMetrics | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
         self.coalesce_ms = coalesce_ms
         self.metrics: ServiceMetrics = metrics or _NoMetrics()
+        self.clock = clock
+        self.wall_clock = wall_clock
         self.models: dict[str, ServedModel | ServedRanker] = {}
         self.reload_errors: dict[str, str] = {}
         self._routes: list[tuple[str, re.Pattern[str], _Handler]] = [
@@ -181,9 +206,20 @@ class InferenceService:
     # ---- dispatch ----------------------------------------------------------------------
 
     async def handle(
-        self, method: str, path: str, headers: Mapping[str, str], body: Body
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: Body,
+        *,
+        received_s: float | None = None,
     ) -> HttpReply:
-        """Answer one request. ``headers`` are looked up by lower-case name."""
+        """Answer one request. ``headers`` are looked up by lower-case name.
+
+        ``received_s``: when the host got the request, on :attr:`clock`, read only when the
+        client sent its send time (``x-cascade-sent-at``): a profile then starts there, and
+        has the body read as a phase of its own (``read``), whoever reads it.
+        """
         path = path.rstrip("/") or "/"
         allowed = []
         for route_method, pattern, handler in self._routes:
@@ -191,7 +227,9 @@ class InferenceService:
             if match is None:
                 continue
             if method == route_method or (method == "HEAD" and route_method == "GET"):
-                return await handler(*match.groups(), headers=headers, body=body)
+                return await handler(
+                    *match.groups(), headers=headers, body=body, received_s=received_s
+                )
             allowed.append(route_method)
         if allowed:
             return HttpReply.error(
@@ -318,8 +356,15 @@ class InferenceService:
 
         return HttpReply.json(openapi_document(sorted(self.models)))
 
-    async def _infer(self, name: str, *, headers: Mapping[str, str], body: Body) -> HttpReply:
-        began = time.perf_counter()
+    async def _infer(
+        self,
+        name: str,
+        *,
+        headers: Mapping[str, str],
+        body: Body,
+        received_s: float | None = None,
+    ) -> HttpReply:
+        began = self.clock()
         served = self._model(name)
         if isinstance(served, HttpReply):
             return served
@@ -331,6 +376,9 @@ class InferenceService:
             # for; that is the service's state, not the client's mistake, and no 500.
             self.metrics.shed(name, "body")
             return unavailable(f"request body could not be read: {type(exc).__name__}")
+        # the host read its clock on arrival (the client sent its send time): the body read
+        # is then a phase of its own; otherwise it is part of "parse", and no clock is read
+        read_s = None if received_s is None else self.clock()
         if isinstance(served, ServedRanker):
             return await self._rank(name, served, raw, headers)
         try:
@@ -346,6 +394,18 @@ class InferenceService:
             )
             if parsed.max_tier is not None:
                 served.engine.check_max_tier(parsed.max_tier)
+            section = served.policy.profile
+            sampled = (
+                section is not None
+                and section.sample_rate > 0
+                and random.random() < section.sample_rate
+            )
+            profile = None
+            if parsed.profile or sampled:
+                origin_s = began if received_s is None else received_s
+                profile = self._profile(
+                    headers, origin_s, read_s, asked=parsed.profile, sampled=sampled
+                )
         except InputError as exc:
             return HttpReply.error(str(exc), 400)
         refusal = served.admit(parsed.deadline_ms)
@@ -356,15 +416,20 @@ class InferenceService:
         served.in_flight += 1
         if gears:  # no gears: nothing to shift, and no cost per request
             served.shifter.update(served.in_flight)
+        if profile is not None:
+            profile.mark("admission")
         try:
             probabilities, decisions = await served.infer(
-                parsed.rows, deadline_ms=parsed.deadline_ms, max_tier=parsed.max_tier
+                parsed.rows,
+                deadline_ms=parsed.deadline_ms,
+                max_tier=parsed.max_tier,
+                profile=profile,
             )
         except (TimeoutError, CascadeError) as exc:
             return _failed(name, exc)
         finally:
             served.in_flight -= 1
-        elapsed_ms = (time.perf_counter() - began) * 1000
+        elapsed_ms = (self.clock() - began) * 1000
         if parsed.deadline_ms is not None and elapsed_ms > parsed.deadline_ms:
             # never a late answer as a normal 200: the client has given up on it by now
             self.metrics.shed(name, "late")
@@ -381,6 +446,8 @@ class InferenceService:
             similar = served.caches.similar
             rate = similar.false_hit_rate if similar is not None else None
             self.metrics.cache(name, outcomes, rate)
+        if profile is not None:
+            profile.mark("metrics")
         document = build_infer_response(
             model_name=name,
             model_version=served.version,
@@ -396,7 +463,58 @@ class InferenceService:
                 "gear": decisions[0].gear or "normal",
             },
         )
-        return HttpReply.json(document)
+        if profile is None:
+            return HttpReply.json(document)
+        return self._profiled_reply(name, document, profile)
+
+    def _profile(
+        self,
+        headers: Mapping[str, str],
+        origin_s: float,
+        read_s: float | None,
+        *,
+        asked: bool,
+        sampled: bool,
+    ) -> Profile:
+        """A profile starting at ``origin_s``, its ``read`` phase ending at ``read_s`` (where
+        the host timed the body read) and ``parse`` now; ``before`` from the client's send
+        time where the header gives it and this machine's clock can be read against it (not
+        earlier than the send: another machine's clock)."""
+        before_ms = None
+        sent = headers.get(PROFILE_HEADER)
+        if sent is not None:
+            try:
+                sent_at = float(sent)
+            except ValueError:
+                sent_at = math.nan
+            if not math.isfinite(sent_at):
+                raise InputError(
+                    f"{PROFILE_HEADER} must be the send time in epoch seconds, got {sent!r}"
+                )
+            now_s, wall_s = self.clock(), self.wall_clock()
+            before_ms = (wall_s - (now_s - origin_s) - sent_at) * 1000.0
+            before_ms = before_ms if before_ms >= 0 else None
+        profile = Profile(self.clock, origin_s, before_ms=before_ms, asked=asked, sampled=sampled)
+        if read_s is not None:
+            profile.mark("read", at_s=read_s)
+        profile.mark("parse")
+        return profile
+
+    def _profiled_reply(self, name: str, document: dict[str, Any], profile: Profile) -> HttpReply:
+        """The reply of a profiled request: ``encode`` is timed on the body it would have
+        had anyway (a placeholder where the profile goes), then the profile is put in."""
+        if profile.asked:
+            document["parameters"]["profile"] = _SLOT  # the last key: see rfind below
+        body = json.dumps(document).encode()
+        profile.mark("encode")
+        if profile.sampled:
+            self.metrics.profile(name, profile.durations())
+        if profile.asked:
+            # the last occurrence: a request id echoed earlier in the body may hold the slot
+            at = body.rfind(_SLOT_JSON)
+            text = json.dumps(profile.to_json()).encode()
+            body = body[:at] + text + body[at + len(_SLOT_JSON) :]
+        return HttpReply(200, body)
 
     @property
     def routes(self) -> list[tuple[str, str]]:

@@ -231,6 +231,24 @@ def test_chain_escalates_only_open_rows_and_sums_costs() -> None:
     assert len(result) == 6
 
 
+def test_the_timeline_of_tier_calls_is_kept_only_when_asked() -> None:
+    """A profiled batch gets every tier call with its times, failed ones too; others none."""
+    s = Setup(chain_routing())
+    assert s.run().calls == ()
+    timed = s.run(timeline=True)
+    assert [(c.tier, c.parts) for c in timed.calls] == [
+        ("tiny", None), ("small", None), ("large", None)
+    ]  # fmt: skip
+    times = [(c.started_ms, c.ended_ms) for c in timed.calls]
+    assert np.allclose(times, [(0.0, 1.0), (1.0, 4.0), (4.0, 14.0)])
+    s.models["large"].fail_with = BackendError("large is down")
+    failed = s.run(timeline=True)
+    assert [(c.tier, c.completed) for c in failed.calls] == [
+        ("tiny", True), ("small", True), ("large", False)
+    ]  # fmt: skip
+    assert {d.reason for d in failed.decisions} >= {"fallback"}
+
+
 def test_max_tier_caps_each_row_of_a_chain() -> None:
     s = Setup(chain_routing())
     caps = ["small", "small", "small", None, "tiny", None]
