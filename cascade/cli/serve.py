@@ -16,7 +16,14 @@ from cascade.errors import CascadeError, PolicyError
 if TYPE_CHECKING:
     from cascade.policy import PolicyFile
 
-__all__ = ["APP_NAME", "add_serve_command", "check_port_free", "run_reload", "run_serve"]
+__all__ = [
+    "APP_NAME",
+    "add_serve_command",
+    "check_port_free",
+    "ray_environment",
+    "run_reload",
+    "run_serve",
+]
 
 APP_NAME = "cascade"
 """The Serve application `cascade serve` runs and `cascade reload` rebuilds."""
@@ -45,6 +52,15 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
                        help="CPUs Ray may use (default: all; ray runtime only)")  # fmt: skip
     serve.add_argument("--no-progress", action="store_true",
                        help="no progress bar while missing models are built")  # fmt: skip
+    serve.add_argument(
+        "--ray-proxy",
+        choices=("haproxy", "serve"),
+        default=None,
+        help="ray runtime: haproxy (the default where Ray Serve finds an HAProxy binary, as "
+        "ray[serve] installs one on Linux) puts HAProxy on --port in front of the ingress "
+        "replica's own server and runs Serve throughput-optimized, about 2x the requests per "
+        "second; serve: Ray Serve's Python proxy and Ray's defaults",
+    )
     add_app_options(serve)
     serve.set_defaults(run=run_serve)
 
@@ -109,9 +125,54 @@ def _read_and_build(args: argparse.Namespace) -> list[PolicyFile]:
     return loaded
 
 
+def ray_environment(choice: str | None) -> str:
+    """Set Ray Serve's request-path switches for ``--ray-proxy choice`` in this process's
+    environment, before Ray is imported and started (its processes inherit them); the
+    proxy chosen. Variables already set in the environment win over these defaults."""
+    import os
+
+    from cascade.cluster import HAPROXY_ENV, haproxy_available
+
+    if choice == "serve":
+        return "serve"
+    if not haproxy_available():
+        if choice == "haproxy":
+            raise CascadeError(
+                "--ray-proxy haproxy: Ray Serve finds no HAProxy binary (ray[serve] ships one "
+                "on Linux; or set RAY_SERVE_HAPROXY_BINARY_PATH); use --ray-proxy serve"
+            )
+        print("no HAProxy binary for Ray Serve here: serving through Serve's Python proxy "
+              "(about half the throughput; see --ray-proxy)", file=sys.stderr)  # fmt: skip
+        return "serve"
+    for key, value in HAPROXY_ENV.items():
+        os.environ.setdefault(key, value)
+    if os.environ["RAY_SERVE_ENABLE_HA_PROXY"] != "1":
+        raise CascadeError(
+            f"RAY_SERVE_ENABLE_HA_PROXY={os.environ['RAY_SERVE_ENABLE_HA_PROXY']} in the "
+            "environment contradicts --ray-proxy haproxy: unset it, or use --ray-proxy serve"
+        )
+    # HAProxy's stats and Prometheus ports are 8404 and 9101 on every interface by default:
+    # a second `cascade serve` on this host would find them taken
+    for key in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        os.environ.setdefault(key, str(_free_port()))
+    # an ingress replica that stops stays reachable this long for load balancers to let go
+    # of it (Ray's default: 30 s, which Ctrl-C would wait out); HAProxy retries elsewhere
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    return "haproxy"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def run_serve(args: argparse.Namespace) -> int:
     if args.runtime == "edge":
         return _run_edge(args)
+    ray_environment(args.ray_proxy)  # before Ray is imported: Serve reads it at import
     try:
         import ray
         from ray import serve
@@ -181,6 +242,12 @@ def run_reload(args: argparse.Namespace) -> int:
     """Rebuild the running app from these files with the settings it was started with
     (``--max-ongoing-requests`` and the rest, read back from its ingress): only the policies
     change, so Serve hands them to the replicas through ``reconfigure``."""
+    import os
+
+    # This driver calls the app's handle from synchronous code, which needs the handle's
+    # router in a loop of its own, whatever the shell exported for `cascade serve`
+    # (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 moves it onto the caller's loop, and there is none).
+    os.environ["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] = "1"
     try:
         import ray
         from ray import serve

@@ -14,18 +14,28 @@ Example::
 
 from __future__ import annotations
 
-from cascade.cluster._config import ProxyLocation, serve_config, validate_serve_config
+from cascade.cluster._config import (
+    HAPROXY_ENV,
+    ProxyLocation,
+    RayProxy,
+    haproxy_available,
+    serve_config,
+    validate_serve_config,
+)
 from cascade.cluster._kuberay import DEFAULT_IMAGE, RAY_IMAGE, dump_yaml, kuberay_manifest
 from cascade.cluster._package import PACKAGE_TOP, PolicyPackage, build_package
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "HAPROXY_ENV",
     "PACKAGE_TOP",
     "RAY_IMAGE",
     "PolicyPackage",
     "ProxyLocation",
+    "RayProxy",
     "build_package",
     "dump_yaml",
+    "haproxy_available",
     "kuberay_manifest",
     "serve_config",
     "validate_serve_config",

@@ -39,8 +39,9 @@ def _demand(deployments: list[dict[str, Any]], *, gpu: bool, most: bool) -> tupl
 
 
 def _container(
-    name: str, image: str, cpus: float, memory_gib: float, gpus: int = 0
-) -> dict[str, Any]:
+    name: str, image: str, cpus: float, memory_gib: float, gpus: int = 0,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     limits: dict[str, Any] = {"cpu": f"{cpus:g}", "memory": f"{memory_gib:g}Gi"}
     if gpus:
         limits["nvidia.com/gpu"] = gpus
@@ -49,6 +50,8 @@ def _container(
         "image": image,
         "resources": {"limits": limits, "requests": dict(limits)},
     }
+    if env:
+        container["env"] = [{"name": key, "value": value} for key, value in env.items()]
     if name == "ray-head":
         container["ports"] = [
             {"containerPort": 6379, "name": "gcs-server"},
@@ -59,7 +62,10 @@ def _container(
     return container
 
 
-def _group(name: str, image: str, *, cpus: int, gpus: int, low: int, high: int) -> dict[str, Any]:
+def _group(
+    name: str, image: str, *, cpus: int, gpus: int, low: int, high: int,
+    env: dict[str, str] | None,
+) -> dict[str, Any]:  # fmt: skip
     params = {"num-cpus": str(cpus)}
     if gpus:
         params["num-gpus"] = str(gpus)
@@ -70,7 +76,7 @@ def _group(name: str, image: str, *, cpus: int, gpus: int, low: int, high: int) 
         "maxReplicas": max(low, high),
         "rayStartParams": params,
         "template": {
-            "spec": {"containers": [_container("ray-worker", image, cpus, 2.0 * cpus, gpus)]}
+            "spec": {"containers": [_container("ray-worker", image, cpus, 2.0 * cpus, gpus, env)]}
         },
     }
 
@@ -82,8 +88,10 @@ def kuberay_manifest(
     image: str = DEFAULT_IMAGE,
     worker_cpus: int = 4,
     gpus_per_worker: int = 1,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A ``ray.io/v1`` RayService serving ``config`` (a Serve config, see ``serve_config``).
+    """A ``ray.io/v1`` RayService serving ``config`` (a Serve config, see ``serve_config``);
+    ``env``: environment of every Ray container (e.g. ``HAPROXY_ENV``, Serve's switches).
 
     Example::
 
@@ -103,6 +111,7 @@ def kuberay_manifest(
             gpus=0,
             low=max(1, math.ceil(cpu_low / worker_cpus)),
             high=math.ceil(cpu_high / worker_cpus),
+            env=env,
         )
     )
     _, gpu_low = _demand(deployments, gpu=True, most=False)
@@ -116,12 +125,13 @@ def kuberay_manifest(
                 gpus=gpus_per_worker,
                 low=math.ceil(gpu_low / gpus_per_worker),
                 high=math.ceil(gpu_high / gpus_per_worker),
+                env=env,
             )
         )
     head = {
         # the head keeps the GCS and the Serve controller; replicas go to the workers
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-        "template": {"spec": {"containers": [_container("ray-head", image, 2, 4)]}},
+        "template": {"spec": {"containers": [_container("ray-head", image, 2, 4, env=env)]}},
     }
     return {
         "apiVersion": "ray.io/v1",

