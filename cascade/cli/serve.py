@@ -169,10 +169,17 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+_PATHS = {
+    "haproxy": "request path: HAProxy -> the ingress replica, Serve throughput-optimized "
+    "(the replica's own port listens on every interface; --ray-proxy serve: Ray's defaults)",
+    "serve": "request path: Ray Serve's Python proxy, Ray's defaults",
+}
+
+
 def run_serve(args: argparse.Namespace) -> int:
     if args.runtime == "edge":
         return _run_edge(args)
-    ray_environment(args.ray_proxy)  # before Ray is imported: Serve reads it at import
+    proxy = ray_environment(args.ray_proxy)  # before Ray is imported: Serve reads it then
     try:
         import ray
         from ray import serve
@@ -198,6 +205,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops)")
         print(f"metadata: curl -s {url}/v2/models/{names[0]}")
         print(f"infer:    {_curl_example(url, names[0], loaded[0])}")
+        print(_PATHS[proxy])
         sys.stdout.flush()
         stop.wait()
     finally:

@@ -109,4 +109,5 @@ def test_the_readme_main_command_serves_answers_reloads_and_stops_cleanly(
     output = server.output
     assert server.returncode == 0, output
     assert f"serving digits, mine at {url}/v2/models/<name>/infer" in output
+    assert "request path: HAProxy -> the ingress replica" in output  # the default
     assert output.rstrip().endswith("stopped")
