@@ -30,13 +30,21 @@ from cascade.bench._footprint import (
     measure_footprint,
     rss_mb,
 )
-from cascade.bench._loadgen import LOOPBACK_HOSTS, ModelInfo, fetch_metadata, loopback_url, run_load
+from cascade.bench._loadgen import (
+    LOOPBACK_HOSTS,
+    ModelInfo,
+    drive,
+    fetch_metadata,
+    loopback_url,
+    run_load,
+)
 from cascade.bench._profile import PhaseStats, ProfiledRequest, ProfileReport, run_profile
-from cascade.bench._report import BenchReport, Outcome, RequestRecord, SecondStats
+from cascade.bench._report import MAX_SEND_LAG_MS, BenchReport, Outcome, RequestRecord, SecondStats
 from cascade.bench._schedule import poisson_arrivals, ramp_arrivals
 
 __all__ = [
     "LOOPBACK_HOSTS",
+    "MAX_SEND_LAG_MS",
     "BenchReport",
     "Footprint",
     "ModelInfo",
@@ -47,6 +55,7 @@ __all__ = [
     "RequestRecord",
     "SecondStats",
     "TierFootprint",
+    "drive",
     "fetch_metadata",
     "format_footprint",
     "loopback_url",

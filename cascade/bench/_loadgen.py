@@ -19,22 +19,35 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
-from cascade.bench._report import BenchReport, RequestRecord
+from cascade.bench._http import TRANSPORT_ERRORS, ConnectionPool, request_head
+from cascade.bench._report import MAX_SEND_LAG_MS, BenchReport, RequestRecord
 from cascade.errors import InputError, ModelUnavailable
 
-__all__ = ["LOOPBACK_HOSTS", "ModelInfo", "fetch_metadata", "loopback_url", "run_load"]
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "Client",
+    "Loop",
+    "ModelInfo",
+    "drive",
+    "fetch_metadata",
+    "loopback_url",
+    "run_load",
+]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 """The only hosts :func:`run_load` sends to."""
@@ -212,60 +225,80 @@ def _score(body: Any, expected: list[str]) -> tuple[int, int, tuple[str, ...], s
 
 
 class _Sender:
-    """The state of one run: the client, the in-flight count and a record per request."""
+    """The state of one run: the client, the in-flight count, the retry budget and a record
+    per request."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
-        url: str,
+        post: _Post,
         bodies: list[bytes],
         expected: list[list[str]],
         *,
         timeout_s: float,
         max_in_flight: int,
-        header_lengths: list[int] | None = None,
+        deadline_ms: float | None,
+        retry_budget: float,
     ) -> None:
-        self.client = client
-        self.url = url
+        self.post = post
         self.bodies = bodies
         self.expected = expected
-        self.headers = [
-            _JSON if header_lengths is None
-            else {**_JSON, "Inference-Header-Content-Length": str(length)}
-            for length in (header_lengths or [0] * len(bodies))
-        ]  # fmt: skip
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
+        self.deadline_ms = deadline_ms
+        self.retry_budget = retry_budget
         self.rows = len(expected[0])
         self.in_flight = 0
+        self.first_sends = 0
+        self.retries = 0
+        self.answers: dict[int, tuple[int, bytes]] = {}  # request -> (body slot, 200 body)
         self.loop = asyncio.get_running_loop()
         self.start = self.loop.time()
 
     async def send(self, index: int, offset: float) -> RequestRecord:
         """Post request ``index`` now; record what came back, whatever it was."""
         slot = index % len(self.bodies)
-        body, expected = self.bodies[slot], self.expected[slot]
+        expected = self.expected[slot]
         done = partial(RequestRecord, offset, self.loop.time() - self.start, rows=len(expected))
+        retries = 0
         try:
-            async with asyncio.timeout(self.timeout_s):
-                response = await self.client.post(
-                    self.url, content=body, headers=self.headers[slot]
-                )
-                payload = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, TimeoutError) as exc:
-            return done(self._since(offset), error=type(exc).__name__)
-        except ValueError:  # a 200 whose body is not JSON
-            return done(self._since(offset), 200, error="BadResponse")
+            while True:
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        status, retry_after, payload = await self.post(slot)
+                except _ERRORS as exc:
+                    return done(self._since(offset), error=type(exc).__name__, retries=retries)
+                wait_s = self._retry_wait(status, retry_after, offset)
+                if wait_s is None:
+                    break
+                retries += 1
+                self.retries += 1
+                await asyncio.sleep(wait_s)
         finally:
             self.in_flight -= 1
         latency = self._since(offset)
-        if payload is None:
-            return done(latency, response.status_code)
+        if status != 200:
+            return done(latency, status, retries=retries)
+        # scored after the run (``_scored``): parsing answers here would hold up the sender
+        self.answers[index] = (slot, payload)
+        return done(latency, 200, retries=retries)
+
+    def _retry_wait(self, status: int, retry_after: str | None, offset: float) -> float | None:
+        """Seconds to wait before sending a shed request again, or None: not a 503 with a
+        ``Retry-After`` in seconds, the budget spent (retries at most ``retry_budget`` of the
+        first sends so far), or the wait would outlast the request's deadline."""
+        if status != 503 or retry_after is None or not self.retry_budget:
+            return None
         try:
-            correct, degraded, tiers, gear = _score(payload, expected)
-        except _BadResponse:
-            return done(latency, 200, error="BadResponse")
-        return done(latency, 200, correct=correct, degraded=degraded, answered_by=tiers, gear=gear)
+            wait_s = max(float(retry_after), 0.0)
+        except ValueError:  # an HTTP date: not what a server under load should send
+            return None
+        if self.retries + 1 > self.retry_budget * self.first_sends:
+            return None
+        if self.deadline_ms is not None and self._since(offset) + 1000.0 * wait_s >= (
+            self.deadline_ms
+        ):
+            return None
+        return wait_s
 
     def _since(self, offset: float) -> float:
         return 1000.0 * (self.loop.time() - self.start - offset)
@@ -287,10 +320,98 @@ class _Sender:
                     records[index] = RequestRecord(offset, rows=self.rows, dropped=True)
                     continue
                 self.in_flight += 1  # now, not when the task starts: the cap holds in bursts
+                self.first_sends += 1
                 tasks.append((index, asyncio.create_task(self.send(index, offset))))
             for index, task in tasks:
                 records[index] = await task
-        return [record for record in records if record is not None]
+        return [self._scored(index, record) for index, record in enumerate(records)
+                if record is not None]  # fmt: skip
+
+    def _scored(self, index: int, record: RequestRecord) -> RequestRecord:
+        """The record of an answered request with its answer scored against the labels."""
+        if index not in self.answers:
+            return record
+        slot, payload = self.answers.pop(index)
+        try:
+            correct, degraded, tiers, gear = _score(json.loads(payload), self.expected[slot])
+        except (ValueError, _BadResponse):
+            return replace(record, error="BadResponse")
+        return replace(record, correct=correct, degraded=degraded, answered_by=tiers, gear=gear)
+
+
+_Post = Callable[[int], Awaitable[tuple[int, str | None, bytes]]]
+"""Send request body ``slot``; its status, ``Retry-After`` and body."""
+
+_ERRORS = (httpx.HTTPError, *TRANSPORT_ERRORS)
+
+Client = Literal["bare", "httpx"]
+Loop = Literal["auto", "uvloop", "asyncio"]
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def _poster(
+    client: Client, base: str, path: str, bodies: list[bytes], headers: list[dict[str, str]],
+    *, max_connections: int, timeout_s: float,
+) -> AsyncIterator[_Post]:  # fmt: skip
+    """A function that sends body ``slot`` with the chosen client, for the run's length."""
+    if client == "httpx":
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        async with httpx.AsyncClient(
+            limits=limits, timeout=httpx.Timeout(timeout_s, pool=None), trust_env=False
+        ) as session:
+
+            async def post_httpx(slot: int) -> tuple[int, str | None, bytes]:
+                response = await session.post(
+                    base + path, content=bodies[slot], headers={**_JSON, **headers[slot]}
+                )
+                return response.status_code, response.headers.get("retry-after"), response.content
+
+            yield post_httpx
+        return
+    parsed = httpx.URL(base)
+    if parsed.scheme != "http":
+        raise InputError(f"the bare client speaks plain HTTP; use client='httpx' for {base!r}")
+    port = parsed.port or 80
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    heads = [request_head(f"{host}:{port}", path, len(body), extra)
+             for body, extra in zip(bodies, headers, strict=True)]  # fmt: skip
+    pool = ConnectionPool(parsed.host, port, max_connections)
+
+    async def post_bare(slot: int) -> tuple[int, str | None, bytes]:
+        async with pool.connection() as connection:
+            answer = await connection.post(heads[slot], bodies[slot], timeout_s)
+        retry_after = answer.headers.get(b"retry-after")
+        return answer.status, None if retry_after is None else retry_after.decode(), answer.payload
+
+    try:
+        yield post_bare
+    finally:
+        await pool.aclose()
+
+
+def drive(coroutine: Coroutine[Any, Any, T], *, loop: Loop = "auto") -> T:
+    """Run ``coroutine`` to its end on a fresh event loop: uvloop's when it is installed
+    (``loop="auto"``, the default; ``ray[serve]`` brings it) or asked for, else asyncio's.
+    A load generator on uvloop keeps its schedule at higher rates (benchmarks/loadgen.py).
+
+    Example::
+
+        report = drive(run_load("http://127.0.0.1:8000", "digits", X, y, offsets))
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise InputError("uvloop is not installed: pip install uvloop") from None
+        else:
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coroutine)
 
 
 async def run_load(
@@ -309,6 +430,9 @@ async def run_load(
     schedule: str = "",
     progress: bool = True,
     binary: bool = False,
+    client: Client = "bare",
+    retry_budget: float = 0.0,
+    max_send_lag_ms: float = MAX_SEND_LAG_MS,
 ) -> BenchReport:
     """Send the labelled rows to ``{url}/v2/models/{model}/infer`` at ``offsets`` (seconds).
 
@@ -319,6 +443,11 @@ async def run_load(
     ``duration_s`` is the window the rates in the report are per (default: the last offset);
     ``schedule`` describes the schedule in the report. ``binary`` sends the rows as the
     binary tensor data extension (raw float32 after a JSON header) instead of JSON numbers.
+    ``client``: ``bare`` (default; pre-encoded requests over keep-alive connections, the
+    cheapest per request) or ``httpx``. ``retry_budget``: a 503 with ``Retry-After`` is sent
+    again after that wait while retries stay under this share of the requests sent (0, the
+    default: never) and the wait ends before the deadline. The report is marked invalid when
+    the send lag p99 exceeds ``max_send_lag_ms``.
 
     Raises ``InputError`` for a host other than this machine or rows that do not fit the
     model, and ``ModelUnavailable`` when the server or the model cannot be reached.
@@ -338,33 +467,48 @@ async def run_load(
     for name, value in counts.items():
         if value < 1:
             raise InputError(f"{name} must be >= 1, got {value}")
-    for name, number in (("timeout_s", timeout_s), ("deadline_ms", deadline_ms)):
+    for name, number in (("timeout_s", timeout_s), ("deadline_ms", deadline_ms),
+                         ("max_send_lag_ms", max_send_lag_ms)):  # fmt: skip
         if number is not None and not (math.isfinite(number) and number > 0):
             raise InputError(f"{name} must be a finite number > 0, got {number}")
+    if not (math.isfinite(retry_budget) and retry_budget >= 0):
+        raise InputError(f"retry_budget must be a share >= 0, got {retry_budget}")
+    if client not in ("bare", "httpx"):
+        raise InputError(f"client must be 'bare' or 'httpx', got {client!r}")
     window = duration_s if duration_s is not None else max(float(times[-1]), 1e-3)
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
     # trust_env=False: an HTTP(S)_PROXY in the environment must not carry loopback traffic away.
-    async with httpx.AsyncClient(
-        limits=limits, timeout=httpx.Timeout(timeout_s, pool=None), trust_env=False
-    ) as client:
-        info = await fetch_metadata(client, base, model)
-        features = _check_rows(X, y, info)
-        labels = _expected_labels(np.asarray(y), info)
-        bodies, expected, header_lengths = _requests(
-            features, labels, info, rows_per_request, deadline_ms, count=len(times), binary=binary
-        )
-        sender = _Sender(client, f"{base}{_model_path(model)}/infer", bodies, expected,
-                   timeout_s=timeout_s, max_in_flight=max_in_flight,
-                   header_lengths=header_lengths)  # fmt: skip
-        records = await sender.send_all(times, progress)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), trust_env=False) as meta:
+        info = await fetch_metadata(meta, base, model)
+    features = _check_rows(X, y, info)
+    labels = _expected_labels(np.asarray(y), info)
+    bodies, expected, header_lengths = _requests(
+        features, labels, info, rows_per_request, deadline_ms, count=len(times), binary=binary
+    )
+    headers = [{} if header_lengths is None
+               else {"inference-header-content-length": str(length)}
+               for length in (header_lengths or [0] * len(bodies))]  # fmt: skip
+    path = f"{_model_path(model)}/infer"
+    async with _poster(client, base, path, bodies, headers, max_connections=max_connections,
+                       timeout_s=timeout_s) as post:  # fmt: skip
+        sender = _Sender(post, bodies, expected, timeout_s=timeout_s,
+                         max_in_flight=max_in_flight, deadline_ms=deadline_ms,
+                         retry_budget=retry_budget)  # fmt: skip
+        # What exists now (the bodies, the rows, the modules) is moved out of the collector's
+        # way: a full collection over it paused the sender for tens of ms (send lag p99 at
+        # 1,000 req/s: 20 ms before, 4 ms after; benchmarks/loadgen.py)
+        gc.collect()
+        gc.freeze()
+        try:
+            records = await sender.send_all(times, progress)
+        finally:
+            gc.unfreeze()
     return BenchReport.from_records(
         records,
         duration_s=window,
         deadline_ms=deadline_ms,
-        target=f"{base}{_model_path(model)}/infer",
+        target=f"{base}{path}",
         schedule=schedule,
+        max_send_lag_ms=max_send_lag_ms,
     )
 
 

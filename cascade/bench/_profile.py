@@ -7,7 +7,7 @@ string; the phases are described in ``cascade.serving._profile``). The report ag
 them into a breakdown (each phase's share of the client-measured end-to-end time, p50 and
 p99), draws it as a PNG and lays every request out as Chrome trace events that Perfetto and
 chrome://tracing open. The client is one bare keep-alive HTTP/1.1 connection per sender
-(``_Connection``): a general client's own work per request would count as the server's.
+(``cascade.bench._http``): a general client's own work per request would count as the server's.
 
 What no phase covers is *unattributed*: the response's way back (the host writing it, Serve's
 proxy on Ray, the network, the client reading it) and the profile's own serialization.
@@ -38,13 +38,12 @@ import numpy as np
 import numpy.typing as npt
 
 from cascade._table import table
+from cascade.bench._http import TRANSPORT_ERRORS, Connection, request_head
 from cascade.bench._loadgen import ModelInfo, fetch_metadata, loopback_url
 from cascade.errors import InputError
 from cascade.serving import PROFILE_HEADER
 
 __all__ = ["PhaseStats", "ProfileReport", "ProfiledRequest", "run_profile"]
-
-_JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -305,85 +304,10 @@ def _requests(
             tensor["data"] = chunk.ravel().tolist()
         header = json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
         body = header + raw
-        lines = [f"POST {path} HTTP/1.1", f"host: {host}", f"content-type: {_JSON}",
-                 f"content-length: {len(body)}"]  # fmt: skip
-        if binary:
-            lines.append(f"inference-header-content-length: {len(header)}")
-        lines.append(f"{PROFILE_HEADER}: ")
-        out.append(("\r\n".join(lines).encode("latin-1"), body))
+        extra = {"inference-header-content-length": str(len(header))} if binary else {}
+        head = request_head(host, path, len(body), {**extra, PROFILE_HEADER: ""})
+        out.append((head, body))  # ends with "x-cascade-sent-at: ": post stamps the time
     return out
-
-
-class _Connection:
-    """One keep-alive HTTP/1.1 connection to the loopback server, and nothing more.
-
-    A general client's work per request (httpx here: about 1 ms on this machine, half
-    before the request leaves, half after the answer is in) would be measured as the
-    server's ``before`` and as unattributed time; this sends pre-encoded bytes and reads
-    the status and the body (``Content-Length`` or chunked), reconnecting when the server
-    closes.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def post(self, head: bytes, body: bytes, timeout_s: float) -> tuple[int, bytes, float]:
-        """Send one request (``head`` ends where the send time goes); return the status,
-        the body and the perf_counter time it was sent at."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                if self._writer is None:
-                    self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-                reader = self._reader
-                assert reader is not None
-                sent = time.perf_counter()
-                self._writer.writelines([head, repr(time.time()).encode(), b"\r\n\r\n", body])
-                status, headers = _head(await reader.readuntil(b"\r\n\r\n"))
-                if b"content-length" in headers:
-                    payload = await reader.readexactly(int(headers[b"content-length"]))
-                elif headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-                    payload = await _chunked(reader)
-                else:
-                    raise ValueError("a response without Content-Length or chunked encoding")
-        except BaseException:
-            self.close()
-            raise
-        if headers.get(b"connection", b"").lower() == b"close":
-            self.close()
-        return status, payload, sent
-
-    def close(self) -> None:
-        """Close the connection (the next request opens another)."""
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-    async def aclose(self) -> None:
-        """Close the connection and wait until it is closed."""
-        writer = self._writer
-        self.close()
-        if writer is not None:
-            await writer.wait_closed()
-
-
-def _head(raw: bytes) -> tuple[int, dict[bytes, bytes]]:
-    lines = raw.split(b"\r\n")
-    status = int(lines[0].split()[1])
-    fields = (line.split(b":", 1) for line in lines[1:] if b":" in line)
-    return status, {name.strip().lower(): value.strip() for name, value in fields}
-
-
-async def _chunked(reader: asyncio.StreamReader) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")  # the (empty) trailer
-            return b"".join(parts)
-        parts.append(await reader.readexactly(size))
-        await reader.readexactly(2)
 
 
 def _parse_profile(payload: Any) -> tuple[float, tuple[tuple[str, float, float], ...], Any]:
@@ -441,31 +365,31 @@ async def run_profile(
                         host=f"{host}:{port}", binary=binary)  # fmt: skip
     start = time.perf_counter()
 
-    async def one(connection: _Connection, index: int) -> ProfiledRequest:
+    async def one(connection: Connection, index: int) -> ProfiledRequest:
         head, body = encoded[index % len(encoded)]
         began = time.perf_counter()
         try:
-            status, payload, sent = await connection.post(head, body, timeout_s)
-        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            answer = await connection.post(head, body, timeout_s, stamp=True)
+        except TRANSPORT_ERRORS as exc:
             took = (time.perf_counter() - began) * 1000.0
             return ProfiledRequest(index, (began - start) * 1000.0, took,
                                    error=type(exc).__name__)  # fmt: skip
-        took = (time.perf_counter() - sent) * 1000.0
-        record = ProfiledRequest(index, (sent - start) * 1000.0, took, status)
-        if status != 200:
+        took = (time.perf_counter() - answer.sent) * 1000.0
+        record = ProfiledRequest(index, (answer.sent - start) * 1000.0, took, answer.status)
+        if answer.status != 200:
             return record
         try:
-            total, phases, batch = _parse_profile(json.loads(payload))
+            total, phases, batch = _parse_profile(json.loads(answer.payload))
         except (ValueError, KeyError, TypeError):
             return ProfiledRequest(index, record.sent_ms, took, 200, error="NoProfile")
         return ProfiledRequest(index, record.sent_ms, took, 200, None, total, phases, batch)
 
-    async def worker(connection: _Connection, indices: range, out: list[ProfiledRequest]) -> None:
+    async def worker(connection: Connection, indices: range, out: list[ProfiledRequest]) -> None:
         for index in indices:
             out.append(await one(connection, index))
 
     # one connection per sender, warmed up by the unrecorded requests and kept
-    connections = [_Connection(parsed.host, port) for _ in range(concurrency)]
+    connections = [Connection(parsed.host, port) for _ in range(concurrency)]
     try:
         warm: list[ProfiledRequest] = []
         await asyncio.gather(

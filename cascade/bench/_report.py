@@ -25,9 +25,12 @@ import numpy as np
 
 from cascade._table import table
 
-__all__ = ["BenchReport", "Outcome", "RequestRecord", "SecondStats"]
+__all__ = ["MAX_SEND_LAG_MS", "BenchReport", "Outcome", "RequestRecord", "SecondStats"]
 
 Outcome = Literal["answered", "shed", "error", "client_dropped"]
+
+MAX_SEND_LAG_MS = 10.0
+"""A run whose send lag p99 is over this measures its client, not the server: invalid."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class RequestRecord:
     the exception of a transport error or timeout (``"TimeoutError"``, ``"ConnectError"``)
     or ``"BadResponse"`` for a 200 whose body is not a v2 answer. Per-row fields
     (``correct``, ``degraded``, ``answered_by``) are filled for answered requests only.
+    ``retries``: how often a 503 with ``Retry-After`` was sent again (the client's retry
+    budget; the latency and outcome are the last attempt's, timed from the first schedule).
 
     Example::
 
@@ -58,6 +63,7 @@ class RequestRecord:
     answered_by: tuple[str, ...] = ()
     gear: str | None = None
     dropped: bool = False
+    retries: int = 0
 
     @property
     def outcome(self) -> Outcome:
@@ -137,8 +143,11 @@ class BenchReport:
     """The summary of a load run, built from its records by :meth:`from_records`.
 
     Rates are per second of ``duration_s`` (the window the schedule covered). Goodput counts
-    answers within ``deadline_ms`` (every answer when there is no deadline). Fractions are
-    of ``sent``; ``None`` where nothing was there to divide by.
+    answers within ``deadline_ms`` (every answer when there is no deadline); ``late_answers``
+    the 200s past it. Fractions are of ``sent``; ``None`` where nothing was there to divide
+    by. ``valid`` is false when the generator sent late (``send_lag_p99_ms`` over
+    ``max_send_lag_ms``, or nothing sent): then the figures measure the client, not the
+    server, and the summary and the JSON say so.
 
     Example::
 
@@ -173,6 +182,12 @@ class BenchReport:
     answers_by_tier: dict[str, int]
     gears: dict[str, int]
     timeline: tuple[SecondStats, ...]
+    max_send_lag_ms: float = MAX_SEND_LAG_MS
+    valid: bool = True
+    late_answers: int = 0
+    shed_p50_ms: float | None = None
+    shed_p99_ms: float | None = None
+    retried: int = 0
     records: tuple[RequestRecord, ...] = field(repr=False, compare=False, default=())
 
     @classmethod
@@ -184,6 +199,7 @@ class BenchReport:
         deadline_ms: float | None = None,
         target: str = "",
         schedule: str = "",
+        max_send_lag_ms: float = MAX_SEND_LAG_MS,
     ) -> BenchReport:
         """Summarise the records of a run that covered ``duration_s`` seconds.
 
@@ -204,6 +220,8 @@ class BenchReport:
             if deadline_ms is None or (r.latency_ms is not None and r.latency_ms <= deadline_ms)
         )
         lags = [1000.0 * (r.sent_s - r.offset_s) for r in sent if r.sent_s is not None]
+        lag_p99 = _percentile(lags, 99)
+        sheds = [r.latency_ms for r in records if r.outcome == "shed" and r.latency_ms is not None]
         rows = sum(r.rows for r in answers)
         kinds = Counter(r.error_kind for r in records if r.error_kind is not None)
         tiers = Counter(tier for r in answers for tier in r.answered_by)
@@ -233,13 +251,19 @@ class BenchReport:
             p50_ms=_percentile(latencies, 50),
             p95_ms=_percentile(latencies, 95),
             p99_ms=_percentile(latencies, 99),
-            send_lag_p99_ms=_percentile(lags, 99),
+            send_lag_p99_ms=lag_p99,
             rows_answered=rows,
             accuracy=_ratio(sum(r.correct for r in answers), rows),
             degraded_fraction=_ratio(sum(r.degraded for r in answers), rows),
             answers_by_tier=dict(tiers.most_common()),
             gears=dict(gears.most_common()),
             timeline=tuple(_second(chunk, i) for i, chunk in enumerate(by_second)),
+            max_send_lag_ms=max_send_lag_ms,
+            valid=lag_p99 is not None and lag_p99 <= max_send_lag_ms,
+            late_answers=len(answers) - good,
+            shed_p50_ms=_percentile(sheds, 50),
+            shed_p99_ms=_percentile(sheds, 99),
+            retried=sum(r.retries for r in records),
             records=tuple(records),
         )
 
@@ -268,12 +292,17 @@ class BenchReport:
             "no deadline" if self.deadline_ms is None else f"deadline {self.deadline_ms:g} ms"
         )
         rows = [
+            ["valid", self.validity()],
             ["target", self.target],
             ["schedule", f"{self.schedule} ({self.duration_s:g} s)"],
             ["offered", f"{self.scheduled} requests ({self.offered_rps:.1f}/s)"],
             ["sent", str(self.sent)],
             ["answered (200)", f"{self.answered} ({_pct(_ratio(self.answered, self.sent))})"],
-            ["shed (503)", f"{self.shed} ({_pct(self.shed_fraction)})"],
+            [
+                "shed (503)",
+                f"{self.shed} ({_pct(self.shed_fraction)}), p50/p99 "
+                f"{_ms(self.shed_p50_ms)}/{_ms(self.shed_p99_ms)} ms",
+            ],
             ["errors", f"{self.errors} ({_pct(self.error_fraction)})"],
         ]
         if self.errors_by_kind:
@@ -290,13 +319,27 @@ class BenchReport:
                 "goodput",
                 f"{self.goodput_rps:.1f}/s ({_pct(self.goodput_fraction)} of sent, {deadline})",
             ],
+            ["late answers", f"{self.late_answers} (200s past the deadline)"],
             ["accuracy", f"{_pct(self.accuracy)} of {self.rows_answered} rows"],
             ["degraded", f"{_pct(self.degraded_fraction)} of rows"],
             ["answered by", _counts(self.answers_by_tier, "rows")],
             ["gears", _counts(self.gears, "answers")],
             ["send lag p99", f"{_ms(self.send_lag_p99_ms)} ms"],
         ]
+        if self.retried:
+            rows.append(["retried", f"{self.retried} sends after a 503's Retry-After"])
         return rows
+
+    def validity(self) -> str:
+        """One line: whether the generator kept its schedule, so that the run measures the
+        server (``yes``) or the client (``INVALID``)."""
+        lag = f"send lag p99 {_ms(self.send_lag_p99_ms)} ms"
+        if self.valid:
+            return f"yes ({lag} <= {self.max_send_lag_ms:g} ms)"
+        if self.send_lag_p99_ms is None:
+            return "INVALID: nothing was sent"
+        return (f"INVALID: the generator fell behind its schedule ({lag} > "
+                f"{self.max_send_lag_ms:g} ms); these figures measure the client")  # fmt: skip
 
     def plot(self, path: str | Path) -> Path:
         """Save latency, accuracy and gear over time as a PNG (needs ``cascade[plots]``).
@@ -341,7 +384,8 @@ def _plot_report(report: BenchReport, path: Path) -> Path:
     # a Figure of its own, not pyplot: the caller's backend (a notebook's) stays as it is
     figure = Figure(figsize=(8, 7), dpi=110)
     latency, quality, gear = figure.subplots(3, 1, sharex=True, height_ratios=(3, 2, 1))
-    figure.suptitle(f"{report.target} — {report.schedule}", fontsize=10)
+    mark = "" if report.valid else "INVALID (generator behind schedule): "
+    figure.suptitle(f"{mark}{report.target} — {report.schedule}", fontsize=10)
 
     latency.plot(x, [_nan(s.p50_ms) for s in timeline], label="p50", color="tab:blue")
     latency.plot(x, [_nan(s.p95_ms) for s in timeline], label="p95", color="tab:orange")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 __all__ = ["add_bench_command", "run_bench"]
@@ -30,6 +31,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
     return value
 
 
@@ -124,6 +135,21 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="DIR",
         help=f"where bench.json and bench.png go (default: {DEFAULT_OUT})",
     )
+    bench.add_argument(
+        "--client",
+        choices=("bare", "httpx"),
+        default="bare",
+        help="bare (default): pre-encoded requests over keep-alive connections, the cheapest "
+        "per request, so the schedule holds at higher rates; httpx: the general client",
+    )
+    bench.add_argument(
+        "--retry-budget",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="send a 503 with Retry-After again after its wait, while retries stay under this "
+        "share of the requests sent and the wait ends before the deadline (default 0: never)",
+    )
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.add_argument("--binary", action="store_true",
                        help="send rows as the binary tensor data extension (raw float32 after "
@@ -132,9 +158,7 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from cascade.bench import loopback_url, poisson_arrivals, ramp_arrivals, run_load
+    from cascade.bench import drive, loopback_url, poisson_arrivals, ramp_arrivals, run_load
     from cascade.errors import InputError
     from cascade.zoo.datasets import read_dataset
 
@@ -160,7 +184,7 @@ def run_bench(args: argparse.Namespace) -> int:
     cut_short = args.max_requests is not None and len(offsets) == args.max_requests
     window = float(offsets[-1]) if cut_short else args.duration
     split = getattr(read_dataset(args.dataset), args.split)
-    report = asyncio.run(
+    report = drive(
         run_load(
             args.url,
             args.model,
@@ -176,9 +200,15 @@ def run_bench(args: argparse.Namespace) -> int:
             duration_s=max(window, 1e-3),
             schedule=f"{schedule}, {args.dataset} {args.split} rows",
             progress=not args.no_progress,
+            client=args.client,
+            retry_budget=args.retry_budget,
         )
     )
     print(report.summary())
+    if not report.valid:
+        print(f"\nwarning: {report.validity()}; lower the rate or give the client a core "
+              "of its own (taskset) before reading these as the server's",
+              file=sys.stderr)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "bench.json"
     json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -55,6 +55,7 @@ class FakeServer:
         rows = zip(X.astype(np.float32), y, strict=True)
         self.truth = {row.tobytes(): int(label) for row, label in rows}
         self.rule = rule
+        self.retry_after: str | None = None  # sent with every 503 when set
         self.requests = 0
         self.seen: list[dict[str, Any]] = []  # request bodies, in arrival order
         self.lock = threading.Lock()
@@ -136,6 +137,8 @@ class FakeServer:
             def _reply(self, status: int, body: bytes) -> None:
                 try:
                     self.send_response(status)
+                    if status == 503 and server.retry_after is not None:
+                        self.send_header("retry-after", server.retry_after)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(body)))
                     self.end_headers()
@@ -330,10 +333,15 @@ def test_only_loopback_hosts_are_targets(url: str) -> None:
         loopback_url("127.0.0.1:8000")
 
 
-def test_a_run_counts_answers_sheds_errors_and_accuracy_exactly(toy_server: FakeServer) -> None:
+@pytest.mark.parametrize("client", ["bare", "httpx"])
+def test_a_run_counts_answers_sheds_errors_and_accuracy_exactly(
+    toy_server: FakeServer, client: str
+) -> None:
     # 30 requests of one row: rows 0..19, then 0..9. Row 13 fails (500); rows 4, 9, 14, 19
     # are shed (503); rows with i % 3 == 2 get a wrong label.
-    report = _run(toy_server, np.linspace(0, 0.3, 30), deadline_ms=60_000, duration_s=1.0)
+    report = _run(
+        toy_server, np.linspace(0, 0.3, 30), deadline_ms=60_000, duration_s=1.0, client=client
+    )
     assert (report.scheduled, report.sent, report.client_dropped) == (30, 30, 0)
     assert (report.answered, report.shed, report.errors) == (23, 6, 1)
     assert report.errors_by_kind == {"500": 1}
@@ -351,7 +359,8 @@ def test_a_run_counts_answers_sheds_errors_and_accuracy_exactly(toy_server: Fake
     assert sent["inputs"][0]["name"] == "features" and sent["inputs"][0]["shape"] == [1, 3]
 
 
-def test_multi_row_requests_integer_labels_and_bad_bodies() -> None:
+@pytest.mark.parametrize("client", ["bare", "httpx"])
+def test_multi_row_requests_integer_labels_and_bad_bodies(client: str) -> None:
     X, y = _toy_rows()
 
     def rule(number: int, row: list[float]) -> str:
@@ -359,7 +368,7 @@ def test_multi_row_requests_integer_labels_and_bad_bodies() -> None:
 
     with FakeServer(X=X, y=y, classes=None, rule=rule) as server:
         # 10 requests of rows (0, 1), (2, 3), ... (18, 19).
-        report = _run(server, np.zeros(10), rows_per_request=2)
+        report = _run(server, np.zeros(10), rows_per_request=2, client=client)
         assert "deadline_ms" not in server.seen[0]["parameters"]
         assert server.seen[0]["inputs"][0]["shape"] == [2, 3]
     assert (report.answered, report.errors, report.errors_by_kind) == (9, 1, {"BadResponse": 1})
@@ -368,13 +377,152 @@ def test_multi_row_requests_integer_labels_and_bad_bodies() -> None:
     assert report.answers_by_tier == {"tiny": 9, "large": 9}
 
 
-def test_the_in_flight_cap_drops_and_the_client_timeout_is_an_error() -> None:
+@pytest.mark.parametrize("client", ["bare", "httpx"])
+def test_the_in_flight_cap_drops_and_the_client_timeout_is_an_error(client: str) -> None:
     X, y = _toy_rows()
     with FakeServer(X=X, y=y, classes=None, rule=lambda n, row: "hold") as server:
-        report = _run(server, np.zeros(6), max_in_flight=2, timeout_s=1.0)
+        report = _run(server, np.zeros(6), max_in_flight=2, timeout_s=1.0, client=client)
     assert (report.sent, report.client_dropped, report.answered) == (2, 4, 0)
     assert report.errors_by_kind == {"TimeoutError": 2}
     assert report.error_fraction == 1.0
+
+
+def _shed_first_sight() -> Rule:
+    """Shed a row the first time it is seen, answer it the next."""
+    seen: set[float] = set()
+    lock = threading.Lock()
+
+    def rule(number: int, row: list[float]) -> str:
+        with lock:
+            first = row[0] not in seen
+            seen.add(row[0])
+        return "shed" if first else "ok"
+
+    return rule
+
+
+@pytest.mark.parametrize("client", ["bare", "httpx"])
+def test_the_retry_budget_honours_retry_after_and_stays_within_its_share(client: str) -> None:
+    X, y = _toy_rows()
+
+    def run(**options: Any) -> BenchReport:
+        with FakeServer(X=X, y=y, classes=None, rule=_shed_first_sight()) as server:
+            server.retry_after = options.pop("retry_after", "0.01")
+            return _run(server, np.zeros(10), client=client, **options)
+
+    off = run()  # the default: a shed request stays shed
+    assert (off.shed, off.answered, off.retried) == (10, 0, 0)
+    every = run(retry_budget=1.0)
+    assert (every.shed, every.answered, every.retried) == (0, 10, 10)
+    assert all(r.retries == 1 for r in every.records)
+    assert "retried" in every.summary()
+    half = run(retry_budget=0.5)  # retries never exceed half of the requests sent
+    assert 1 <= half.retried <= 5 and half.answered == half.retried
+    assert half.shed == 10 - half.retried
+    # a wait that would outlast the deadline is not worth it: the shed stands
+    late = run(retry_budget=1.0, retry_after="1", deadline_ms=500)
+    assert (late.shed, late.retried) == (10, 0)
+    dated = run(retry_budget=1.0, retry_after="Wed, 21 Oct 2026 07:28:00 GMT")
+    assert (dated.shed, dated.retried) == (10, 0)
+
+
+def test_a_run_is_invalid_when_the_generator_falls_behind_its_schedule() -> None:
+    on_time = BenchReport.from_records(_records(), duration_s=2.0, deadline_ms=50)
+    assert on_time.valid and on_time.send_lag_p99_ms == 0
+    assert "yes (send lag p99 0.0 ms <= 10 ms)" in on_time.summary()
+    late = [RequestRecord(i / 100, i / 100 + lag / 1000, 5.0, 200, correct=1)
+            for i, lag in enumerate([0, 1, 2, 3, 30] * 20)]  # fmt: skip
+    behind = BenchReport.from_records(late, duration_s=1.0)
+    assert behind.send_lag_p99_ms == pytest.approx(30) and not behind.valid
+    assert "INVALID: the generator fell behind its schedule (send lag p99 30.0 ms > 10 ms)" in (
+        behind.summary()
+    )
+    assert json.loads(json.dumps(behind.to_json()))["valid"] is False
+    assert BenchReport.from_records(late, duration_s=1.0, max_send_lag_ms=50).valid
+    nothing = BenchReport.from_records([RequestRecord(0.5, dropped=True)], duration_s=1.0)
+    assert not nothing.valid and "INVALID: nothing was sent" in nothing.summary()
+
+
+def test_the_report_times_sheds_and_counts_late_answers() -> None:
+    report = BenchReport.from_records(_records(), duration_s=2.0, deadline_ms=50)
+    assert (report.shed_p50_ms, report.shed_p99_ms) == (5, 5)
+    assert report.late_answers == 2  # the answers of 60 and 100 ms
+    assert "2 (200s past the deadline)" in report.summary()
+    assert BenchReport.from_records(_records(), duration_s=2.0).late_answers == 0
+
+
+def test_the_bare_client_reads_chunked_answers_and_reopens_closed_connections() -> None:
+    from cascade.bench._http import Connection, ConnectionPool, request_head
+
+    answers = [
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 2\r\n"
+        b"connection: close\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext",
+        b"",  # the server closes the kept-alive connection as the request arrives
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain",
+    ]
+    connections: list[int] = []
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        while answers:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            received.append(head + await reader.readexactly(length))
+            answer = answers.pop(0)
+            if not answer:
+                break
+            writer.write(answer)
+            await writer.drain()
+            if b"connection: close" in answer:
+                break
+        writer.close()
+
+    async def scenario() -> list[tuple[int, bytes, bytes | None]]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = ConnectionPool("127.0.0.1", port, size=1)
+        out = []
+        for _ in range(4):
+            async with pool.connection() as connection:
+                assert isinstance(connection, Connection)
+                head = request_head(f"127.0.0.1:{port}", "/v2/x", 2, {"x-sent-at": ""})
+                answer = await connection.post(head, b"{}", 5.0, stamp=True)
+            out.append((answer.status, answer.payload, answer.headers.get(b"retry-after")))
+        await pool.aclose()
+        server.close()
+        await server.wait_closed()
+        return out
+
+    assert asyncio.run(scenario()) == [(200, b"abcde", None), (503, b"{}", b"1"),
+                                       (200, b"next", None), (200, b"again", None)]  # fmt: skip
+    # the server closed the first (connection: close), then the second without a word: the
+    # request that met the silent close went again on a third
+    assert len(connections) == 3
+    assert len(received) == 5
+    assert received[0].startswith(b"POST /v2/x HTTP/1.1\r\nhost: 127.0.0.1:")
+    stamp = float(received[0].split(b"x-sent-at: ")[1].split(b"\r\n")[0])
+    assert stamp > 1.7e9  # an epoch time, written as the request left
+
+
+def test_drive_runs_on_uvloop_when_installed_and_on_asyncio_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cascade.bench import drive
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert drive(loop_module()).startswith("uvloop")  # installed with [edge]
+    assert drive(loop_module(), loop="asyncio").startswith("asyncio")
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert drive(loop_module()).startswith("asyncio")  # auto falls back
+    coroutine = loop_module()
+    with pytest.raises(InputError, match="uvloop is not installed: pip install uvloop"):
+        drive(coroutine, loop="uvloop")
+    coroutine.close()
 
 
 def test_unknown_model_unreachable_server_and_wrong_width(toy_server: FakeServer) -> None:
