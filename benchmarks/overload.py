@@ -196,7 +196,7 @@ def main() -> None:
                              rows_per_request=args.rows, deadline_ms=args.deadline_ms,
                              duration_s=args.seconds, schedule=f"poisson {rate:.0f}/s",
                              timeout_s=10 * args.deadline_ms / 1000, progress=False,
-                             binary=args.binary)
+                             binary=args.binary, processes=2)
                 )  # fmt: skip
                 reports[f"{label} @ {factor}x"] = report.to_json()
                 time.sleep(3)  # let queues drain before the next run

@@ -23,6 +23,7 @@ import contextlib
 import gc
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -238,6 +239,7 @@ class _Sender:
         max_in_flight: int,
         deadline_ms: float | None,
         retry_budget: float,
+        start_epoch: float | None = None,
     ) -> None:
         self.post = post
         self.bodies = bodies
@@ -252,7 +254,9 @@ class _Sender:
         self.retries = 0
         self.answers: dict[int, tuple[int, bytes]] = {}  # request -> (body slot, 200 body)
         self.loop = asyncio.get_running_loop()
-        self.start = self.loop.time()
+        # offset 0 is now, or the epoch time every process of a run starts at
+        lead = 0.0 if start_epoch is None else start_epoch - time.time()
+        self.start = self.loop.time() + lead
 
     async def send(self, index: int, offset: float) -> RequestRecord:
         """Post request ``index`` now; record what came back, whatever it was."""
@@ -304,14 +308,15 @@ class _Sender:
         return 1000.0 * (self.loop.time() - self.start - offset)
 
     async def send_all(
-        self, offsets: npt.NDArray[np.float64], progress: bool
+        self, indices: list[int], offsets: list[float], progress: bool
     ) -> list[RequestRecord]:
+        """Send request ``indices[k]`` at ``offsets[k]``; their records, in that order."""
         from tqdm import tqdm
 
-        records: list[RequestRecord | None] = [None] * len(offsets)
+        records: dict[int, RequestRecord] = {}
         tasks: list[tuple[int, asyncio.Task[RequestRecord]]] = []
         with tqdm(total=len(offsets), disable=not progress, unit="req", leave=False) as bar:
-            for index, offset in enumerate(offsets.tolist()):
+            for index, offset in zip(indices, offsets, strict=True):
                 delay = self.start + offset - self.loop.time()
                 # Yield even when late, so sent requests get written while the sender catches up.
                 await asyncio.sleep(max(delay, 0.0))
@@ -324,8 +329,7 @@ class _Sender:
                 tasks.append((index, asyncio.create_task(self.send(index, offset))))
             for index, task in tasks:
                 records[index] = await task
-        return [self._scored(index, record) for index, record in enumerate(records)
-                if record is not None]  # fmt: skip
+        return [self._scored(index, records[index]) for index in indices]
 
     def _scored(self, index: int, record: RequestRecord) -> RequestRecord:
         """The record of an answered request with its answer scored against the labels."""
@@ -433,6 +437,7 @@ async def run_load(
     client: Client = "bare",
     retry_budget: float = 0.0,
     max_send_lag_ms: float = MAX_SEND_LAG_MS,
+    processes: int = 1,
 ) -> BenchReport:
     """Send the labelled rows to ``{url}/v2/models/{model}/infer`` at ``offsets`` (seconds).
 
@@ -447,7 +452,9 @@ async def run_load(
     cheapest per request) or ``httpx``. ``retry_budget``: a 503 with ``Retry-After`` is sent
     again after that wait while retries stay under this share of the requests sent (0, the
     default: never) and the wait ends before the deadline. The report is marked invalid when
-    the send lag p99 exceeds ``max_send_lag_ms``.
+    the send lag p99 exceeds ``max_send_lag_ms``. ``processes`` > 1 deals the schedule out
+    to that many sender processes (every N-th request each, the in-flight cap and the
+    connections shared out too), started together; no progress bar then.
 
     Raises ``InputError`` for a host other than this machine or rows that do not fit the
     model, and ``ModelUnavailable`` when the server or the model cannot be reached.
@@ -463,7 +470,7 @@ async def run_load(
         raise InputError("offsets must be a non-empty list of finite seconds >= 0")
     times = np.sort(times)
     counts = {"rows_per_request": rows_per_request, "max_in_flight": max_in_flight,
-              "max_connections": max_connections}  # fmt: skip
+              "max_connections": max_connections, "processes": processes}  # fmt: skip
     for name, value in counts.items():
         if value < 1:
             raise InputError(f"{name} must be >= 1, got {value}")
@@ -481,27 +488,18 @@ async def run_load(
         info = await fetch_metadata(meta, base, model)
     features = _check_rows(X, y, info)
     labels = _expected_labels(np.asarray(y), info)
-    bodies, expected, header_lengths = _requests(
-        features, labels, info, rows_per_request, deadline_ms, count=len(times), binary=binary
-    )
-    headers = [{} if header_lengths is None
-               else {"inference-header-content-length": str(length)}
-               for length in (header_lengths or [0] * len(bodies))]  # fmt: skip
     path = f"{_model_path(model)}/infer"
-    async with _poster(client, base, path, bodies, headers, max_connections=max_connections,
-                       timeout_s=timeout_s) as post:  # fmt: skip
-        sender = _Sender(post, bodies, expected, timeout_s=timeout_s,
-                         max_in_flight=max_in_flight, deadline_ms=deadline_ms,
-                         retry_budget=retry_budget)  # fmt: skip
-        # What exists now (the bodies, the rows, the modules) is moved out of the collector's
-        # way: a full collection over it paused the sender for tens of ms (send lag p99 at
-        # 1,000 req/s: 20 ms before, 4 ms after; benchmarks/loadgen.py)
-        gc.collect()
-        gc.freeze()
-        try:
-            records = await sender.send_all(times, progress)
-        finally:
-            gc.unfreeze()
+    share = _Share(
+        base=base, path=path, info=info, features=features, labels=labels,
+        rows_per_request=rows_per_request, deadline_ms=deadline_ms, count=len(times),
+        binary=binary, client=client, timeout_s=timeout_s,
+        max_in_flight=math.ceil(max_in_flight / processes),
+        max_connections=math.ceil(max_connections / processes), retry_budget=retry_budget,
+    )  # fmt: skip
+    if processes == 1:
+        records = await share.send(list(range(len(times))), times.tolist(), None, progress)
+    else:
+        records = await asyncio.to_thread(_in_processes, share, times, processes)
     return BenchReport.from_records(
         records,
         duration_s=window,
@@ -510,6 +508,111 @@ async def run_load(
         schedule=schedule,
         max_send_lag_ms=max_send_lag_ms,
     )
+
+
+@dataclass(frozen=True)
+class _Share:
+    """What one sender process needs to send its share of a run (picklable)."""
+
+    base: str
+    path: str
+    info: ModelInfo
+    features: npt.NDArray[np.float32]
+    labels: list[str]
+    rows_per_request: int
+    deadline_ms: float | None
+    count: int
+    binary: bool
+    client: Client
+    timeout_s: float
+    max_in_flight: int
+    max_connections: int
+    retry_budget: float
+
+    def bodies(self) -> tuple[list[bytes], list[list[str]], list[dict[str, str]]]:
+        bodies, expected, lengths = _requests(
+            self.features, self.labels, self.info, self.rows_per_request, self.deadline_ms,
+            count=self.count, binary=self.binary,
+        )  # fmt: skip
+        headers = [{} if lengths is None else {"inference-header-content-length": str(n)}
+                   for n in (lengths or [0] * len(bodies))]  # fmt: skip
+        return bodies, expected, headers
+
+    async def send(
+        self, indices: list[int], offsets: list[float], start_epoch: float | None,
+        progress: bool, encoded: tuple[list[bytes], list[list[str]], list[dict[str, str]]]
+        | None = None,
+    ) -> list[RequestRecord]:  # fmt: skip
+        """Send requests ``indices`` at ``offsets`` from ``start_epoch`` (None: now)."""
+        bodies, expected, headers = encoded or self.bodies()
+        async with _poster(self.client, self.base, self.path, bodies, headers,
+                           max_connections=self.max_connections,
+                           timeout_s=self.timeout_s) as post:  # fmt: skip
+            sender = _Sender(post, bodies, expected, timeout_s=self.timeout_s,
+                             max_in_flight=self.max_in_flight, deadline_ms=self.deadline_ms,
+                             retry_budget=self.retry_budget, start_epoch=start_epoch)  # fmt: skip
+            # What exists now (the bodies, the rows, the modules) is moved out of the
+            # collector's way: a full collection over it paused the sender for tens of ms
+            # (send lag p99 at 1,000 req/s: 20 ms before, 4 ms after; benchmarks/loadgen.py)
+            gc.collect()
+            gc.freeze()
+            try:
+                return await sender.send_all(indices, offsets, progress)
+            finally:
+                gc.unfreeze()
+
+
+def _in_processes(
+    share: _Share, times: npt.NDArray[np.float64], processes: int
+) -> list[RequestRecord]:
+    """Run ``share`` in ``processes`` sender processes, every N-th request each, started at
+    one epoch time once all of them are ready; the records in schedule order."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+    ready, go = context.Barrier(processes + 1), context.Barrier(processes + 1)
+    start_at = context.Value("d", 0.0)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_sender_process, daemon=True,
+                        args=(share, k, processes, times, ready, go, start_at, results))
+        for k in range(processes)
+    ]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    try:
+        ready.wait(timeout=120)
+        start_at.value = time.time() + 0.05
+        go.wait(timeout=10)
+        gathered: dict[int, RequestRecord] = {}
+        for _ in workers:
+            outcome = results.get()
+            if isinstance(outcome, str):
+                raise ModelUnavailable(f"a sender process failed: {outcome}")
+            gathered.update(outcome)
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+    return [gathered[index] for index in range(len(times))]
+
+
+def _sender_process(
+    share: _Share, k: int, processes: int, times: npt.NDArray[np.float64],
+    ready: Any, go: Any, start_at: Any, results: Any,
+) -> None:  # fmt: skip
+    """One sender process: its share of the schedule, from the common start."""
+    try:
+        indices = list(range(k, len(times), processes))
+        encoded = share.bodies()
+        ready.wait()
+        go.wait()
+        offsets = times[indices].tolist()
+        records = drive(share.send(indices, offsets, start_at.value, False, encoded))
+        results.put(dict(zip(indices, records, strict=True)))
+    except BaseException as exc:  # the parent must hear of it, or it waits for ever
+        results.put(f"{type(exc).__name__}: {exc}")
 
 
 def _requests(

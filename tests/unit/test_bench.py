@@ -387,6 +387,23 @@ def test_the_in_flight_cap_drops_and_the_client_timeout_is_an_error(client: str)
     assert report.error_fraction == 1.0
 
 
+def test_sender_processes_share_the_schedule_and_count_the_same(
+    toy_server: FakeServer,
+) -> None:
+    # the schedule of the exact-count test, dealt out to two sender processes
+    report = _run(toy_server, np.linspace(0, 0.3, 30), deadline_ms=60_000, duration_s=1.0,
+                  processes=2)  # fmt: skip
+    assert (report.scheduled, report.sent, report.answered) == (30, 30, 23)
+    assert (report.shed, report.errors_by_kind) == (6, {"500": 1})
+    assert report.accuracy == pytest.approx(15 / 23)
+    assert report.answers_by_tier == {"tiny": 12, "large": 11}
+    # the records are in schedule order, each request sent once, at its own offset
+    assert [r.offset_s for r in report.records] == pytest.approx(np.linspace(0, 0.3, 30))
+    assert toy_server.requests == 30
+    with pytest.raises(InputError, match="processes must be >= 1, got 0"):
+        _run(toy_server, [0.0], processes=0)
+
+
 def _shed_first_sight() -> Rule:
     """Shed a row the first time it is seen, answer it the next."""
     seen: set[float] = set()
@@ -572,6 +589,14 @@ def test_cli_bench_prints_the_summary_and_writes_json_and_png(
         assert sum(second["offered"] for second in report["timeline"]) == 25
         assert (tmp_path / "bench.png").stat().st_size > 0
         assert "shed (503)" in out and f"wrote {tmp_path / 'bench.json'} and" in out
+
+        # the same schedule from one sender process (the default is two); the server
+        # numbers on from 26, so 30, 35, ..., 50 are shed and nothing fails
+        assert main([*argv, "--processes", "1", "--out", str(tmp_path / "two")]) == 0
+        assert "send lag p99" in capsys.readouterr().out
+        two = json.loads((tmp_path / "two" / "bench.json").read_text())
+        assert (two["scheduled"], two["sent"], two["answered"], two["shed"]) == (25, 25, 20, 5)
+        assert two["errors"] == 0 and isinstance(two["valid"], bool)
 
         monkeypatch.setitem(sys.modules, "matplotlib", None)
         assert main([*argv, "--out", str(tmp_path / "no-plot")]) == 0
