@@ -8,40 +8,12 @@ import math
 import sys
 from pathlib import Path
 
+from cascade.cli._types import count, positive, share
+
 __all__ = ["add_bench_command", "run_bench"]
 
 DEFAULT_RATE = 100.0
 DEFAULT_OUT = Path("bench-results")
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
 
 
 def _ramp(text: str) -> tuple[float, float]:
@@ -77,7 +49,7 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     rate = bench.add_mutually_exclusive_group()
     rate.add_argument(
         "--rate",
-        type=_positive,
+        type=positive,
         metavar="RPS",
         help=f"Poisson arrivals per second (default {DEFAULT_RATE:g})",
     )
@@ -88,41 +60,41 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="rate rising linearly from START to END requests/s",
     )
     bench.add_argument(
-        "--duration", type=_positive, default=30.0, metavar="S", help="seconds of load (default 30)"
+        "--duration", type=positive, default=30.0, metavar="S", help="seconds of load (default 30)"
     )
     bench.add_argument(
-        "--max-requests", type=_count, metavar="N", help="stop the schedule after N requests"
+        "--max-requests", type=count, metavar="N", help="stop the schedule after N requests"
     )
     bench.add_argument(
         "--deadline-ms",
-        type=_positive,
+        type=positive,
         metavar="MS",
         help="deadline sent with each request; goodput counts answers within it",
     )
     bench.add_argument(
         "--rows-per-request",
-        type=_count,
+        type=count,
         default=1,
         metavar="N",
         help="rows in each request (default 1)",
     )
     bench.add_argument(
         "--timeout-s",
-        type=_positive,
+        type=positive,
         default=30.0,
         metavar="S",
         help="client timeout per request; past it the request is an error (default 30)",
     )
     bench.add_argument(
         "--max-in-flight",
-        type=_count,
+        type=count,
         default=1024,
         metavar="N",
         help="outstanding requests at most; the rest are client_dropped (default 1024)",
     )
     bench.add_argument(
         "--max-connections",
-        type=_count,
+        type=count,
         default=256,
         metavar="N",
         help="HTTP connections at most (default 256)",
@@ -144,7 +116,7 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     bench.add_argument(
         "--retry-budget",
-        type=_share,
+        type=share,
         default=0.0,
         metavar="SHARE",
         help="send a 503 with Retry-After again after its wait, while retries stay under this "
@@ -152,7 +124,7 @@ def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     bench.add_argument(
         "--processes",
-        type=_count,
+        type=count,
         default=2,
         metavar="N",
         help="sender processes sharing the schedule, every N-th request each (default 2: "

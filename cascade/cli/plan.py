@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cascade.cli._types import count
 from cascade.cli.evaluate import add_data_arguments
 
 __all__ = ["add_plan_command", "format_plan", "run_plan"]
@@ -30,12 +31,6 @@ def _number(low: float, *, inclusive: bool, high: float = math.inf) -> Any:
     return parse
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     plan = commands.add_parser(
@@ -51,7 +46,7 @@ def add_plan_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     add_data_arguments(plan)
     plan.add_argument("--qps", type=_number(0, inclusive=False), required=True, metavar="N",
                       help="requests per second to plan for")  # fmt: skip
-    plan.add_argument("--rows-per-request", type=_count, default=1, metavar="R",
+    plan.add_argument("--rows-per-request", type=count, default=1, metavar="R",
                       help="rows in one request (default 1)")  # fmt: skip
     plan.add_argument("--split", choices=("calibration", "test", "train"), default="calibration",
                       help="split the escalation is measured on (default calibration)")  # fmt: skip

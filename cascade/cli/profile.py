@@ -6,19 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from cascade.cli._types import count
+
 __all__ = ["add_profile_command", "run_profile_command"]
 
 DEFAULT_OUT = Path("profile-results")
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
 
 
 def add_profile_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,11 +32,11 @@ def add_profile_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="built-in dataset whose test rows to send (default: the model's name when it is "
         "one: digits, covertype)",
     )
-    profile.add_argument("--rows", type=_count, default=1, metavar="N",
+    profile.add_argument("--rows", type=count, default=1, metavar="N",
                          help="rows per request (default 1)")  # fmt: skip
-    profile.add_argument("--requests", type=_count, default=200, metavar="N",
+    profile.add_argument("--requests", type=count, default=200, metavar="N",
                          help="profiled requests (default 200)")  # fmt: skip
-    profile.add_argument("--concurrency", type=_count, default=1, metavar="C",
+    profile.add_argument("--concurrency", type=count, default=1, metavar="C",
                          help="requests in flight at once (default 1)")  # fmt: skip
     profile.add_argument("--warmup", type=int, default=20, metavar="N",
                          help="requests sent first and not counted (default 20)")  # fmt: skip
