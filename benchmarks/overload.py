@@ -45,7 +45,7 @@ from ray import serve
 
 from cascade._table import table
 from cascade.backends import OnnxModel
-from cascade.bench import BenchReport, drive, poisson_arrivals, run_load
+from cascade.bench import BenchReport, drive, infer_body, poisson_arrivals, run_load
 from cascade.evaluate import ensure_models
 from cascade.policy import read_policy
 from cascade.zoo import read_dataset
@@ -93,18 +93,11 @@ async def _capacity(
 
     def request(i: int) -> tuple[bytes, dict[str, str]]:
         chunk = rows[(i * n_rows) % (len(rows) - n_rows) :][:n_rows]
-        tensor: dict[str, Any] = {"name": "input", "shape": list(chunk.shape), "datatype": "FP32"}
-        raw = b""
-        if binary:
-            raw = np.ascontiguousarray(chunk, dtype="<f4").tobytes()
-            tensor["parameters"] = {"binary_data_size": len(raw)}
-        else:
-            tensor["data"] = chunk.ravel().tolist()
-        header = json.dumps({"inputs": [tensor], "parameters": {"trace": False}}).encode()
+        body, header_length = infer_body("input", chunk, {"trace": False}, binary=binary)
         headers = {"content-type": "application/json"}
         if binary:
-            headers["Inference-Header-Content-Length"] = str(len(header))
-        return header + raw, headers
+            headers["Inference-Header-Content-Length"] = str(header_length)
+        return body, headers
 
     async def client_loop(client: httpx.AsyncClient, k: int) -> None:
         nonlocal done

@@ -43,6 +43,7 @@ import numpy as np
 import psutil
 
 from cascade._table import table
+from cascade.bench import infer_body
 from cascade.catalog import resolve_tiers
 from cascade.evaluate import Evaluator, ensure_models
 from cascade.evaluate._served_cost import CostModel, Overheads
@@ -109,13 +110,10 @@ def _requests(dataset: str, rows: int, count: int = 64) -> list[tuple[bytes, dic
             body = json.dumps({"inputs": [tensor], "parameters": {"trace": False}}).encode()
             out.append((body, {"content-type": "application/json"}))
             continue
-        raw = np.ascontiguousarray(chunk, dtype="<f4").tobytes()
-        tensor = {"name": "input", "shape": list(np.shape(chunk)), "datatype": "FP32",
-                  "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
-        header = json.dumps({"inputs": [tensor], "parameters": {"trace": False}}).encode()
+        body, header_length = infer_body("input", chunk, {"trace": False}, binary=True)
         headers = {"content-type": "application/json",
-                   "inference-header-content-length": str(len(header))}  # fmt: skip
-        out.append((header + raw, headers))
+                   "inference-header-content-length": str(header_length)}  # fmt: skip
+        out.append((body, headers))
     return out
 
 

@@ -30,6 +30,7 @@ from cascade.bench._footprint import (
     measure_footprint,
     rss_mb,
 )
+from cascade.bench._http import infer_body
 from cascade.bench._loadgen import (
     LOOPBACK_HOSTS,
     ModelInfo,
@@ -58,6 +59,7 @@ __all__ = [
     "drive",
     "fetch_metadata",
     "format_footprint",
+    "infer_body",
     "loopback_url",
     "measure_footprint",
     "poisson_arrivals",

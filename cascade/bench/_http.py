@@ -20,15 +20,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["TRANSPORT_ERRORS", "Answer", "Connection", "ConnectionPool", "request_head"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "TRANSPORT_ERRORS",
+    "Answer",
+    "Connection",
+    "ConnectionPool",
+    "infer_body",
+    "request_head",
+]
 
 TRANSPORT_ERRORS = (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError)
 """What a request on a :class:`Connection` may raise: the server closed or refused the
 connection, answered something that is not HTTP/1.1, or took longer than the timeout."""
+
+
+def infer_body(
+    input_name: str, rows: npt.ArrayLike, parameters: dict[str, Any], *, binary: bool
+) -> tuple[bytes, int]:
+    """A v2 infer request body for FP32 ``rows`` (2-D), and the length of its JSON header.
+
+    ``binary``: the binary tensor data extension, the JSON header then the raw little-endian
+    float32 values (send the length as ``Inference-Header-Content-Length``); otherwise the
+    values as JSON numbers (the length is then the whole body's).
+
+    Example::
+
+        >>> infer_body("input", [[1.0, 2.0]], {"trace": False}, binary=True)[1]
+        139
+    """
+    values = np.asarray(rows, dtype=np.float32)
+    tensor: dict[str, Any] = {"name": input_name, "shape": list(values.shape), "datatype": "FP32"}
+    raw = b""
+    if binary:
+        raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        tensor["data"] = values.ravel().tolist()
+    header = json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
+    return header + raw, len(header)
 
 
 def request_head(host: str, path: str, length: int, headers: dict[str, str] | None = None) -> bytes:

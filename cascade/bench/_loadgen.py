@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from cascade.bench._http import TRANSPORT_ERRORS, ConnectionPool, request_head
+from cascade.bench._http import TRANSPORT_ERRORS, ConnectionPool, infer_body, request_head
 from cascade.bench._report import MAX_SEND_LAG_MS, BenchReport, RequestRecord
 from cascade.errors import InputError, ModelUnavailable
 
@@ -640,19 +640,9 @@ def _requests(
     bodies, expected, header_lengths = [], [], []
     for i in range(min(n // math.gcd(n, rows_per_request), count)):
         rows = [(i * rows_per_request + j) % n for j in range(rows_per_request)]
-        tensor: dict[str, Any] = {
-            "name": info.input_name,
-            "shape": [rows_per_request, info.width],
-            "datatype": "FP32",
-        }
-        raw = b""
-        if binary:  # the binary tensor data extension: JSON header, then float32 bytes
-            raw = np.ascontiguousarray(features[rows], dtype="<f4").tobytes()
-            tensor["parameters"] = {"binary_data_size": len(raw)}
-        else:
-            tensor["data"] = features[rows].ravel().tolist()
-        header = json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
-        bodies.append(header + raw)
-        header_lengths.append(len(header))
+        body, header_length = infer_body(info.input_name, features[rows], parameters,
+                                         binary=binary)  # fmt: skip
+        bodies.append(body)
+        header_lengths.append(header_length)
         expected.append([labels[r] for r in rows])
     return bodies, expected, header_lengths if binary else None

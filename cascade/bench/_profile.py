@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cascade._table import table
-from cascade.bench._http import TRANSPORT_ERRORS, Connection, request_head
+from cascade.bench._http import TRANSPORT_ERRORS, Connection, infer_body, request_head
 from cascade.bench._loadgen import ModelInfo, fetch_metadata, loopback_url
 from cascade.errors import InputError
 from cascade.serving import PROFILE_HEADER
@@ -294,17 +294,8 @@ def _requests(
     out = []
     for i in range(min(n // math.gcd(n, rows), count)):
         chunk = features[[(i * rows + j) % n for j in range(rows)]]
-        tensor: dict[str, Any] = {"name": info.input_name, "shape": [rows, info.width],
-                                  "datatype": "FP32"}  # fmt: skip
-        raw = b""
-        if binary:
-            raw = np.ascontiguousarray(chunk, dtype="<f4").tobytes()
-            tensor["parameters"] = {"binary_data_size": len(raw)}
-        else:
-            tensor["data"] = chunk.ravel().tolist()
-        header = json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
-        body = header + raw
-        extra = {"inference-header-content-length": str(len(header))} if binary else {}
+        body, header_length = infer_body(info.input_name, chunk, parameters, binary=binary)
+        extra = {"inference-header-content-length": str(header_length)} if binary else {}
         head = request_head(host, path, len(body), {**extra, PROFILE_HEADER: ""})
         out.append((head, body))  # ends with "x-cascade-sent-at: ": post stamps the time
     return out
