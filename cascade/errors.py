@@ -93,9 +93,16 @@ class CircuitOpen(ModelUnavailable):
 
 
 class OverloadedError(CascadeError):
-    """Even the cheapest path cannot answer in time; the caller should retry later."""
+    """The request cannot be answered within its deadline now (the service sheds it, 503).
 
-    def __init__(self, message: str, *, queued: int, limit: int) -> None:
+    ``retry_after_s``: when the work ahead of it will have drained, as far as the estimate
+    goes (the Retry-After the client gets).
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
-        self.queued = queued
-        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild = functools.partial(type(self), retry_after_s=self.retry_after_s)
+        return rebuild, self.args

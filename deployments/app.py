@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cascade.backends import CALL_TIMES, InputSpec, open_model
+from cascade.backends import CALL_DEADLINE, CALL_TIMES, InputSpec, open_model
 from cascade.catalog import require_model_files
 from cascade.errors import PolicyError
 from cascade.policy import PolicyFile, read_policy
@@ -47,11 +47,16 @@ class ModelDeployment:
     them in the tier call (``CALL_TIMES``), and the rest of the call is the hop. Durations
     only, on this replica's clock: no timestamps cross machines. Timed and plain calls share
     one ``@serve.batch`` queue (a queue of their own would time another queue), so a plain
-    call passes ``None`` as its arrival; only a batch holding a timed call reads the clock.
+    call passes ``None`` as its arrival.
+
+    A call carries its deadline (epoch seconds, from the engine's budget for it): when its
+    batch forms, a call the model can no longer answer in time is left out and answered
+    ``None``, which the ingress takes as a timeout (the rows keep their cheaper answers).
     """
 
     def __init__(self, path: str, providers: tuple[str, ...]) -> None:
         self.model = open_model(path, providers=providers, offload=True)
+        self.row_ms = 0.0  # moving average of the model's time per row, for the queue check
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Batch size and wait come from ``user_config``, so changing them restarts nothing."""
@@ -59,26 +64,51 @@ class ModelDeployment:
         self.predict.set_batch_wait_timeout_s(float(config["max_wait_ms"]) / 1000.0)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def predict(self, batches: list[np.ndarray], arrived: list[float | None]) -> list[Any]:
+    async def predict(
+        self, batches: list[np.ndarray], arrived: list[float | None], ends: list[float | None]
+    ) -> list[Any]:
         # Each call carries a batch of rows already; one session run answers them all.
         # ``arrived``: when a timed call reached this replica (None: not timed); the clock
-        # is read only for a batch holding one.
-        sizes = [len(b) for b in batches]
+        # is read here for every batch (the model's time per row is kept for the queue
+        # check). ``ends``: the epoch time by which the caller
+        # needs the answer (None: no deadline): a call that waited past the point where the
+        # model could still answer it in time is not run, and gets None (its rows shed here,
+        # before any work is spent on them).
+        now = time.time() if ends.count(None) != len(ends) else 0.0
+        need_s = self.row_ms / 1000.0
+        run = [
+            end is None or now + need_s * len(b) <= end
+            for b, end in zip(batches, ends, strict=True)
+        ]
+        kept = [b for b, go in zip(batches, run, strict=True) if go]
+        answers: list[Any] = [None] * len(batches)
+        if not kept:
+            return answers
+        sizes = [len(b) for b in kept]
         timed = arrived.count(None) != len(arrived)
-        started = time.perf_counter() if timed else 0.0
-        out = await self.model.predict(np.concatenate(batches))
-        answers: list[Any] = list(np.split(out, np.cumsum(sizes)[:-1]))
-        if timed:
-            model_ms = (time.perf_counter() - started) * 1000.0
-            for i, at in enumerate(arrived):
-                if at is not None:
-                    times = {"queue": (started - at) * 1000.0, "model": model_ms}
-                    answers[i] = (answers[i], times)
+        started = time.perf_counter()
+        out = await self.model.predict(np.concatenate(kept))
+        model_ms = (time.perf_counter() - started) * 1000.0
+        self.row_ms = (
+            0.9 * self.row_ms + 0.1 * model_ms / len(out) if self.row_ms else model_ms / len(out)
+        )
+        parts = iter(np.split(out, np.cumsum(sizes)[:-1]))
+        for i, go in enumerate(run):
+            if not go:
+                continue
+            answers[i] = next(parts)
+            at = arrived[i]
+            if timed and at is not None:
+                answers[i] = (answers[i], {"queue": (started - at) * 1000.0, "model": model_ms})
         return answers
 
-    async def predict_timed(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    async def predict_timed(
+        self, rows: np.ndarray, ends: float | None = None
+    ) -> tuple[np.ndarray, dict[str, float]] | None:
         """:meth:`predict` for one call, with its queue and model ms here."""
-        answer: tuple[np.ndarray, dict[str, float]] = await self.predict(rows, time.perf_counter())
+        answer: tuple[np.ndarray, dict[str, float]] | None = await self.predict(
+            rows, time.perf_counter(), ends
+        )
         return answer
 
     def check_health(self) -> None:
@@ -102,11 +132,21 @@ class _HandleModel:
     async def predict(self, batch: Any) -> np.ndarray:
         rows = batch if self.input_spec.dtype == "string" else np.asarray(batch, np.float32)
         times = CALL_TIMES.get()  # a dict only in a profiled batch
+        # the call's deadline on the epoch clock, which the replica shares (one machine, or
+        # NTP): its queue refuses the call once the model could no longer answer in time
+        left = CALL_DEADLINE.get()
+        ends = None if left is None else time.time() + (left - time.monotonic())
         if times is None:
-            result: np.ndarray = await self._handle.predict.remote(rows, None)
-            return result
-        result, parts = await self._handle.predict_timed.remote(rows)
-        times.update(parts)
+            result: np.ndarray | None = await self._handle.predict.remote(rows, None, ends)
+        else:
+            timed = await self._handle.predict_timed.remote(rows, ends)
+            result = None if timed is None else timed[0]
+            if timed is not None:
+                times.update(timed[1])
+        if result is None:
+            # a timeout, as the engine's own deadline cut is: the rows' cheaper answers
+            # stand (degraded), and the tier's circuit breaker does not count it
+            raise TimeoutError(f"tier '{self.name}': shed in its queue, the deadline was near")
         return result
 
 

@@ -38,6 +38,7 @@ import numpy.typing as npt
 from cascade.bench._http import TRANSPORT_ERRORS, ConnectionPool, infer_body, request_head
 from cascade.bench._report import MAX_SEND_LAG_MS, BenchReport, RequestRecord
 from cascade.errors import InputError, ModelUnavailable
+from cascade.serving import PROFILE_HEADER
 
 __all__ = [
     "LOOPBACK_HOSTS",
@@ -356,9 +357,11 @@ T = TypeVar("T")
 @contextlib.asynccontextmanager
 async def _poster(
     client: Client, base: str, path: str, bodies: list[bytes], headers: list[dict[str, str]],
-    *, max_connections: int, timeout_s: float,
+    *, max_connections: int, timeout_s: float, stamp: bool = False,
 ) -> AsyncIterator[_Post]:  # fmt: skip
-    """A function that sends body ``slot`` with the chosen client, for the run's length."""
+    """A function that sends body ``slot`` with the chosen client, for the run's length.
+    ``stamp``: every request carries its send time (``x-cascade-sent-at``), so that a
+    relative deadline counts from the send, the time before the server's code included."""
     if client == "httpx":
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
@@ -368,8 +371,9 @@ async def _poster(
         ) as session:
 
             async def post_httpx(slot: int) -> tuple[int, str | None, bytes]:
+                sent = {PROFILE_HEADER: repr(time.time())} if stamp else {}
                 response = await session.post(
-                    base + path, content=bodies[slot], headers={**_JSON, **headers[slot]}
+                    base + path, content=bodies[slot], headers={**_JSON, **headers[slot], **sent}
                 )
                 return response.status_code, response.headers.get("retry-after"), response.content
 
@@ -380,13 +384,14 @@ async def _poster(
         raise InputError(f"the bare client speaks plain HTTP; use client='httpx' for {base!r}")
     port = parsed.port or 80
     host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-    heads = [request_head(f"{host}:{port}", path, len(body), extra)
+    last = {PROFILE_HEADER: ""} if stamp else {}  # post writes the time after it
+    heads = [request_head(f"{host}:{port}", path, len(body), {**extra, **last})
              for body, extra in zip(bodies, headers, strict=True)]  # fmt: skip
     pool = ConnectionPool(parsed.host, port, max_connections)
 
     async def post_bare(slot: int) -> tuple[int, str | None, bytes]:
         async with pool.connection() as connection:
-            answer = await connection.post(heads[slot], bodies[slot], timeout_s)
+            answer = await connection.post(heads[slot], bodies[slot], timeout_s, stamp=stamp)
         retry_after = answer.headers.get(b"retry-after")
         return answer.status, None if retry_after is None else retry_after.decode(), answer.payload
 
@@ -442,7 +447,9 @@ async def run_load(
     """Send the labelled rows to ``{url}/v2/models/{model}/infer`` at ``offsets`` (seconds).
 
     Rows are replayed in order and cycled, ``rows_per_request`` per request, with
-    ``parameters.trace`` off (and ``deadline_ms`` when given). Each request may take
+    ``parameters.trace`` off (and ``deadline_ms`` when given, with each request's send
+    time in ``x-cascade-sent-at``: the server counts the deadline from the send, as the
+    report does from the schedule). Each request may take
     ``timeout_s`` (connection wait included) before it counts as an error; at most
     ``max_in_flight`` are outstanding, over at most ``max_connections`` connections.
     ``duration_s`` is the window the rates in the report are per (default: the last offset);
@@ -546,8 +553,8 @@ class _Share:
         """Send requests ``indices`` at ``offsets`` from ``start_epoch`` (None: now)."""
         bodies, expected, headers = encoded or self.bodies()
         async with _poster(self.client, self.base, self.path, bodies, headers,
-                           max_connections=self.max_connections,
-                           timeout_s=self.timeout_s) as post:  # fmt: skip
+                           max_connections=self.max_connections, timeout_s=self.timeout_s,
+                           stamp=self.deadline_ms is not None) as post:  # fmt: skip
             sender = _Sender(post, bodies, expected, timeout_s=self.timeout_s,
                              max_in_flight=self.max_in_flight, deadline_ms=self.deadline_ms,
                              retry_budget=self.retry_budget, start_epoch=start_epoch)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Load handling: circuit breakers, degradation gears and live load signals per tier.
+"""Load handling: time-aware admission, circuit breakers, gears, live load signals per tier.
 
 Nothing here sleeps or reads the wall clock behind your back: every class takes a ``clock``
 and ``shift_gear`` is a pure function, so the serving layer decides when time passes.
@@ -14,11 +14,22 @@ Example::
 
 from __future__ import annotations
 
+from cascade.load._admission import (
+    DEFAULT_PRIORITY,
+    HEADROOM,
+    Refusal,
+    ServiceEstimate,
+    ServiceTimer,
+    admit,
+    headroom,
+)
 from cascade.load._breaker import BreakerState, BreakerStats, CircuitBreaker
 from cascade.load._gears import Gear, GearShifter, GearState, check_gears, shift_gear
 from cascade.load._signals import LoadSignals, Outcome, TierLoad, TierLoadSnapshot
 
 __all__ = [
+    "DEFAULT_PRIORITY",
+    "HEADROOM",
     "BreakerState",
     "BreakerStats",
     "CircuitBreaker",
@@ -27,8 +38,13 @@ __all__ = [
     "GearState",
     "LoadSignals",
     "Outcome",
+    "Refusal",
+    "ServiceEstimate",
+    "ServiceTimer",
     "TierLoad",
     "TierLoadSnapshot",
+    "admit",
     "check_gears",
+    "headroom",
     "shift_gear",
 ]

@@ -496,6 +496,38 @@ class ProfileSection(_Strict):
     )
 
 
+class OverloadSection(_Strict):
+    """What the server does by itself under overload, when the policy has no ``gears``.
+
+    Every request that waits is admitted only while the work ahead of it (measured
+    service time times the rows queued) fits its deadline; what cannot fit is refused at
+    once with 503 + Retry-After. Before that, with ``auto_degrade``, the cascade caps its
+    escalations while the predicted queueing delay exceeds ``degrade_at`` of the requests'
+    budget: first the most expensive tier is left out, then the next one, down to the
+    cheapest; it recovers one step at a time after ``gear_hold_s`` below ``(1 -
+    gear_hysteresis)`` of that level. Hand-written ``gears`` take precedence.
+    """
+
+    auto_degrade: bool = Field(
+        True, description="cap escalations by themselves when the queue threatens deadlines"
+    )
+    degrade_at: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="queueing delay, as a share of a request's budget, at which the first "
+        "automatic cap engages (the next at twice this, and so on)",
+    )
+    target_delay_ms: float | None = Field(
+        None,
+        gt=0,
+        le=600_000,
+        description="the budget that the queueing delay of requests without a deadline is "
+        "measured against; none: such requests wait as long as it takes and do not move the "
+        "automatic caps",
+    )
+
+
 class Stage(_Strict):
     """A ranking stage: filter, coarse or fine, in that order; only fine is required.
 
@@ -613,6 +645,10 @@ class Policy(_Strict):
     )
     gear_hold_s: float = Field(
         2.0, ge=0, le=600, description="...and has stayed there this many seconds"
+    )
+    overload: OverloadSection = Field(
+        default_factory=OverloadSection,
+        description="automatic degradation under overload (policies without gears)",
     )
     cache: CacheSection | None = Field(
         None, description="answer caches (classification policies), per serving replica"

@@ -21,7 +21,7 @@ import numpy as np
 
 from cascade.backends import CALL_DEADLINE, CALL_TIMES, Model, validate_batch
 from cascade.errors import BackendError, CascadeError, InputError, ModelTimeout, PolicyError
-from cascade.load import CircuitBreaker, LoadSignals, Outcome
+from cascade.load import CircuitBreaker, Gear, LoadSignals, Outcome
 from cascade.policy import ComplexityRouting, Policy, SlaRouting
 from cascade.routing._decision import BatchResult
 from cascade.routing._scorers import Scorer, make_scorer
@@ -281,7 +281,12 @@ class Engine:
             self.check_max_tier(tier)
         return np.array([np.inf if t is None else self._costs[t] for t in max_tiers])
 
-    def _gear(self, policy: Policy, name: str | None) -> dict[str, Any]:
+    def _gear(self, policy: Policy, name: str | Gear | None) -> dict[str, Any]:
+        if isinstance(name, Gear):  # a gear of the serving layer's own (automatic degradation)
+            if name.max_tier is None and not name.threshold_shift:
+                return {}
+            cap = math.inf if name.max_tier is None else self._costs[name.max_tier]
+            return {"gear": name.name, "gear_cap": cap, "threshold_shift": name.threshold_shift}
         if name is None or name == "normal":
             return {}
         gear = next((g for g in policy.gears if g.name == name), None)
@@ -297,7 +302,7 @@ class Engine:
         *,
         deadlines_ms: Sequence[float | None] | None = None,
         max_tiers: Sequence[str | None] | None = None,
-        gear: str | None = None,
+        gear: str | Gear | None = None,
         timeline: bool = False,
     ) -> BatchResult:
         """Answer every row of the batch; ``deadlines_ms[i]`` is row i's budget from now.
@@ -307,7 +312,8 @@ class Engine:
         escalation starts that its latency estimate says would end late. ``max_tiers[i]``
         caps row i: it is sent to no tier costing more than that one, and answered by the
         best it may reach (reason ``max_tier`` where the cap changed the route). ``gear``
-        names one of the policy's degradation gears (``None`` or ``"normal"``: full quality):
+        names one of the policy's degradation gears (``None`` or ``"normal"``: full quality),
+        or is a :class:`~cascade.load.Gear` of the caller's (automatic degradation):
         its ``max_tier`` caps every row and its ``threshold_shift`` lowers every threshold;
         answers that differ from full quality because of it are flagged ``degraded``. A batch
         that does not fit the first tier's input raises ``InputError`` as a whole.
@@ -324,7 +330,7 @@ class Engine:
         *,
         deadlines_ms: Sequence[float | None] | None = None,
         max_tiers: Sequence[str | None] | None = None,
-        gear: str | None = None,
+        gear: str | Gear | None = None,
         timeline: bool = False,
     ) -> BatchResult:
         """:meth:`run` for a batch already checked by ``validate_batch`` against the first

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 from cascade.serving._coalescer import Coalescer
+from cascade.serving._deadline import DEADLINE_HEADER, DEADLINE_HEADERS, request_budget_ms
 from cascade.serving._metrics import METRICS, MetricSpec, RecordingMetrics
 from cascade.serving._openapi import openapi_document
 from cascade.serving._profile import PROFILE_HEADER, Profile, sends_its_time
@@ -45,6 +46,8 @@ from cascade.serving._settings import (
 )
 
 __all__ = [
+    "DEADLINE_HEADER",
+    "DEADLINE_HEADERS",
     "INGRESS",
     "METRICS",
     "OUTPUT_NAMES",
@@ -70,6 +73,7 @@ __all__ = [
     "openapi_document",
     "parse_infer_request",
     "policy_hash",
+    "request_budget_ms",
     "sends_its_time",
     "tier_options",
     "unavailable",

@@ -63,6 +63,7 @@ class InferRequest:
         request.rows.shape, request.deadline_ms, request.output_names
 
     ``profile``: the request asked for its latency profile (``parameters.profile: true``).
+    ``priority``: ``parameters.priority`` (Triton's: 1 is the highest class, 0 the default).
     """
 
     id: str | None
@@ -72,6 +73,7 @@ class InferRequest:
     trace: bool
     output_names: list[str]
     profile: bool = False
+    priority: int = 0
 
 
 def type_name(value: Any) -> str:
@@ -132,9 +134,9 @@ def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
 
 def _parse_parameters(
     parameters: Any, tiers: Sequence[str]
-) -> tuple[float | None, str | None, bool, bool]:
+) -> tuple[float | None, str | None, bool, bool, int]:
     if parameters is None:
-        return None, None, True, False
+        return None, None, True, False, 0
     if not isinstance(parameters, dict):
         raise InputError(f"'parameters' must be an object, got {type_name(parameters)}")
     deadline = parameters.get("deadline_ms")
@@ -156,7 +158,14 @@ def _parse_parameters(
     profile = parameters.get("profile", False)
     if not isinstance(profile, bool):
         raise InputError(f"parameters.profile must be true or false, got {json.dumps(profile)}")
-    return (None if deadline is None else float(deadline)), max_tier, trace, profile
+    priority = parameters.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+        raise InputError(
+            "parameters.priority must be a whole number >= 0 (1: highest class, 0: default), "
+            f"got {json.dumps(priority)}"
+        )
+    deadline_ms = None if deadline is None else float(deadline)
+    return deadline_ms, max_tier, trace, profile, priority
 
 
 def _parse_outputs(outputs: Any) -> list[str]:
@@ -388,7 +397,8 @@ def parse_infer_request(
     ``parameters.binary_data_size``, in place of ``data``. ``tiers`` are the policy's tier names,
     which ``parameters.max_tier`` must be one of. With ``text`` the input is ``BYTES``: texts,
     shape ``[n]`` or ``[n, 1]``, returned as a 1-D object array. ``parameters.profile``
-    (``true``/``false``) asks for the request's latency profile in the response.
+    (``true``/``false``) asks for the request's latency profile in the response;
+    ``parameters.priority`` (a whole number, 1 highest, 0 default) is its priority class.
 
     Example::
 
@@ -403,7 +413,9 @@ def parse_infer_request(
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InputError(f"'id' must be a string, got {type_name(request_id)}")
-    deadline_ms, max_tier, trace, profile = _parse_parameters(document.get("parameters"), tiers)
+    deadline_ms, max_tier, trace, profile, priority = _parse_parameters(
+        document.get("parameters"), tiers
+    )
     output_names = _parse_outputs(document.get("outputs"))
     rows = parse_input(
         document.get("inputs"),
@@ -422,6 +434,7 @@ def parse_infer_request(
         trace=trace,
         output_names=output_names,
         profile=profile,
+        priority=priority,
     )
 
 

@@ -8,6 +8,7 @@ spec of the local models.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +18,9 @@ import numpy as np
 from cascade.backends import HttpModel, InputSpec, Model, open_model
 from cascade.catalog import TierInfo, require_model_files, resolve_tiers
 from cascade.errors import PolicyError
-from cascade.load import Gear, GearShifter
+from cascade.load import DEFAULT_PRIORITY, Gear, GearShifter, Refusal, admit
 from cascade.policy import Policy, PolicyFile
-from cascade.routing import BatchResult, Engine, Ranker
+from cascade.routing import BatchResult, Engine, Ranker, routed_tiers
 from cascade.serving._caching import AnswerCaches
 from cascade.serving._coalescer import Coalescer
 from cascade.serving._profile import Profile
@@ -168,9 +169,11 @@ class ServedModel(Served):
         *,
         remote: Mapping[str, RemoteFactory],
         coalesce_ms: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         tiers = _open_tiers(loaded, remote)
         super().__init__(tiers, loaded.policy)
+        self._clock = clock  # the gears' (tests inject one)
         self.classes = tiers.classes
         self.n_classes = tiers.n_classes or 0
         self.engine = Engine(
@@ -181,6 +184,7 @@ class ServedModel(Served):
             base_dir=loaded.base_dir,
         )
         self.coalescer = Coalescer(self._run_batch, max_wait_ms=coalesce_ms)
+        self._costs = tiers.costs
         self.caches: AnswerCaches | None = None
         self._take_policy(loaded.policy, cache_changed=True)
 
@@ -194,11 +198,12 @@ class ServedModel(Served):
         timeline: bool = False,
     ) -> Awaitable[BatchResult]:
         # the engine's coroutine itself, not one wrapped around it: one frame per batch
+        gear = self.shifter.gear
         return self.engine.run_validated(
             rows,
             deadlines_ms=deadlines,
             max_tiers=caps,
-            gear=self.shifter.gear.name,
+            gear=gear if self.automatic else gear.name,
             timeline=timeline,
         )
 
@@ -221,26 +226,37 @@ class ServedModel(Served):
             Gear(g.name, float(g.queue_depth_at_least), g.max_tier, g.threshold_shift)
             for g in policy.gears
         ]
+        # no gears of the policy's own: automatic ones, on the queueing delay's share of
+        # the budget, each leaving out the most expensive tier still routed to
+        self.automatic = not policy.gears and policy.overload.auto_degrade
+        if self.automatic:
+            tiers = sorted(routed_tiers(policy.chain_routing), key=self._costs.__getitem__)
+            step = policy.overload.degrade_at
+            gears += [
+                Gear(f"auto-{tier}", step * k, tier)
+                for k, tier in enumerate(reversed(tiers[:-1]), start=1)
+            ]
         self.shifter = GearShifter(
-            gears, hysteresis=policy.gear_hysteresis, hold_s=policy.gear_hold_s
+            gears, hysteresis=policy.gear_hysteresis, hold_s=policy.gear_hold_s, clock=self._clock
         )
 
-    def admit(self, deadline_ms: float | None) -> str | None:
-        """Why a request with this deadline cannot be answered in time now, or ``None``.
+    def admit(
+        self, deadline_ms: float | None, rows: int, priority: int = DEFAULT_PRIORITY
+    ) -> Refusal | None:
+        """Why a request of ``rows`` rows with ``deadline_ms`` left cannot be answered in
+        time now (``None``: admitted), and the automatic gear's look at the queue.
 
-        The cheapest path is the first tier, after the batch running now (if any): when even
-        that is predicted to end past the deadline, shedding at once beats answering late.
+        The work ahead of it is the coalescer's: its running batches' rest and the rows
+        waiting, at the measured service time (:meth:`Coalescer.ahead_ms`). Before any
+        batch is measured, the cheapest path's latency estimate stands in.
         """
-        if deadline_ms is None:
-            return None
-        first = self.engine.latency_estimate(self.engine.first_tier)
-        wait = (self.coalescer.batch_ms or 0.0) if self.coalescer.busy else 0.0
-        if first + wait <= deadline_ms:
-            return None
-        return (
-            f"cannot answer within deadline_ms={deadline_ms:g}: the cheapest path "
-            f"('{self.engine.first_tier}') needs about {first + wait:.3g} ms now"
-        )
+        ahead_ms, own_ms = self.coalescer.ahead_ms(rows)
+        if own_ms == 0.0:
+            own_ms = self.engine.latency_estimate(self.engine.first_tier)
+        budget = self.policy.overload.target_delay_ms if deadline_ms is None else deadline_ms
+        if self.automatic and budget is not None:
+            self.shifter.update(ahead_ms / max(budget, 1e-3))
+        return admit(deadline_ms, ahead_ms=ahead_ms, own_ms=own_ms, priority=priority)
 
     async def infer(
         self,
@@ -249,6 +265,7 @@ class ServedModel(Served):
         deadline_ms: float | None,
         max_tier: str | None,
         profile: Profile | None = None,
+        priority: int = DEFAULT_PRIORITY,
     ) -> tuple[Any, tuple[Any, ...]]:
         """Probabilities and decisions for ``rows`` (validated: the request parser's), from
         the caches, else the cascade. ``profile``: this request is profiled (its cache,
@@ -258,7 +275,11 @@ class ServedModel(Served):
         # then allocates nothing more for it (a captured variable costs a cell per call)
         def route(misses: Any, profile: Profile | None) -> Any:
             return self.coalescer.submit(
-                misses, deadline_ms=deadline_ms, max_tier=max_tier, profile=profile
+                misses,
+                deadline_ms=deadline_ms,
+                max_tier=max_tier,
+                profile=profile,
+                priority=priority,
             )
 
         if self.caches is None:

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cascade.errors import CascadeError, CircuitOpen, InputError
+from cascade.errors import CascadeError, CircuitOpen, InputError, OverloadedError
 from cascade.policy import PolicyFile, parse_policy
+from cascade.serving._deadline import request_budget_ms
 from cascade.serving._profile import PROFILE_HEADER, Profile
 from cascade.serving._protocol import (
     build_infer_response,
@@ -64,7 +65,8 @@ class ServiceMetrics(Protocol):
         """One answered request: its rows' decisions and its time inside the service."""
 
     def shed(self, model: str, why: str) -> None:
-        """One request refused with a 503: ``admission``, ``late`` or ``body``."""
+        """One request refused with a 503: ``admission`` (on arrival), ``queue`` (when
+        dequeued), ``late`` (answered past its deadline), ``body`` or ``backpressure``."""
 
     def gear(self, model: str, index: int) -> None:
         """The gear engaged now (0: normal)."""
@@ -406,37 +408,42 @@ class InferenceService:
                 profile = self._profile(
                     headers, origin_s, read_s, asked=parsed.profile, sampled=sampled
                 )
+            budget_ms = request_budget_ms(headers, parsed.deadline_ms, wall_s=self.wall_clock())
         except InputError as exc:
             return HttpReply.error(str(exc), 400)
-        refusal = served.admit(parsed.deadline_ms)
+        refusal = served.admit(budget_ms, len(parsed.rows), parsed.priority)
         if refusal is not None:
             self.metrics.shed(name, "admission")
-            return unavailable(refusal)
+            return unavailable(refusal.reason, retry_after_s=refusal.retry_after_s)
         gears = bool(served.policy.gears)
         served.in_flight += 1
-        if gears:  # no gears: nothing to shift, and no cost per request
+        if gears:  # the policy's own gears follow the requests in flight
             served.shifter.update(served.in_flight)
         if profile is not None:
             profile.mark("admission")
         try:
             probabilities, decisions = await served.infer(
                 parsed.rows,
-                deadline_ms=parsed.deadline_ms,
+                deadline_ms=budget_ms,
                 max_tier=parsed.max_tier,
                 profile=profile,
+                priority=parsed.priority,
             )
         except (TimeoutError, CascadeError) as exc:
+            if isinstance(exc, OverloadedError):
+                self.metrics.shed(name, "queue")
             return _failed(name, exc)
         finally:
             served.in_flight -= 1
         elapsed_ms = (self.clock() - began) * 1000
-        if parsed.deadline_ms is not None and elapsed_ms > parsed.deadline_ms:
+        if budget_ms is not None and elapsed_ms > budget_ms:
             # never a late answer as a normal 200: the client has given up on it by now
             self.metrics.shed(name, "late")
             return unavailable(
-                f"deadline_ms={parsed.deadline_ms:g} passed: the answer took {elapsed_ms:.1f} ms"
+                f"the deadline passed: the answer took {elapsed_ms:.1f} ms here, "
+                f"{budget_ms:.1f} ms were left on arrival"
             )
-        if gears:
+        if gears or served.automatic:
             self.metrics.gear(name, served.shifter.state.index)
         self.metrics.record(name, decisions, elapsed_ms)
         if served.caches is not None:
@@ -530,7 +537,7 @@ def _failed(model: str, exc: TimeoutError | CascadeError) -> HttpReply:
     (the engine checks the rows too), else 503 with Retry-After (an open circuit says when)."""
     if isinstance(exc, InputError):
         return HttpReply.error(str(exc), 400)
-    retry_after_s = exc.retry_after_s if isinstance(exc, CircuitOpen) else 1.0
+    retry_after_s = exc.retry_after_s if isinstance(exc, CircuitOpen | OverloadedError) else 1.0
     return unavailable(f"model '{model}' failed: {exc}", retry_after_s=retry_after_s)
 
 

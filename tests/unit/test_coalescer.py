@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cascade.backends import FakeModel
-from cascade.errors import BackendError
+from cascade.errors import BackendError, OverloadedError
 from cascade.policy import Policy
 from cascade.routing import BatchResult, Decision, Engine
 from cascade.serving import Coalescer
@@ -322,3 +322,77 @@ def test_eager_coalescer_runs_a_lone_request_at_once_and_batches_under_load() ->
         assert lone[0][0, 0] == 7.0 and calls == [1, 4, 1]
 
     asyncio.run(main())
+
+
+def test_a_queued_request_whose_deadline_ran_out_is_refused_before_it_is_served() -> None:
+    async def main() -> tuple[Recorder, Any, Any]:
+        run = Recorder()
+        run.gate = asyncio.Event()
+        coalescer = Coalescer(run, max_running=1)
+        coalescer.timer.observe(rows=1, ms=5.0)  # measured: 5 ms a row
+        first = asyncio.ensure_future(coalescer.submit(rows_with_ids(1)))
+        await run.started.wait()  # the first batch holds the engine
+        stale = asyncio.ensure_future(coalescer.submit(rows_with_ids(2), deadline_ms=20.0))
+        patient = asyncio.ensure_future(coalescer.submit(rows_with_ids(3)))
+        await asyncio.sleep(0.05)  # longer than the 20 ms the stale request had
+        assert coalescer.pending_rows == 2  # both wait here, behind the running batch
+        run.gate.set()
+        await first
+        results = await asyncio.gather(stale, patient, return_exceptions=True)
+        return run, results[0], results[1]
+
+    run, stale, patient = asyncio.run(asyncio.wait_for(main(), timeout=30))
+    assert isinstance(stale, OverloadedError)
+    assert "shed after" in str(stale) and "in the queue" in str(stale)
+    check_own_answers(rows_with_ids(3), patient)
+    served = [int(i) for rows, _ in run.calls for i in rows[:, 0]]
+    assert served == [1, 3]  # no work was spent on the stale request
+
+
+def test_a_batch_takes_the_higher_priority_class_first() -> None:
+    async def main() -> Recorder:
+        run = Recorder()
+        run.gate = asyncio.Event()
+        coalescer = Coalescer(run, max_running=1, max_batch_rows=2)
+        first = asyncio.ensure_future(coalescer.submit(rows_with_ids(1)))
+        await run.started.wait()
+        low = asyncio.ensure_future(coalescer.submit(rows_with_ids(20, 21), priority=3))
+        normal = asyncio.ensure_future(coalescer.submit(rows_with_ids(30, 31)))
+        high = asyncio.ensure_future(coalescer.submit(rows_with_ids(10, 11), priority=1))
+        await asyncio.sleep(0)
+        run.gate.set()
+        await asyncio.gather(first, low, normal, high)
+        return run
+
+    run = asyncio.run(asyncio.wait_for(main(), timeout=30))
+    order = [rows[:, 0].tolist() for rows, _ in run.calls]
+    assert order == [[1], [10, 11], [30, 31], [20, 21]]
+
+
+def test_the_work_ahead_is_the_measured_service_time_of_the_rows_queued() -> None:
+    async def main() -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+        run = Recorder()
+        run.gate = asyncio.Event()
+        coalescer = Coalescer(run, max_running=1, max_batch_rows=8)
+        before = coalescer.ahead_ms(4)  # nothing measured: no estimate to refuse by
+        for rows in (2, 4, 8):
+            coalescer.timer.observe(rows, 1.0 + 0.5 * rows)  # 1 ms a batch, 0.5 a row
+        idle = coalescer.ahead_ms(4)
+        first = asyncio.ensure_future(coalescer.submit(rows_with_ids(*range(8))))
+        await run.started.wait()
+        queued = [asyncio.ensure_future(coalescer.submit(rows_with_ids(*range(4))))
+                   for _ in range(3)]  # fmt: skip
+        await asyncio.sleep(0)
+        busy = coalescer.ahead_ms(4)
+        run.gate.set()
+        await asyncio.gather(first, *queued)
+        return before, idle, busy
+
+    before, idle, busy = asyncio.run(asyncio.wait_for(main(), timeout=30))
+    assert before == (0.0, 0.0)
+    assert idle == (0.0, pytest.approx(3.0))  # one batch of 4 rows: 1 + 4 * 0.5
+    ahead, own = busy
+    # the running batch (8 rows) and 12 rows queued (two more batches), less the few
+    # microseconds the running batch has already run
+    assert ahead == pytest.approx(3 * 1.0 + 20 * 0.5, abs=0.5)
+    assert own == pytest.approx(3.0)

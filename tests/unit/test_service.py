@@ -313,3 +313,115 @@ def test_degraded_answers_are_not_cached(
     rows = np.asarray(read_dataset("digits").test.X[:2], dtype=np.float32)
     assert [d["degraded"] for d in _decisions(svc, rows)] == [True, True]
     assert [d["cache_hit"] for d in _decisions(svc, rows)] == [False, False]
+
+
+def test_a_deadline_already_passed_on_arrival_is_a_fast_503(service: InferenceService) -> None:
+    rows = np.asarray(read_dataset("digits").test.X[:2], dtype=np.float32)
+    # an absolute deadline a second ago: it went stale before it reached the service
+    stale = {"x-cascade-deadline": str(service.wall_clock() - 1.0)}
+    reply, body = _call(service, "POST", "/v2/models/digits/infer", _infer_body(rows), stale)
+    assert reply.status == 503 and reply.headers["retry-after"] == "1"
+    assert "deadline passed before the request reached the queue" in body["error"]
+    assert ("shed", "digits", "admission") in service.metrics.events  # type: ignore[attr-defined]
+    # a budget that is left: answered
+    fresh = {"grpc-timeout": "30S"}
+    reply, body = _call(service, "POST", "/v2/models/digits/infer", _infer_body(rows), fresh)
+    assert reply.status == 200, body
+
+
+@pytest.mark.parametrize(
+    ("headers", "parameters", "message"),
+    [
+        ({"grpc-timeout": "soon"}, {}, "grpc-timeout must be up to 8 digits"),
+        ({"x-cascade-deadline": "never"}, {}, "x-cascade-deadline must be epoch seconds"),
+        ({}, {"priority": -1}, "parameters.priority must be a whole number >= 0"),
+        ({}, {"priority": "high"}, "parameters.priority must be a whole number >= 0"),
+        ({}, {"priority": True}, "parameters.priority must be a whole number >= 0"),
+    ],
+)
+def test_a_bad_deadline_header_or_priority_is_a_400(
+    service: InferenceService, headers: dict[str, str], parameters: dict[str, Any], message: str
+) -> None:
+    rows = np.asarray(read_dataset("digits").test.X[:1], dtype=np.float32)
+    body = _infer_body(rows, **parameters)
+    reply, answer = _call(service, "POST", "/v2/models/digits/infer", body, headers)
+    assert reply.status == 400 and message in answer["error"]
+
+
+def test_a_cascade_without_gears_degrades_by_itself_and_recovers_with_hysteresis(
+    digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cascade.policy import read_policy
+    from cascade.serving import ServedModel
+
+    models, _ = digits_zoo
+    path = tmp_path / "digits.yaml"
+    path.write_text(
+        _policy_text(models)
+        .replace("  large:", f"  small: {{model: {models / 'small.onnx'}}}\n  large:")
+        .replace("    - {tier: large}", "    - {tier: small, threshold: 0.9}\n    - {tier: large}")
+        + "gear_hold_s: 2.0\ngear_hysteresis: 0.2\n"
+    )  # fmt: skip
+    now = [100.0]
+    served = ServedModel(read_policy(path), remote=_remote()("digits"), clock=lambda: now[0])
+    assert served.automatic
+    assert [(g.name, g.above, g.max_tier) for g in served.shifter.gears] == [
+        ("normal", 0.0, None), ("auto-small", 0.3, "small"), ("auto-tiny", 0.6, "tiny")
+    ]  # fmt: skip
+    ahead = [0.0]
+    monkeypatch.setattr(served.coalescer, "ahead_ms", lambda rows: (ahead[0], 1.0))
+
+    def gear_after(ahead_ms: float, *, at: float, deadline_ms: float | None = 100.0) -> str:
+        ahead[0], now[0] = ahead_ms, at
+        served.admit(deadline_ms, rows=1)
+        return served.shifter.gear.name
+
+    assert gear_after(10.0, at=100.0) == "normal"
+    assert gear_after(35.0, at=100.1) == "auto-small"  # the queue holds 35 % of the budget
+    assert gear_after(70.0, at=100.2) == "auto-tiny"  # 70 %: only the cheapest tier
+    assert gear_after(55.0, at=100.3) == "auto-tiny"  # below 0.6 but not by the margin
+    assert gear_after(40.0, at=100.4) == "auto-tiny"  # calm since now...
+    assert gear_after(40.0, at=102.0) == "auto-tiny"  # ...not for hold_s yet
+    assert gear_after(40.0, at=102.5) == "auto-small"  # one step down after 2 s calm
+    assert gear_after(0.0, at=103.0) == "auto-small"
+    assert gear_after(0.0, at=104.6) == "auto-small"  # calm since 103.0 only
+    assert gear_after(0.0, at=105.1) == "normal"
+    # a request without a deadline has nothing to threaten: it does not move the gear
+    assert gear_after(80.0, at=106.0, deadline_ms=None) == "normal"
+
+    # hand-written gears take precedence: no automatic ones then
+    path.write_text(
+        path.read_text() + "gears:\n  - {name: busy, queue_depth_at_least: 4, max_tier: small}\n"
+    )
+    geared = ServedModel(read_policy(path), remote=_remote()("digits"))
+    assert not geared.automatic
+    assert [g.name for g in geared.shifter.gears] == ["normal", "busy"]
+    path.write_text(
+        path.read_text().replace(
+            "gears:\n  - {name: busy, queue_depth_at_least: 4, max_tier: small}\n",
+            "overload: {auto_degrade: false}\n",
+        )
+    )
+    assert not ServedModel(read_policy(path), remote=_remote()("digits")).automatic
+
+
+def test_an_automatic_gear_caps_the_route_and_flags_answers_degraded(
+    digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path
+) -> None:
+    from cascade.load import Gear
+
+    models, _ = digits_zoo
+    path = tmp_path / "digits.yaml"
+    path.write_text(_policy_text(models, threshold=0.999))  # most rows would escalate
+    svc = InferenceService(metrics=_Recorder())
+    svc.apply_policies([PolicyText(str(path), path.read_text())], remote=_remote())
+    served = svc.models["digits"]
+    rows = np.asarray(read_dataset("digits").test.X[:20], dtype=np.float32)
+    engine = served.engine  # type: ignore[union-attr]
+    full = asyncio.run(engine.run(rows))
+    capped = asyncio.run(engine.run(rows, gear=Gear("auto-tiny", 0.3, "tiny")))
+    assert {d.answered_by for d in full.decisions} == {"tiny", "large"}
+    assert {d.answered_by for d in capped.decisions} == {"tiny"}
+    escalated = [d.answered_by == "large" for d in full.decisions]
+    assert [d.degraded for d in capped.decisions] == escalated
+    assert {d.gear for d in capped.decisions} == {"auto-tiny"}
