@@ -80,7 +80,7 @@ def plan_gears(
     Each chosen gear costs at most ``1 - min_cost_cut`` of the one before (the first: of full
     quality) and is the most accurate candidate that does. ``capacity_rps`` is the measured
     throughput of the full-quality service (``cascade bench``); ``max_depth`` stays below the
-    replica's ``max_ongoing_requests`` (64 by default), or the gear could never engage.
+    replica's ``max_ongoing_requests`` (512 by default), or the gear could never engage.
 
     Example::
 

@@ -20,7 +20,9 @@ from cascade.load._admission import (
     Refusal,
     ServiceEstimate,
     ServiceTimer,
+    StandingDelay,
     admit,
+    behind,
     headroom,
 )
 from cascade.load._breaker import BreakerState, BreakerStats, CircuitBreaker
@@ -41,9 +43,11 @@ __all__ = [
     "Refusal",
     "ServiceEstimate",
     "ServiceTimer",
+    "StandingDelay",
     "TierLoad",
     "TierLoadSnapshot",
     "admit",
+    "behind",
     "check_gears",
     "headroom",
     "shift_gear",

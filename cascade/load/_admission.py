@@ -20,6 +20,8 @@ queue grows. ``HEADROOM`` gives the share of its budget a class may spend waitin
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -28,7 +30,9 @@ __all__ = [
     "Refusal",
     "ServiceEstimate",
     "ServiceTimer",
+    "StandingDelay",
     "admit",
+    "behind",
     "headroom",
 ]
 
@@ -174,3 +178,72 @@ def admit(
         if allowed < budget_ms:
             reason += f" (priority {priority or DEFAULT_PRIORITY} may use {allowed:.3g})"
     return Refusal(reason, predicted, max(ahead_ms, 0.0) / 1000.0)
+
+
+class StandingDelay:
+    """CoDel's test for a standing queue, applied to the delay before the service's code.
+
+    When the process cannot read its requests as fast as they arrive (its core is busy
+    answering the ones it admitted), they wait in sockets and in the event loop, where no
+    queue of ours sees them, and a shed costs as much as it did before. Their delay on
+    arrival (from the client's send time) shows it: a burst delays a few requests, a backlog
+    delays all of them. As in CoDel, the *minimum* delay over an interval is the standing
+    part; ``standing_ms`` is that of the last complete interval (0 before one).
+
+    Example::
+
+        delay = StandingDelay(interval_s=0.1)
+        delay.observe(12.0)
+        delay.standing_ms  # the least delay of the previous 100 ms
+    """
+
+    def __init__(
+        self, *, interval_s: float = 0.1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not (math.isfinite(interval_s) and interval_s > 0):
+            raise ValueError(f"interval_s must be a positive number, got {interval_s}")
+        self._interval_s = interval_s
+        self._clock = clock
+        self._ends = clock() + interval_s
+        self._least = math.inf
+        self.standing_ms = 0.0
+
+    def observe(self, delay_ms: float) -> float:
+        """One request arrived ``delay_ms`` after its send; the standing delay now."""
+        now = self._clock()
+        if now >= self._ends:
+            # an interval with no arrival at all had no queue either
+            idle = now >= self._ends + self._interval_s
+            self.standing_ms = 0.0 if idle or math.isinf(self._least) else self._least
+            self._least = math.inf
+            self._ends = now + self._interval_s
+        self._least = min(self._least, max(0.0, delay_ms))
+        return self.standing_ms
+
+
+def behind(
+    delay_ms: float | None, standing_ms: float, budget_ms: float | None, priority: int = 0
+) -> Refusal | None:
+    """Refuse a request that reached the service ``delay_ms`` after its send, while the
+    delay before the service's code stands above the target: 3 % of the request's whole
+    budget (``budget_ms``, from its send), at least 5 ms; twice that for priority 1.
+
+    Shedding on arrival is then not enough: the process spends its core on the work it
+    admitted and reads requests late, so even its 503s are late. Refusing the delayed ones
+    until the backlog is gone frees the core to read, and keeps a shed fast.
+
+    Example::
+
+        behind(80.0, standing_ms=60.0, budget_ms=1000.0)  # refused: 60 ms > 30 ms
+    """
+    if delay_ms is None or budget_ms is None:
+        return None
+    target = max(5.0, 0.03 * budget_ms) * (2.0 if priority == 1 else 1.0)
+    if standing_ms <= target or delay_ms <= target:
+        return None
+    return Refusal(
+        f"the server is behind its arrivals: requests reach it {standing_ms:.3g} ms or more "
+        f"after they are sent (target {target:.3g} ms)",
+        delay_ms,
+        standing_ms / 1000.0,
+    )

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from cascade.errors import InputError
 from cascade.serving._profile import PROFILE_HEADER
 
-__all__ = ["DEADLINE_HEADER", "DEADLINE_HEADERS", "request_budget_ms"]
+__all__ = ["DEADLINE_HEADER", "DEADLINE_HEADERS", "request_budget_ms", "sent_delay_ms"]
 
 DEADLINE_HEADER = "x-cascade-deadline"
 _GRPC = "grpc-timeout"
@@ -91,3 +91,13 @@ def request_budget_ms(
     if deadline is not None:
         budgets.append((deadline - wall_s) * 1000.0)
     return min(budgets) if budgets else None
+
+
+def sent_delay_ms(headers: Mapping[str, str], *, wall_s: float) -> float | None:
+    """How long after its send (``x-cascade-sent-at``) the request reached the service at
+    epoch time ``wall_s``; ``None`` without the header or with a send time ahead of this
+    clock (another machine's). Raises ``InputError`` for a header that does not parse."""
+    sent = _epoch(headers, PROFILE_HEADER)
+    if sent is None or sent > wall_s:
+        return None
+    return (wall_s - sent) * 1000.0

@@ -8,6 +8,7 @@ spec of the local models.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,15 @@ import numpy as np
 from cascade.backends import HttpModel, InputSpec, Model, open_model
 from cascade.catalog import TierInfo, require_model_files, resolve_tiers
 from cascade.errors import PolicyError
-from cascade.load import DEFAULT_PRIORITY, Gear, GearShifter, Refusal, admit
+from cascade.load import (
+    DEFAULT_PRIORITY,
+    Gear,
+    GearShifter,
+    Refusal,
+    StandingDelay,
+    admit,
+    behind,
+)
 from cascade.policy import Policy, PolicyFile
 from cascade.routing import BatchResult, Engine, Ranker, routed_tiers
 from cascade.serving._caching import AnswerCaches
@@ -183,8 +192,18 @@ class ServedModel(Served):
             latency_ms={n: t.latency_ms for n, t in tiers.info.items()},
             base_dir=loaded.base_dir,
         )
-        self.coalescer = Coalescer(self._run_batch, max_wait_ms=coalesce_ms)
+        # the queue discipline: FIFO, the default; CASCADE_QUEUE=adaptive-lifo is there
+        # only to measure the alternative (benchmarks/overload.py --queue)
+        discipline = os.environ.get("CASCADE_QUEUE", "fifo")
+        if discipline not in ("fifo", "adaptive-lifo"):
+            raise PolicyError(f"CASCADE_QUEUE must be fifo or adaptive-lifo, got {discipline!r}")
+        self.coalescer = Coalescer(
+            self._run_batch,
+            max_wait_ms=coalesce_ms,
+            discipline="adaptive-lifo" if discipline == "adaptive-lifo" else "fifo",
+        )
         self._costs = tiers.costs
+        self.arrivals = StandingDelay(clock=clock)  # the delay before our code
         self.caches: AnswerCaches | None = None
         self._take_policy(loaded.policy, cache_changed=True)
 
@@ -241,21 +260,38 @@ class ServedModel(Served):
         )
 
     def admit(
-        self, deadline_ms: float | None, rows: int, priority: int = DEFAULT_PRIORITY
+        self,
+        deadline_ms: float | None,
+        rows: int,
+        priority: int = DEFAULT_PRIORITY,
+        *,
+        delay_ms: float | None = None,
     ) -> Refusal | None:
         """Why a request of ``rows`` rows with ``deadline_ms`` left cannot be answered in
         time now (``None``: admitted), and the automatic gear's look at the queue.
 
         The work ahead of it is the coalescer's: its running batches' rest and the rows
         waiting, at the measured service time (:meth:`Coalescer.ahead_ms`). Before any
-        batch is measured, the cheapest path's latency estimate stands in.
+        batch is measured, the cheapest path's latency estimate stands in. ``delay_ms``: how
+        long after its send it got here (when the client said when it sent it): while that
+        delay stands above its target the process is behind its arrivals, and the delayed
+        requests are refused (:func:`~cascade.load.behind`).
         """
         ahead_ms, own_ms = self.coalescer.ahead_ms(rows)
         if own_ms == 0.0:
             own_ms = self.engine.latency_estimate(self.engine.first_tier)
+        waited = 0.0 if delay_ms is None else delay_ms
         budget = self.policy.overload.target_delay_ms if deadline_ms is None else deadline_ms
         if self.automatic and budget is not None:
-            self.shifter.update(ahead_ms / max(budget, 1e-3))
+            # the share of the whole budget (from the send) the queues take: ours and the
+            # one before our code
+            self.shifter.update((ahead_ms + waited) / max(budget + waited, 1e-3))
+        if delay_ms is not None:
+            standing = self.arrivals.observe(delay_ms)
+            whole = None if deadline_ms is None else deadline_ms + delay_ms
+            refusal = behind(delay_ms, standing, whole, priority)
+            if refusal is not None:
+                return refusal
         return admit(deadline_ms, ahead_ms=ahead_ms, own_ms=own_ms, priority=priority)
 
     async def infer(

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from cascade.errors import CascadeError, CircuitOpen, InputError, OverloadedError
 from cascade.policy import PolicyFile, parse_policy
-from cascade.serving._deadline import request_budget_ms
+from cascade.serving._deadline import request_budget_ms, sent_delay_ms
 from cascade.serving._profile import PROFILE_HEADER, Profile
 from cascade.serving._protocol import (
     build_infer_response,
@@ -408,10 +408,12 @@ class InferenceService:
                 profile = self._profile(
                     headers, origin_s, read_s, asked=parsed.profile, sampled=sampled
                 )
-            budget_ms = request_budget_ms(headers, parsed.deadline_ms, wall_s=self.wall_clock())
+            wall_s = self.wall_clock()
+            budget_ms = request_budget_ms(headers, parsed.deadline_ms, wall_s=wall_s)
+            delay_ms = sent_delay_ms(headers, wall_s=wall_s)
         except InputError as exc:
             return HttpReply.error(str(exc), 400)
-        refusal = served.admit(budget_ms, len(parsed.rows), parsed.priority)
+        refusal = served.admit(budget_ms, len(parsed.rows), parsed.priority, delay_ms=delay_ms)
         if refusal is not None:
             self.metrics.shed(name, "admission")
             return unavailable(refusal.reason, retry_after_s=refusal.retry_after_s)

@@ -40,7 +40,10 @@ class ServingLimits(BaseModel):
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body")
     coalesce_ms: float = Field(2.0, ge=0, description="window coalescing concurrent requests")
     max_ongoing_requests: int = Field(
-        64, ge=1, description="requests one serving process (replica) runs at once"
+        512,
+        ge=1,
+        description="requests one serving process (replica) holds at once: enough that "
+        "overload queues in cascade's own deadline-aware queue, not in front of it",
     )
     max_queued_requests: int = Field(
         256, ge=-1, description="requests waiting beyond those before a 503 (-1: no limit)"
@@ -82,7 +85,7 @@ def tier_options(policy: Policy, tier: str, args: AppArgs) -> dict[str, Any]:
     Example::
 
         tier_options(read_policy("policies/digits.yaml").policy, "large", AppArgs(policies=[...]))
-        # {'name': 'digits-large', 'max_ongoing_requests': 64, ..., 'num_replicas': 1}
+        # {'name': 'digits-large', 'max_ongoing_requests': 512, ..., 'num_replicas': 1}
     """
     spec = policy.tiers[tier]
     actor: dict[str, Any] = {"num_cpus": spec.resources.num_cpus}

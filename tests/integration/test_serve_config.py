@@ -28,12 +28,13 @@ def test_config_validates_against_serve_schema(capsys: pytest.CaptureFixture[str
     deployments = {d["name"]: d for d in app["deployments"]}
     assert sorted(deployments) == ["Ingress", "covertype-large", "digits-large"]
     assert deployments["Ingress"] == {
-        "name": "Ingress", "num_replicas": 1, "max_ongoing_requests": 64,
+        "name": "Ingress", "num_replicas": 1, "max_ongoing_requests": 512,
         "max_queued_requests": 256, "ray_actor_options": {"num_cpus": 0.5},
     }  # fmt: skip
-    # covertype's large tier: a batch of 128 calls fits in one replica; autoscaling 1-4
+    # covertype's large tier: the replica's default (512) holds its batch of 128 calls and
+    # lets calls wait in its @serve.batch queue, where their deadlines are checked
     large = deployments["covertype-large"]
-    assert large["max_ongoing_requests"] == 128
+    assert large["max_ongoing_requests"] == 512
     assert large["autoscaling_config"]["min_replicas"] == 1
     assert large["autoscaling_config"]["max_replicas"] == 4
     assert "num_replicas" not in large
@@ -60,12 +61,12 @@ def test_a_gear_the_replica_cannot_reach_is_refused(
         "name: geared\nallow_outside_paths: true\n"
         f"tiers:\n  tiny: {{model: {models / 'tiny.onnx'}}}\n"
         "routing:\n  kind: confidence\n  chain:\n    - {tier: tiny}\n"
-        "gears:\n  - {name: swamped, queue_depth_at_least: 100}\n"
+        "gears:\n  - {name: swamped, queue_depth_at_least: 600}\n"
     )
     with pytest.raises(PolicyError, match=r"gears \['swamped'\] engage above "
-                       r"max_ongoing_requests \(64\)"):  # fmt: skip
+                       r"max_ongoing_requests \(512\)"):  # fmt: skip
         build_app({"policies": [str(policy)]})
-    build_app({"policies": [str(policy)], "max_ongoing_requests": 128})  # now it can engage
+    build_app({"policies": [str(policy)], "max_ongoing_requests": 640})  # now it can engage
 
 
 def _policy(directory: Path, large: str) -> Path:

@@ -130,3 +130,36 @@ def test_a_deadline_header_that_does_not_parse_is_the_clients_mistake(
 ) -> None:
     with pytest.raises(InputError, match=message):
         request_budget_ms(headers, None, wall_s=WALL)
+
+
+def test_the_standing_delay_is_the_least_delay_of_the_last_interval() -> None:
+    from cascade.load import StandingDelay
+
+    now = [0.0]
+    delay = StandingDelay(interval_s=0.1, clock=lambda: now[0])
+    for at, ms in [(0.01, 40.0), (0.05, 3.0), (0.09, 50.0)]:  # a burst: one request was quick
+        now[0] = at
+        assert delay.observe(ms) == 0.0  # no interval complete yet
+    now[0] = 0.12
+    assert delay.observe(60.0) == 3.0  # the first interval's least: no standing queue
+    for at in (0.15, 0.2):
+        now[0] = at
+        delay.observe(70.0)
+    now[0] = 0.25
+    assert delay.observe(80.0) == 60.0  # every request of that interval waited >= 60 ms
+    now[0] = 1.0  # a quiet spell: an interval with no arrival had no queue
+    assert delay.observe(2.0) == 0.0
+
+
+def test_requests_are_refused_while_the_delay_before_the_service_stands_high() -> None:
+    from cascade.load import behind
+
+    refusal = behind(80.0, standing_ms=60.0, budget_ms=1000.0)  # target: 3 % of 1 s
+    assert refusal is not None and "behind its arrivals" in refusal.reason
+    assert refusal.retry_after_s == pytest.approx(0.06)
+    assert behind(80.0, standing_ms=20.0, budget_ms=1000.0) is None  # not standing
+    assert behind(10.0, standing_ms=60.0, budget_ms=1000.0) is None  # this one came quick
+    assert behind(80.0, standing_ms=60.0, budget_ms=None) is None  # no deadline to keep
+    assert behind(None, standing_ms=60.0, budget_ms=1000.0) is None  # no send time
+    assert behind(80.0, standing_ms=50.0, budget_ms=1000.0, priority=1) is None  # 2x target
+    assert behind(6.0, standing_ms=6.0, budget_ms=100.0) is not None  # at least 5 ms

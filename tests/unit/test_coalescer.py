@@ -396,3 +396,25 @@ def test_the_work_ahead_is_the_measured_service_time_of_the_rows_queued() -> Non
     # microseconds the running batch has already run
     assert ahead == pytest.approx(3 * 1.0 + 20 * 0.5, abs=0.5)
     assert own == pytest.approx(3.0)
+
+
+def test_adaptive_lifo_serves_the_newest_first_once_a_queue_forms() -> None:
+    async def main(discipline: Any) -> list[list[int]]:
+        run = Recorder()
+        run.gate = asyncio.Event()
+        coalescer = Coalescer(run, max_running=1, max_batch_rows=2, discipline=discipline)
+        first = asyncio.ensure_future(coalescer.submit(rows_with_ids(1)))
+        await run.started.wait()
+        queued = []
+        for i in (10, 20, 30):  # three batches' worth wait: a queue has formed
+            queued.append(asyncio.ensure_future(coalescer.submit(rows_with_ids(i, i + 1))))
+            await asyncio.sleep(0.001)  # distinct arrival times
+        run.gate.set()
+        await asyncio.gather(first, *queued)
+        return [rows[:, 0].tolist() for rows, _ in run.calls]
+
+    assert asyncio.run(main("fifo")) == [[1], [10, 11], [20, 21], [30, 31]]
+    # newest first while more than a batch waits; the last one left is served as it comes
+    assert asyncio.run(main("adaptive-lifo")) == [[1], [30, 31], [20, 21], [10, 11]]
+    with pytest.raises(ValueError, match="discipline"):
+        Coalescer(Recorder(), discipline="random")  # type: ignore[arg-type]

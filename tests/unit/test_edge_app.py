@@ -176,7 +176,7 @@ def test_prometheus_text_of_histograms_gauges_and_escaped_labels() -> None:
 
 def test_settings_mirror_the_ray_runtime() -> None:
     settings = EdgeSettings(policies=["p.yaml"])
-    assert settings.max_requests == 64 + 256
+    assert settings.max_requests == 512 + 256
     assert EdgeSettings(policies=["p.yaml"], max_queued_requests=-1).max_requests > 10**6
     with pytest.raises(ValueError, match="at least 1 item"):
         EdgeSettings(policies=[])
