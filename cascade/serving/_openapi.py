@@ -76,6 +76,12 @@ _INFER_REQUEST = {
                     "type": "boolean",
                     "description": "latency profile, as a JSON string in parameters.profile",
                 },
+                "priority": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "priority class, Triton's convention: 1 highest, 0 default "
+                    "(2); lower classes are refused first under overload",
+                },
             },
         },
     },
@@ -95,6 +101,25 @@ _INFER_RESPONSE = {
         },
     },
 }
+
+
+def _header(name: str, description: str, pattern: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "description": description,
+            "schema": {"type": "string", "pattern": pattern}}  # fmt: skip
+
+
+_EPOCH = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"
+# the deadline a client may send in a header instead of (or besides) parameters.deadline_ms;
+# the tightest counts (cascade.serving._deadline)
+_DEADLINE_HEADERS = [
+    _header("grpc-timeout", "relative budget, gRPC's format: 250m is 250 ms",
+            r"^[0-9]{1,8}[HMSmun]$"),
+    _header("x-envoy-expected-rq-timeout-ms", "relative budget in ms (Envoy, Istio)",
+            r"^[0-9]{1,9}(\.[0-9]{1,6})?$"),
+    _header("x-cascade-deadline", "absolute deadline, epoch seconds", _EPOCH),
+    _header("x-cascade-sent-at", "when the client sent the request, epoch seconds: relative "
+            "budgets count from it", _EPOCH),
+]  # fmt: skip
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -153,7 +178,7 @@ def openapi_document(models: list[str]) -> dict[str, Any]:
             "/v2/models/{name}/infer": {
                 "post": {
                     "summary": "inference through the cascade",
-                    "parameters": name_param,
+                    "parameters": name_param + _DEADLINE_HEADERS,
                     "requestBody": {
                         "required": True,
                         "content": {
