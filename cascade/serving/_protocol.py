@@ -127,6 +127,9 @@ def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
         raise InputError(f"request body is not valid JSON: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise InputError(f"request body is not UTF-8 text: {exc}") from exc
+    except RecursionError:
+        # the client's mistake (say, 100,000 nested arrays), not the server's: a 400
+        raise InputError("request body is JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise InputError(f"request body must be a JSON object, got {type_name(document)}")
     return document

@@ -254,7 +254,10 @@ class InferenceService:
         return HttpReply.json({"live": True})
 
     async def _ready(self, **_: Any) -> HttpReply:
-        return HttpReply.json({"ready": bool(self.models)})
+        # the protocol reads the status code (200: ready; 4xx: not, as Triton answers 400),
+        # and so do Kubernetes probes and tritonclient.is_server_ready()
+        ready = bool(self.models)
+        return HttpReply.json({"ready": ready}, 200 if ready else 400)
 
     async def _model_ready(self, name: str, **_: Any) -> HttpReply:
         served = self._model(name)

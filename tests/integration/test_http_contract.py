@@ -319,6 +319,7 @@ def test_concurrent_requests_are_all_answered(base_url: str) -> None:
     [
         (b"{not json", "request body is not valid JSON: Expecting property name"),
         (b'{"inputs": []}', "inputs"),
+        (b"[" * 100_000 + b"]" * 100_000, "request body is JSON nested too deeply"),
         (None, "does not match [batch, 64]"),
         ("nan", "non-finite"),
     ],

@@ -425,3 +425,25 @@ def test_an_automatic_gear_caps_the_route_and_flags_answers_degraded(
     escalated = [d.answered_by == "large" for d in full.decisions]
     assert [d.degraded for d in capped.decisions] == escalated
     assert {d.gear for d in capped.decisions} == {"auto-tiny"}
+
+
+def test_json_nested_past_any_depth_is_a_400_not_a_500(service: InferenceService) -> None:
+    for depth in (2_000, 1_500):  # the fixture takes bodies up to 4096 bytes
+        body = b"[" * depth + b"]" * depth
+        reply, answer = _call(service, "POST", "/v2/models/digits/infer", body)
+        assert reply.status == 400 and "nested too deeply" in answer["error"]
+        inner = b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": '
+        reply, answer = _call(service, "POST", "/v2/models/digits/infer",
+                              inner + b"[" * depth + b"1" + b"]" * depth + b"}]}")  # fmt: skip
+        assert reply.status == 400 and "nested too deeply" in answer["error"]
+    rows = np.asarray(read_dataset("digits").test.X[:1], dtype=np.float32)
+    reply, _ = _call(service, "POST", "/v2/models/digits/infer", _infer_body(rows))
+    assert reply.status == 200  # and it goes on serving
+
+
+def test_readiness_is_in_the_status_code_as_probes_and_clients_read_it() -> None:
+    empty = InferenceService()
+    reply, body = _call(empty, "GET", "/v2/health/ready")
+    assert (reply.status, body) == (400, {"ready": False})
+    reply, body = _call(empty, "GET", "/v2/health/live")
+    assert (reply.status, body) == (200, {"live": True})
