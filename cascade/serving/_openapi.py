@@ -152,13 +152,22 @@ def openapi_document(models: list[str]) -> dict[str, Any]:
             "version": "2",
         },
         "paths": {
+            "/v2": {
+                "get": {
+                    "summary": "server metadata: name, version, extensions",
+                    "responses": {"200": _json(ok, "server metadata")},
+                }
+            },
             "/v2/health/live": {
                 "get": {"summary": "liveness", "responses": {"200": _json(ok, "live")}}
             },
             "/v2/health/ready": {
                 "get": {
                     "summary": "readiness: a model is served",
-                    "responses": {"200": _json(ok, "ready")},
+                    "responses": {
+                        "200": _json(ok, "ready"),
+                        "400": _json(ok, "not ready: no model is served"),
+                    },
                 }
             },
             "/v2/models/{name}": {

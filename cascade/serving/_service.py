@@ -6,7 +6,7 @@ admission and decision trace exist once. No web framework sits on the request pa
 
 Routes::
 
-    GET  /v2/health/live    GET /v2/health/ready    GET /openapi.json
+    GET  /v2                GET /v2/health/live     GET /v2/health/ready    GET /openapi.json
     GET  /v2/models/{name}  GET /v2/models/{name}/ready
     POST /v2/models/{name}/infer
 """
@@ -161,6 +161,7 @@ class InferenceService:
         self.models: dict[str, ServedModel | ServedRanker] = {}
         self.reload_errors: dict[str, str] = {}
         self._routes: list[tuple[str, re.Pattern[str], _Handler]] = [
+            ("GET", re.compile(r"/v2"), self._server_metadata),
             ("GET", re.compile(r"/v2/health/live"), self._live),
             ("GET", re.compile(r"/v2/health/ready"), self._ready),
             ("GET", re.compile(r"/v2/models/([^/]+)"), self._metadata),
@@ -249,6 +250,14 @@ class InferenceService:
         return served
 
     # ---- routes ------------------------------------------------------------------------
+
+    async def _server_metadata(self, **_: Any) -> HttpReply:
+        from cascade import __version__
+
+        # the protocol's server metadata; the extension is the binary tensor data of inputs
+        return HttpReply.json(
+            {"name": "cascade", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
 
     async def _live(self, **_: Any) -> HttpReply:
         return HttpReply.json({"live": True})

@@ -447,3 +447,12 @@ def test_readiness_is_in_the_status_code_as_probes_and_clients_read_it() -> None
     assert (reply.status, body) == (400, {"ready": False})
     reply, body = _call(empty, "GET", "/v2/health/live")
     assert (reply.status, body) == (200, {"live": True})
+
+
+def test_server_metadata_names_the_server_and_its_extensions(service: InferenceService) -> None:
+    from cascade import __version__
+
+    reply, body = _call(service, "GET", "/v2")
+    assert reply.status == 200
+    assert body == {"name": "cascade", "version": __version__,
+                    "extensions": ["binary_tensor_data"]}  # fmt: skip
