@@ -8,6 +8,7 @@ Time comes from the injected clock only, so tests drive it without sleeping.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from types import TracebackType
 from typing import Literal
 
 from cascade.errors import BackendError, CircuitOpen
+
+_LOG = logging.getLogger("cascade.load")
 
 __all__ = ["BreakerState", "BreakerStats", "CircuitBreaker"]
 
@@ -169,6 +172,7 @@ class CircuitBreaker:
         elif self._state == "half_open" and self._probe_out:
             if verdict == "success":
                 self._state = "closed"
+                _LOG.info("breaker closed tier=%s (the probe call succeeded)", self.name)
                 self._failures = 0
                 self._opened_at = None
                 self._probe_out = False
@@ -181,6 +185,8 @@ class CircuitBreaker:
         # Open, or half-open with no probe out: nobody current was permitted, so no verdict.
 
     def _open(self) -> None:
+        _LOG.warning("breaker opened tier=%s failures=%d retry_after_s=%g",
+                     self.name, self._failures, self.reset_after_s)  # fmt: skip
         self._state = "open"
         self._opened_at = self._clock()
         self._times_opened += 1

@@ -8,6 +8,7 @@ spec of the local models.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,6 +37,8 @@ from cascade.serving._profile import Profile
 from cascade.serving._protocol import policy_hash
 
 __all__ = ["RemoteFactory", "Served", "ServedModel", "ServedRanker", "serve_policy"]
+
+_LOG = logging.getLogger("cascade.serving")
 
 RemoteFactory = Callable[[InputSpec], Model]
 
@@ -259,6 +262,15 @@ class ServedModel(Served):
             gears, hysteresis=policy.gear_hysteresis, hold_s=policy.gear_hold_s, clock=self._clock
         )
 
+    def shift(self, load: float) -> None:
+        """Feed the gear shifter ``load``; a change of gear is logged (``cascade.serving``)."""
+        before = self.shifter.gear
+        after = self.shifter.update(load)
+        if after is not before:
+            _LOG.warning("gear shifted model=%s from=%s to=%s load=%.3g%s", self.policy.name,
+                         before.name, after.name, load,
+                         " (automatic)" if self.automatic else "")  # fmt: skip
+
     def admit(
         self,
         deadline_ms: float | None,
@@ -285,7 +297,7 @@ class ServedModel(Served):
         if self.automatic and budget is not None:
             # the share of the whole budget (from the send) the queues take: ours and the
             # one before our code
-            self.shifter.update((ahead_ms + waited) / max(budget + waited, 1e-3))
+            self.shift((ahead_ms + waited) / max(budget + waited, 1e-3))
         if delay_ms is not None:
             standing = self.arrivals.observe(delay_ms)
             whole = None if deadline_ms is None else deadline_ms + delay_ms

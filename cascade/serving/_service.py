@@ -14,6 +14,7 @@ Routes::
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -39,6 +40,7 @@ from cascade.serving._served import RemoteFactory, ServedModel, ServedRanker, se
 __all__ = ["HttpReply", "InferenceService", "PolicyText", "ServiceMetrics", "unavailable"]
 
 _JSON = "application/json"
+_LOG = logging.getLogger("cascade.serving")
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,11 @@ class InferenceService:
                         item, remote=remote(name), coalesce_ms=self.coalesce_ms
                     )
                 self.reload_errors.pop(key, None)
+                _LOG.info("policy applied model=%s version=%s file=%s", name,
+                          self.models[name].version, key)  # fmt: skip
             except CascadeError as exc:
                 self.reload_errors[key] = str(exc)
+                _LOG.warning("policy refused file=%s (the one serving stays): %s", key, exc)
 
     # ---- dispatch ----------------------------------------------------------------------
 
@@ -432,7 +437,7 @@ class InferenceService:
         gears = bool(served.policy.gears)
         served.in_flight += 1
         if gears:  # the policy's own gears follow the requests in flight
-            served.shifter.update(served.in_flight)
+            served.shift(served.in_flight)
         if profile is not None:
             profile.mark("admission")
         try:

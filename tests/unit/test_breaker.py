@@ -341,3 +341,16 @@ def test_try_acquire_and_record_without_guard() -> None:
 def test_options_are_validated(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         CircuitBreaker("large", **options)
+
+
+def test_opening_and_closing_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    breaker, clock = make(threshold=2, reset_after_s=3.0)
+    with caplog.at_level("INFO", logger="cascade.load"):
+        trip(breaker)
+        clock.advance(3.0)
+        asyncio.run(succeed(breaker))  # the probe
+    assert breaker.state == "closed"
+    assert [r.getMessage() for r in caplog.records] == [
+        "breaker opened tier=large failures=2 retry_after_s=3",
+        "breaker closed tier=large (the probe call succeeded)",
+    ]

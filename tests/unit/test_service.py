@@ -219,7 +219,10 @@ def test_an_unreadable_body_is_a_503_not_a_500(service: InferenceService) -> Non
 
 
 def test_reload_swaps_thresholds_and_refuses_a_bad_policy(
-    service: InferenceService, digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path
+    service: InferenceService,
+    digits_zoo: tuple[Path, list[ModelCard]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     models, _ = digits_zoo
     served = service.models["digits"]
@@ -230,7 +233,12 @@ def test_reload_swaps_thresholds_and_refuses_a_bad_policy(
     service.apply_policies([PolicyText(str(path), path.read_text())], remote=_remote())
     assert service.models["digits"] is served and served.engine is engine  # no rebuild
     assert served.version != before
-    service.apply_policies([PolicyText(str(path), "name: digits\ntiers: {}\n")], remote=_remote())
+    with caplog.at_level("INFO", logger="cascade.serving"):
+        service.apply_policies(
+            [PolicyText(str(path), "name: digits\ntiers: {}\n")], remote=_remote()
+        )
+    (refused,) = [r.getMessage() for r in caplog.records]
+    assert refused.startswith(f"policy refused file={path} (the one serving stays): ")
     assert served.version != before and service.models["digits"] is served
     meta = _call(service, "GET", "/v2/models/digits")[1]
     assert meta["parameters"]["reload_errors"] and "tiers" in meta["parameters"]["reload_errors"][0]
@@ -349,7 +357,10 @@ def test_a_bad_deadline_header_or_priority_is_a_400(
 
 
 def test_a_cascade_without_gears_degrades_by_itself_and_recovers_with_hysteresis(
-    digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    digits_zoo: tuple[Path, list[ModelCard]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from cascade.policy import read_policy
     from cascade.serving import ServedModel
@@ -377,7 +388,11 @@ def test_a_cascade_without_gears_degrades_by_itself_and_recovers_with_hysteresis
         return served.shifter.gear.name
 
     assert gear_after(10.0, at=100.0) == "normal"
-    assert gear_after(35.0, at=100.1) == "auto-small"  # the queue holds 35 % of the budget
+    with caplog.at_level("WARNING", logger="cascade.serving"):
+        assert gear_after(35.0, at=100.1) == "auto-small"  # the queue holds 35 % of the budget
+    assert [r.getMessage() for r in caplog.records] == [
+        "gear shifted model=digits from=normal to=auto-small load=0.35 (automatic)"
+    ]
     assert gear_after(70.0, at=100.2) == "auto-tiny"  # 70 %: only the cheapest tier
     assert gear_after(55.0, at=100.3) == "auto-tiny"  # below 0.6 but not by the margin
     assert gear_after(40.0, at=100.4) == "auto-tiny"  # calm since now...
