@@ -56,10 +56,8 @@ import json
 import os
 import shlex
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -70,6 +68,8 @@ import numpy.typing as npt
 
 # Light imports only up here: the generator's sender processes are spawned, and each one
 # imports this module again (the training stack and Ray stay out of them).
+from _serve import Server
+
 from cascade._table import table
 from cascade.bench import BenchReport, drive, infer_body, poisson_arrivals, run_load
 from cascade.bench._http import TRANSPORT_ERRORS, ConnectionPool, request_head
@@ -86,46 +86,10 @@ DRAIN_S = 3.0  # between runs, for the server's queues to empty
 START_S = {"ray": 45.0, "edge": 10.0}  # a server start, for the estimate of the duration
 
 
-class Server:
-    """`cascade serve` on one core, as a subprocess, up once it prints its "serving" line."""
-
-    def __init__(self, runtime: str, policies: list[Path], core: int, extra: list[str]) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        argv = ["taskset", "-c", str(core), str(CLI), "serve", *map(str, policies),
-                "--port", str(self.port), "--no-progress", *extra]  # fmt: skip
-        if runtime == "edge":
-            argv += ["--runtime", "edge"]
-        else:
-            argv += ["--num-cpus", "8"]  # logical CPUs for Serve's bookkeeping, one real core
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        self.lines: list[str] = []
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
-                self.lines.append(line)
-                if line.startswith("serving "):
-                    ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        began = time.monotonic()
-        while not ready.wait(timeout=1.0):
-            if self.process.poll() is not None or time.monotonic() - began > 600:
-                self.stop()
-                raise RuntimeError(f"{runtime} server did not start:\n" + "".join(self.lines[-40:]))
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _policies(work: Path, depths: set[tuple[int, int]]) -> dict[str, Path]:
@@ -509,7 +473,8 @@ def main() -> None:
             # the gears' depths, so the geared variants get a server of their own after
             plain = [c for c in names if c in configs or c == "cascade"]
             paths = _policies(work, set())
-            server = Server(runtime, [paths[names[c]] for c in plain], server_core, extra)
+            server = Server(runtime, [paths[names[c]] for c in plain], port=_free_port(),
+                            core=server_core, extra=extra)  # fmt: skip
             try:
                 for case in args.cases:
                     for config in plain:
@@ -528,7 +493,7 @@ def main() -> None:
                 bench.depths[f"{runtime} {_label(case)}"] = list(pairs[case])
             paths = _policies(work, set(pairs.values()))
             geared = [paths[_geared(*pair)] for pair in sorted(set(pairs.values()))]
-            server = Server(runtime, geared, server_core, extra)
+            server = Server(runtime, geared, port=_free_port(), core=server_core, extra=extra)
             try:
                 for case in args.cases:
                     brownout, small_only = pairs[case]

@@ -30,17 +30,15 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import psutil
+from _serve import Server
 
 from cascade._table import table
 from cascade.bench import infer_body
@@ -115,54 +113,6 @@ def _requests(dataset: str, rows: int, count: int = 64) -> list[tuple[bytes, dic
                    "inference-header-content-length": str(header_length)}  # fmt: skip
         out.append((body, headers))
     return out
-
-
-class Server:
-    """`cascade serve` on one core, as a subprocess, up once it prints its "serving" line."""
-
-    def __init__(self, runtime: str, policies: list[Path], port: int, core: int) -> None:
-        argv = ["taskset", "-c", str(core), str(CLI), "serve", *map(str, policies),
-                "--port", str(port), "--no-progress"]  # fmt: skip
-        if runtime == "edge":
-            argv += ["--runtime", "edge"]
-        else:
-            argv += ["--num-cpus", "8"]  # logical CPUs for Serve's bookkeeping, one real core
-        self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        self.lines: list[str] = []
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
-                self.lines.append(line)
-                if line.startswith("serving "):
-                    ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(timeout=600):
-            self.stop()
-            raise RuntimeError("".join(self.lines[-40:]))
-
-    def cpu_s(self) -> float:
-        """CPU seconds of the server's whole process tree so far."""
-        total = 0.0
-        root = psutil.Process(self.process.pid)
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                continue
-        return total
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 async def _closed_loop(
