@@ -26,7 +26,13 @@ from collections.abc import Mapping
 from cascade.errors import InputError
 from cascade.serving._profile import PROFILE_HEADER
 
-__all__ = ["DEADLINE_HEADER", "DEADLINE_HEADERS", "request_budget_ms", "sent_delay_ms"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "DEADLINE_HEADERS",
+    "epoch_header",
+    "request_budget_ms",
+    "sent_delay_ms",
+]
 
 DEADLINE_HEADER = "x-cascade-deadline"
 _GRPC = "grpc-timeout"
@@ -36,7 +42,9 @@ _GRPC_UNITS_MS = {"H": 3_600_000.0, "M": 60_000.0, "S": 1000.0, "m": 1.0, "u": 1
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 
 
-def _epoch(headers: Mapping[str, str], name: str) -> float | None:
+def epoch_header(headers: Mapping[str, str], name: str) -> float | None:
+    """Header ``name`` as epoch seconds (``None`` when absent); ``InputError`` when it is
+    not a finite number."""
     value = headers.get(name)
     if value is None:
         return None
@@ -45,7 +53,9 @@ def _epoch(headers: Mapping[str, str], name: str) -> float | None:
     except ValueError:
         seconds = math.nan
     if not math.isfinite(seconds):
-        raise InputError(f"{name} must be epoch seconds (like 1767225600.25), got {value!r}")
+        what = "the send time in epoch seconds" if name == PROFILE_HEADER else (
+            "epoch seconds (like 1767225600.25)")  # fmt: skip
+        raise InputError(f"{name} must be {what}, got {value!r}")
     return seconds
 
 
@@ -83,11 +93,11 @@ def request_budget_ms(
         relative.append(envoy_ms)
     budgets: list[float] = []
     if relative:
-        sent = _epoch(headers, PROFILE_HEADER)
+        sent = epoch_header(headers, PROFILE_HEADER)
         # a send time in the future is another machine's clock ahead of ours: no age then
         age_ms = 0.0 if sent is None else max(0.0, (wall_s - sent) * 1000.0)
         budgets.append(min(relative) - age_ms)
-    deadline = _epoch(headers, DEADLINE_HEADER)
+    deadline = epoch_header(headers, DEADLINE_HEADER)
     if deadline is not None:
         budgets.append((deadline - wall_s) * 1000.0)
     return min(budgets) if budgets else None
@@ -97,7 +107,7 @@ def sent_delay_ms(headers: Mapping[str, str], *, wall_s: float) -> float | None:
     """How long after its send (``x-cascade-sent-at``) the request reached the service at
     epoch time ``wall_s``; ``None`` without the header or with a send time ahead of this
     clock (another machine's). Raises ``InputError`` for a header that does not parse."""
-    sent = _epoch(headers, PROFILE_HEADER)
+    sent = epoch_header(headers, PROFILE_HEADER)
     if sent is None or sent > wall_s:
         return None
     return (wall_s - sent) * 1000.0

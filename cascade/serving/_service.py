@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from cascade.errors import CascadeError, CircuitOpen, InputError, OverloadedError
 from cascade.policy import PolicyFile, parse_policy
-from cascade.serving._deadline import request_budget_ms, sent_delay_ms
+from cascade.serving._deadline import epoch_header, request_budget_ms, sent_delay_ms
 from cascade.serving._profile import PROFILE_HEADER, Profile
 from cascade.serving._protocol import (
     build_infer_response,
@@ -507,16 +507,8 @@ class InferenceService:
         time where the header gives it and this machine's clock can be read against it (not
         earlier than the send: another machine's clock)."""
         before_ms = None
-        sent = headers.get(PROFILE_HEADER)
-        if sent is not None:
-            try:
-                sent_at = float(sent)
-            except ValueError:
-                sent_at = math.nan
-            if not math.isfinite(sent_at):
-                raise InputError(
-                    f"{PROFILE_HEADER} must be the send time in epoch seconds, got {sent!r}"
-                )
+        sent_at = epoch_header(headers, PROFILE_HEADER)
+        if sent_at is not None:
             now_s, wall_s = self.clock(), self.wall_clock()
             before_ms = (wall_s - (now_s - origin_s) - sent_at) * 1000.0
             before_ms = before_ms if before_ms >= 0 else None
