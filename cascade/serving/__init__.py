@@ -23,10 +23,13 @@ from cascade.serving._protocol import (
     OUTPUT_NAMES,
     InferRequest,
     build_infer_response,
+    bytes_elements,
+    encode_response,
     error_body,
     model_metadata,
     parse_infer_request,
     policy_hash,
+    scalar_parameters,
 )
 from cascade.serving._served import RemoteFactory, ServedModel
 from cascade.serving._service import (
@@ -66,7 +69,9 @@ __all__ = [
     "ServiceMetrics",
     "ServingLimits",
     "build_infer_response",
+    "bytes_elements",
     "deployment_name",
+    "encode_response",
     "error_body",
     "ingress_options",
     "model_metadata",
@@ -74,6 +79,7 @@ __all__ = [
     "parse_infer_request",
     "policy_hash",
     "request_budget_ms",
+    "scalar_parameters",
     "sends_its_time",
     "tier_options",
     "unavailable",
