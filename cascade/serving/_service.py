@@ -167,6 +167,7 @@ class InferenceService:
         self.wall_clock = wall_clock
         self.models: dict[str, ServedModel | ServedRanker] = {}
         self.reload_errors: dict[str, str] = {}
+        self._shed_log = _ShedLog(time.monotonic)
         self._routes: list[tuple[str, re.Pattern[str], _Handler]] = [
             ("GET", re.compile(r"/v2"), self._server_metadata),
             ("GET", re.compile(r"/v2/health/live"), self._live),
@@ -259,6 +260,12 @@ class InferenceService:
                 allow=", ".join(allowed),
             )
         return HttpReply.error(f"no route {path} (see /openapi.json)", 404)
+
+    def _shed(self, name: str, why: str, reason: str) -> None:
+        """One request refused with a 503: counted, and logged at most once a second per
+        model and cause (a shed storm would otherwise flood the log it is read in)."""
+        self.metrics.shed(name, why)
+        self._shed_log(name, why, reason)
 
     def _model(
         self, name: str, version: str | None = None
@@ -450,7 +457,7 @@ class InferenceService:
         except Exception as exc:  # e.g. Ray's TaskCancelledError, under overload
             # Under overload the proxy may give up streaming a body it no longer has a client
             # for; that is the service's state, not the client's mistake, and no 500.
-            self.metrics.shed(name, "body")
+            self._shed(name, "body", type(exc).__name__)
             return unavailable(f"request body could not be read: {type(exc).__name__}")
         # the host read its clock on arrival (the client sent its send time): the body read
         # is then a phase of its own; otherwise it is part of "parse", and no clock is read
@@ -501,7 +508,7 @@ class InferenceService:
             return HttpReply.error(str(exc), 400)
         refusal = served.admit(budget_ms, len(parsed.rows), parsed.priority, delay_ms=delay_ms)
         if refusal is not None:
-            self.metrics.shed(name, "admission")
+            self._shed(name, "admission", refusal.reason)
             return unavailable(refusal.reason, retry_after_s=refusal.retry_after_s)
         gears = bool(served.policy.gears)
         served.in_flight += 1
@@ -519,14 +526,14 @@ class InferenceService:
             )
         except (TimeoutError, CascadeError) as exc:
             if isinstance(exc, OverloadedError):
-                self.metrics.shed(name, "queue")
+                self._shed(name, "queue", str(exc))
             return _failed(name, exc)
         finally:
             served.in_flight -= 1
         elapsed_ms = (self.clock() - began) * 1000
         if budget_ms is not None and elapsed_ms > budget_ms:
             # never a late answer as a normal 200: the client has given up on it by now
-            self.metrics.shed(name, "late")
+            self._shed(name, "late", f"answered in {elapsed_ms:.1f} ms, {budget_ms:.1f} left")
             return unavailable(
                 f"the deadline passed: the answer took {elapsed_ms:.1f} ms here, "
                 f"{budget_ms:.1f} ms were left on arrival"
@@ -619,6 +626,31 @@ class InferenceService:
 
 
 _MODEL = "/v2/models/([^/]+)"
+
+
+class _ShedLog:
+    """Warning lines for sheds, at most one per ``every_s`` per (model, cause), each saying
+    how many requests that cause refused since the last line and the latest reason::
+
+        shed model=digits why=admission count=412 (since the last line) reason=...
+    """
+
+    def __init__(self, clock: Callable[[], float], every_s: float = 1.0) -> None:
+        self.clock = clock
+        self.every_s = every_s
+        self._counts: dict[tuple[str, str], int] = {}
+        self._last: dict[tuple[str, str], float] = {}
+
+    def __call__(self, model: str, why: str, reason: str) -> None:
+        key = (model, why)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        now = self.clock()
+        if now - self._last.get(key, -math.inf) < self.every_s:
+            return
+        _LOG.warning("shed model=%s why=%s count=%d (since the last line) reason=%s",
+                     model, why, self._counts[key], reason)  # fmt: skip
+        self._counts[key] = 0
+        self._last[key] = now
 
 
 def _triton_tensor(tensor: dict[str, Any]) -> dict[str, Any]:

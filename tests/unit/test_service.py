@@ -566,3 +566,32 @@ def test_server_metadata_names_the_server_and_its_extensions(service: InferenceS
     assert reply.status == 200
     assert body == {"name": "cascade", "version": __version__,
                     "extensions": ["binary_tensor_data"]}  # fmt: skip
+
+
+def test_sheds_are_logged_at_most_once_a_second_per_model_and_cause(
+    service: InferenceService, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cascade.serving._service import _ShedLog
+
+    now = [100.0]
+    log = _ShedLog(lambda: now[0], every_s=1.0)
+    with caplog.at_level("WARNING", logger="cascade.serving"):
+        for _ in range(5):
+            log("digits", "admission", "busy")
+        log("digits", "queue", "late in the queue")  # another cause: its own line
+        now[0] += 1.0
+        log("digits", "admission", "still busy")
+    assert [r.getMessage() for r in caplog.records] == [
+        "shed model=digits why=admission count=1 (since the last line) reason=busy",
+        "shed model=digits why=queue count=1 (since the last line) reason=late in the queue",
+        "shed model=digits why=admission count=5 (since the last line) reason=still busy",
+    ]
+    caplog.clear()
+    rows = np.asarray(read_dataset("digits").test.X[:1], dtype=np.float32)
+    stale = {"x-cascade-deadline": str(service.wall_clock() - 1.0)}
+    with caplog.at_level("WARNING", logger="cascade.serving"):
+        for _ in range(3):
+            assert _call(service, "POST", "/v2/models/digits/infer", _infer_body(rows), stale)[
+                0].status == 503  # fmt: skip
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("shed model=digits why=admission count=1 ")
