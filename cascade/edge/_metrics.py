@@ -1,7 +1,8 @@
 """The service's metrics in the Prometheus text format, for ``GET /metrics`` of the edge.
 
 The names, labels, buckets and what is recorded come from ``cascade.serving._metrics``,
-shared with the Ray ingress, so one dashboard reads both runtimes. Hand-written: a few
+shared with the Ray ingress, and the names carry the prefix Ray's exporter gives them
+(``ray_cascade_requests_total``), so one dashboard reads both runtimes. Hand-written: a few
 counters and histograms need no client library on a box with a few hundred MB to spare.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import bisect
 import math
 
-from cascade.serving import METRICS, RecordingMetrics
+from cascade.serving import METRICS, SCRAPED_PREFIX, RecordingMetrics
 
 __all__ = ["PrometheusMetrics"]
 
@@ -82,13 +83,13 @@ class PrometheusMetrics(RecordingMetrics):
     def render(self) -> str:
         """The Prometheus text exposition format (version 0.0.4) of every series so far."""
         lines: list[str] = []
-        for name in sorted({*self._values, *self._histograms}):
-            spec = METRICS[name]
-            kind, help_text = spec.kind, spec.help
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-            for labels, value in sorted(self._values.get(name, {}).items()):
+        for metric in sorted({*self._values, *self._histograms}):
+            spec = METRICS[metric]
+            name = SCRAPED_PREFIX + metric  # as Ray's exporter names it: one dashboard
+            lines += [f"# HELP {name} {spec.help}", f"# TYPE {name} {spec.kind}"]
+            for labels, value in sorted(self._values.get(metric, {}).items()):
                 lines.append(f"{name}{_labels(labels)} {_number(value)}")
-            for labels, histogram in sorted(self._histograms.get(name, {}).items()):
+            for labels, histogram in sorted(self._histograms.get(metric, {}).items()):
                 cumulative = 0
                 for bound, count in zip(
                     (*histogram.bounds, math.inf), histogram.counts, strict=True

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from cascade.serving._coalescer import Coalescer
 from cascade.serving._deadline import DEADLINE_HEADER, DEADLINE_HEADERS, request_budget_ms
-from cascade.serving._metrics import METRICS, MetricSpec, RecordingMetrics
+from cascade.serving._metrics import METRICS, SCRAPED_PREFIX, MetricSpec, RecordingMetrics
 from cascade.serving._openapi import openapi_document
 from cascade.serving._profile import PROFILE_HEADER, Profile, sends_its_time
 from cascade.serving._protocol import (
@@ -55,6 +55,7 @@ __all__ = [
     "METRICS",
     "OUTPUT_NAMES",
     "PROFILE_HEADER",
+    "SCRAPED_PREFIX",
     "AppArgs",
     "Coalescer",
     "HttpReply",

@@ -3,7 +3,8 @@ recording of a request's decisions into them.
 
 A runtime subclasses :class:`RecordingMetrics` with three primitives (``inc``, ``set``,
 ``observe``) over its own sink: Ray Serve's metrics in the cluster, Prometheus text kept in
-memory on the edge. One dashboard reads both.
+memory on the edge. One dashboard reads both: a scraper sees the same names on both runtimes
+(:data:`SCRAPED_PREFIX`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "METRICS",
     "PHASE_BUCKETS_MS",
     "ROW_BUCKETS",
+    "SCRAPED_PREFIX",
     "MetricSpec",
     "RecordingMetrics",
 ]
@@ -25,6 +27,10 @@ LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
 PHASE_BUCKETS_MS = (0.01, 0.025, 0.05, *LATENCY_BUCKETS_MS)
 """Phases of a request run from µs (admission) to the whole request's time."""
 ROW_BUCKETS = (1, 2, 4, 8, 16, 64, 256, 1024)
+SCRAPED_PREFIX = "ray_"
+"""What a scraper sees before every name of :data:`METRICS`: Ray's exporter puts its
+namespace there (hard-coded in Ray 2.60), and the edge writes the same, so that one
+dashboard, alert or recording rule reads both runtimes (``ray_cascade_requests_total``)."""
 
 
 @dataclass(frozen=True)

@@ -125,8 +125,8 @@ def test_remote_failures_degrade_to_local_answers_and_recovery_closes_the_breake
 
 def test_the_edge_answers_prometheus_metrics_of_degraded_rows(edge: str) -> None:
     text = httpx.get(f"{edge}/metrics", timeout=10).text
-    assert 'cascade_degraded_total{model="split"}' in text
-    assert 'cascade_answers_total{model="split",tier="large"}' in text
+    assert 'ray_cascade_degraded_total{model="split"}' in text
+    assert 'ray_cascade_answers_total{model="split",tier="large"}' in text
 
 
 def test_footprint_of_the_covertype_edge_policy_fits_the_budget() -> None:

@@ -75,13 +75,13 @@ def test_the_routes_are_the_services_and_metrics_are_prometheus_text(app: EdgeAp
     assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = metrics.text
-    assert 'cascade_requests_total{model="digits"} 1\n' in text
-    assert 'cascade_request_rows_bucket{model="digits",le="4"} 1\n' in text
-    assert 'cascade_request_rows_count{model="digits"} 1\n' in text
+    assert 'ray_cascade_requests_total{model="digits"} 1\n' in text
+    assert 'ray_cascade_request_rows_bucket{model="digits",le="4"} 1\n' in text
+    assert 'ray_cascade_request_rows_count{model="digits"} 1\n' in text
     answered = sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("cascade_answers_total{")
+        if line.startswith("ray_cascade_answers_total{")
     )
     assert answered == 4
 
@@ -127,7 +127,7 @@ def test_requests_past_the_bound_are_shed_with_retry_after(app: EdgeApp) -> None
     (shed,) = _requests(app, ("POST", "/v2/models/digits/infer", _body(np.zeros((1, 64)))))
     assert shed.status_code == 503 and shed.headers["retry-after"] == "3"
     assert app.metrics is not None
-    assert 'cascade_shed_total{model="digits",why="backpressure"} 1' in app.metrics.render()
+    assert 'ray_cascade_shed_total{model="digits",why="backpressure"} 1' in app.metrics.render()
 
 
 def test_lifespan_closes_remote_connections(app: EdgeApp) -> None:
@@ -161,17 +161,17 @@ def test_prometheus_text_of_histograms_gauges_and_escaped_labels() -> None:
     metrics.gear("m", 2)
     metrics.cache("m", {"exact_hit": 1, "similar_hit": 0, "miss": 2}, 0.25)
     text = metrics.render()
-    assert 'cascade_escalations_total{model="we\\"ird"} 2\n' in text
-    assert 'cascade_degraded_total{model="we\\"ird"} 2\n' in text
+    assert 'ray_cascade_escalations_total{model="we\\"ird"} 2\n' in text
+    assert 'ray_cascade_degraded_total{model="we\\"ird"} 2\n' in text
     buckets = [line for line in text.splitlines()
-               if line.startswith("cascade_request_latency_ms_bucket")]  # fmt: skip
+               if line.startswith("ray_cascade_request_latency_ms_bucket")]  # fmt: skip
     assert buckets[4].endswith('le="2"} 0') and buckets[5].endswith('le="5"} 1')
     assert buckets[-1].endswith('le="+Inf"} 1')
-    assert "# TYPE cascade_tier_latency_ms histogram" in text
-    assert 'cascade_gear{model="m"} 2\n' in text
-    assert 'cascade_cache_rows_total{model="m",outcome="miss"} 2\n' in text
-    assert 'cascade_cache_rows_total{model="m",outcome="similar_hit"}' not in text
-    assert 'cascade_cache_false_hit_rate{model="m"} 0.25\n' in text
+    assert "# TYPE ray_cascade_tier_latency_ms histogram" in text
+    assert 'ray_cascade_gear{model="m"} 2\n' in text
+    assert 'ray_cascade_cache_rows_total{model="m",outcome="miss"} 2\n' in text
+    assert 'ray_cascade_cache_rows_total{model="m",outcome="similar_hit"}' not in text
+    assert 'ray_cascade_cache_false_hit_rate{model="m"} 0.25\n' in text
 
 
 def test_settings_mirror_the_ray_runtime() -> None:
