@@ -14,6 +14,13 @@ Example::
 
 from __future__ import annotations
 
+from cascade.serving._auth import (
+    OPEN_HEALTH,
+    TOKEN_ENV,
+    BearerAuth,
+    bearer_header,
+    load_token,
+)
 from cascade.serving._coalescer import Coalescer
 from cascade.serving._deadline import DEADLINE_HEADER, DEADLINE_HEADERS, request_budget_ms
 from cascade.serving._metrics import METRICS, MetricSpec, RecordingMetrics
@@ -50,9 +57,12 @@ __all__ = [
     "DEADLINE_HEADERS",
     "INGRESS",
     "METRICS",
+    "OPEN_HEALTH",
     "OUTPUT_NAMES",
     "PROFILE_HEADER",
+    "TOKEN_ENV",
     "AppArgs",
+    "BearerAuth",
     "Coalescer",
     "HttpReply",
     "InferRequest",
@@ -65,10 +75,12 @@ __all__ = [
     "ServedModel",
     "ServiceMetrics",
     "ServingLimits",
+    "bearer_header",
     "build_infer_response",
     "deployment_name",
     "error_body",
     "ingress_options",
+    "load_token",
     "model_metadata",
     "openapi_document",
     "parse_infer_request",
