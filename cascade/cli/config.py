@@ -104,6 +104,27 @@ def add_app_options(parser: argparse.ArgumentParser) -> None:
                        help="ingress replicas (default 1)")  # fmt: skip
     group.add_argument("--ingress-num-cpus", type=float, default=None, metavar="CPUS",
                        help="logical CPUs per ingress replica (default 0.5)")  # fmt: skip
+    auth = parser.add_argument_group(
+        "who may call (a bearer token every request must send; none: anyone who reaches the port)"
+    )
+    auth.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="file holding the token, read once at start (on the serving machine; for a "
+        "cluster, e.g. a mounted Secret)",
+    )
+    auth.add_argument(
+        "--token-env",
+        metavar="NAME",
+        help="environment variable holding the token, in the serving processes' environment "
+        "(`cascade serve` reads CASCADE_TOKEN when neither option is given)",
+    )
+    auth.add_argument(
+        "--auth-health",
+        action="store_true",
+        help="ask for the token on /v2/health/live and /v2/health/ready too (default: open, "
+        "for probes)",
+    )
 
 
 _APP_KNOBS = (
@@ -124,6 +145,12 @@ def app_args_of(args: argparse.Namespace) -> dict[str, object]:
     for key in _APP_KNOBS:
         if getattr(args, key, None) is not None:
             given[key] = getattr(args, key)
+    if getattr(args, "token_file", None) is not None:
+        given["token_file"] = str(args.token_file)
+    if getattr(args, "token_env", None) is not None:
+        given["token_env"] = args.token_env
+    if getattr(args, "auth_health", False):
+        given["open_health"] = False
     AppArgs.model_validate(given)
     return given
 

@@ -1,0 +1,207 @@
+"""Who may call, over real sockets on 127.0.0.1: the edge runtime with a token and HTTPS
+(certificates from a CA made for the test), and split inference edge -> remote tier with
+the remote's token and its CA. The Ray runtime's token is checked in test_serve.py, on the
+server that module starts anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cli_server import CliServer
+from tls_files import TlsFiles, make_tls
+
+from cascade.edge import EdgeSettings, build_edge_app
+from cascade.edge.testing import ThreadedServer, free_port
+from cascade.serving import bearer_header
+from cascade.zoo import read_dataset
+
+pytest.importorskip("uvicorn")
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "policies" / "models" / "digits"
+ROWS = read_dataset("digits").test.X[:30]
+EDGE_TOKEN = "edge-token-0123456789abcdef"
+REMOTE_TOKEN = "remote-token-fedcba9876543210"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+def _trust(tls: TlsFiles) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(tls.ca))
+
+
+@pytest.fixture(scope="module")
+def remote(
+    tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory, digits_policy_models: Path
+) -> Iterator[str]:
+    """digits' large tier behind its own token and HTTPS: the cluster of split inference."""
+    folder = tmp_path_factory.mktemp("remote")
+    (folder / "token").write_text(REMOTE_TOKEN + "\n")
+    path = folder / "digits.yaml"
+    path.write_text(
+        "name: digits\nallow_outside_paths: true\n"
+        f"tiers:\n  large: {{model: {MODELS / 'large.onnx'}}}\n"
+        "routing:\n  kind: confidence\n  chain:\n    - {tier: large}\n"
+    )
+    settings = EdgeSettings(policies=[str(path)], token_file=str(folder / "token"))
+    with ThreadedServer(build_edge_app(settings), tls=(str(tls.cert), str(tls.key))) as server:
+        yield f"{server.url}/v2/models/digits"
+
+
+def _split(folder: Path, name: str, url: str, extra: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nallow_outside_paths: true\ntiers:\n"
+        f"  tiny: {{model: {MODELS / 'tiny.onnx'}}}\n"
+        f"  large:\n    model: {url}\n    cost: 1.0\n    timeout_ms: 5000\n{extra}"
+        "routing:\n  kind: confidence\n  chain:\n"
+        "    - {tier: tiny, threshold: 0.99}\n    - {tier: large}\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def edge(remote: str, tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An edge with its own token and HTTPS, serving three split policies: ``split`` sends
+    the remote's token and trusts its CA; ``wrongtoken`` sends another token; ``untrusted``
+    trusts another CA."""
+    folder = tmp_path_factory.mktemp("edge")
+    (folder / "remote-token").write_text(REMOTE_TOKEN)
+    (folder / "other-token").write_text("not-the-remote-token")
+    other = make_tls(tmp_path_factory.mktemp("other-ca"))
+    policies = [
+        _split(folder, "split", remote,
+               f"    token_file: remote-token\n    ca_bundle: {tls.ca}\n"),
+        _split(folder, "wrongtoken", remote,
+               f"    token_file: other-token\n    ca_bundle: {tls.ca}\n"),
+        _split(folder, "untrusted", remote,
+               f"    token_file: remote-token\n    ca_bundle: {other.ca}\n"),
+    ]  # fmt: skip
+    os.environ["CASCADE_TEST_EDGE_TOKEN"] = EDGE_TOKEN
+    try:
+        settings = EdgeSettings(
+            policies=[str(p) for p in policies], token_env="CASCADE_TEST_EDGE_TOKEN"
+        )
+        app = build_edge_app(settings)
+    finally:
+        del os.environ["CASCADE_TEST_EDGE_TOKEN"]  # read once, at start
+    with ThreadedServer(app, tls=(str(tls.cert), str(tls.key))) as server:
+        yield server.url
+
+
+def _infer(client: httpx.Client, model: str) -> list[dict[str, Any]]:
+    body = {"inputs": [{"name": "input", "shape": [30, 64], "datatype": "FP32",
+                        "data": ROWS.ravel().tolist()}], "parameters": {"trace": True}}  # fmt: skip
+    response = client.post(f"/v2/models/{model}/infer", json=body)
+    assert response.status_code == 200, response.text
+    decisions: list[dict[str, Any]] = response.json()["parameters"]["decisions"]
+    return decisions
+
+
+ROUTES = [
+    ("GET", "/v2"),
+    ("GET", "/v2/models/split"),
+    ("GET", "/v2/models/split/ready"),
+    ("POST", "/v2/models/split/infer"),
+    ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
+    ("GET", "/no/such/route"),
+]
+
+
+def test_every_route_of_the_edge_but_health_answers_401_without_the_token(
+    edge: str, tls: TlsFiles
+) -> None:
+    with httpx.Client(base_url=edge, verify=_trust(tls), timeout=30) as client:
+        for path in ("/v2/health/live", "/v2/health/ready"):
+            assert client.get(path).status_code == 200  # open: probes carry no secret
+        for method, path in ROUTES:
+            for headers in ({}, bearer_header("wrong"), {"authorization": f"Basic {EDGE_TOKEN}"}):
+                reply = client.request(method, path, headers=headers, json={"inputs": []})
+                assert reply.status_code == 401, (method, path, headers)
+                assert list(reply.json()) == ["error"]
+                assert reply.headers["www-authenticate"].startswith('Bearer realm="cascade"')
+                assert "wrong" not in reply.text
+        client.headers.update(bearer_header(EDGE_TOKEN))
+        assert client.get("/v2").status_code == 200
+        assert client.get("/metrics").status_code == 200
+        assert client.get("/no/such/route").status_code == 404
+        document = client.get("/openapi.json").json()
+        assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{edge}/v2/health/live", timeout=10)  # the system's CAs do not know it
+
+
+def test_split_inference_sends_the_remote_token_over_verified_tls(edge: str, tls: TlsFiles) -> None:
+    with httpx.Client(
+        base_url=edge, verify=_trust(tls), timeout=60, headers=bearer_header(EDGE_TOKEN)
+    ) as client:
+        decisions = _infer(client, "split")
+        remote = [d for d in decisions if d["answered_by"] == "large"]
+        assert remote and not any(d["degraded"] for d in remote)
+
+        for model, error in (
+            ("wrongtoken", "HTTP 401: the endpoint refused the token"),
+            ("untrusted", "TLS: "),
+        ):
+            decisions = _infer(client, model)
+            fell_back = [d for d in decisions if d["degraded"]]
+            assert fell_back, model  # the local answer, marked degraded: never a 5xx
+            message = fell_back[0]["steps"][-1]["error"]
+            assert error in message, message
+            assert REMOTE_TOKEN not in message and "not-the-remote-token" not in message
+
+
+def test_the_edge_cli_serves_https_with_the_token_from_the_environment(
+    tls: TlsFiles, digits_policy_models: Path
+) -> None:
+    port = free_port()
+    cli = Path(sys.executable).with_name("cascade")
+    env = {**os.environ, "CASCADE_TOKEN": EDGE_TOKEN}
+    argv = [str(cli), "serve", "--runtime", "edge", "policies/digits.yaml", "--port", str(port),
+            "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--no-progress"]  # fmt: skip
+    server = CliServer(argv, cwd=ROOT, ready_timeout_s=120, stop_timeout_s=60, env=env)
+    url = f"https://127.0.0.1:{port}"
+    with server, httpx.Client(base_url=url, verify=_trust(tls), timeout=30) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.get("/v2/models/digits").status_code == 401
+        assert client.get("/v2/models/digits", headers=bearer_header(EDGE_TOKEN)).is_success
+    assert server.returncode == 0, server.output
+    assert f"serving digits at {url}/v2/models/<name>/infer" in server.output
+    assert "auth:     every request sends Authorization: Bearer <the token in $CASCADE_TOKEN>" in (
+        server.output
+    )
+    assert EDGE_TOKEN not in server.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
+        (["--token-file", "/nonexistent/token"], "token file /nonexistent/token: cannot read"),
+        (["--token-env", "CASCADE_UNSET_FOR_TEST"], "CASCADE_UNSET_FOR_TEST is not set"),
+    ],
+)
+def test_the_cli_refuses_incomplete_tls_or_a_missing_token_before_serving(
+    flags: list[str], error: str
+) -> None:
+    cli = Path(sys.executable).with_name("cascade")
+    result = subprocess.run(
+        [str(cli), "serve", "--runtime", "edge", "policies/digits.yaml", *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert error in result.stderr
+    assert "serving" not in result.stdout
