@@ -1,7 +1,7 @@
 """Who may call, over real sockets on 127.0.0.1: the edge runtime with a token and HTTPS
-(certificates from a CA made for the test), and split inference edge -> remote tier with
-the remote's token and its CA. The Ray runtime's token is checked in test_serve.py, on the
-server that module starts anyway.
+(certificates from a CA made for the test), split inference edge -> remote tier with the
+remote's token and its CA, and one `cascade serve` on Ray with a token and HTTPS (the only
+Ray start here: TLS is fixed when Serve starts, so no server of another module can take it).
 """
 
 from __future__ import annotations
@@ -164,14 +164,17 @@ def test_split_inference_sends_the_remote_token_over_verified_tls(edge: str, tls
             assert REMOTE_TOKEN not in message and "not-the-remote-token" not in message
 
 
-def test_the_edge_cli_serves_https_with_the_token_from_the_environment(
-    tls: TlsFiles, digits_policy_models: Path
+def test_the_edge_cli_serves_https_with_the_token_from_a_file(
+    tls: TlsFiles, digits_policy_models: Path, tmp_path: Path
 ) -> None:
+    token = tmp_path / "token"
+    token.write_text(EDGE_TOKEN + "\n")
     port = free_port()
     cli = Path(sys.executable).with_name("cascade")
-    env = {**os.environ, "CASCADE_TOKEN": EDGE_TOKEN}
+    env = {k: v for k, v in os.environ.items() if k != "CASCADE_TOKEN"}
     argv = [str(cli), "serve", "--runtime", "edge", "policies/digits.yaml", "--port", str(port),
-            "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--no-progress"]  # fmt: skip
+            "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--no-progress",
+            "--token-file", str(token)]  # fmt: skip
     server = CliServer(argv, cwd=ROOT, ready_timeout_s=120, stop_timeout_s=60, env=env)
     url = f"https://127.0.0.1:{port}"
     with server, httpx.Client(base_url=url, verify=_trust(tls), timeout=30) as client:
@@ -180,9 +183,7 @@ def test_the_edge_cli_serves_https_with_the_token_from_the_environment(
         assert client.get("/v2/models/digits", headers=bearer_header(EDGE_TOKEN)).is_success
     assert server.returncode == 0, server.output
     assert f"serving digits at {url}/v2/models/<name>/infer" in server.output
-    assert "auth:     every request sends Authorization: Bearer <the token in $CASCADE_TOKEN>" in (
-        server.output
-    )
+    assert f"Authorization: Bearer <the token in {token}> (health routes open)" in server.output
     assert EDGE_TOKEN not in server.output
 
 
@@ -192,6 +193,7 @@ def test_the_edge_cli_serves_https_with_the_token_from_the_environment(
         (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
         (["--token-file", "/nonexistent/token"], "token file /nonexistent/token: cannot read"),
         (["--token-env", "CASCADE_UNSET_FOR_TEST"], "CASCADE_UNSET_FOR_TEST is not set"),
+        (["--token-env", "CASCADE_EMPTY_FOR_TEST"], "CASCADE_EMPTY_FOR_TEST is empty"),
     ],
 )
 def test_the_cli_refuses_incomplete_tls_or_a_missing_token_before_serving(
@@ -201,7 +203,54 @@ def test_the_cli_refuses_incomplete_tls_or_a_missing_token_before_serving(
     result = subprocess.run(
         [str(cli), "serve", "--runtime", "edge", "policies/digits.yaml", *flags],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "CASCADE_EMPTY_FOR_TEST": " "},
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert error in result.stderr
     assert "serving" not in result.stdout
+
+
+def test_the_ray_runtime_serves_https_and_asks_every_route_but_health_for_the_token(
+    tls: TlsFiles, digits_policy_models: Path, tmp_path: Path
+) -> None:
+    """One `cascade serve` on Ray: HTTPS through Serve's proxy (HAProxy speaks plain HTTP
+    only, so --tls-cert picks --ray-proxy serve), the token from CASCADE_TOKEN, which the
+    ingress replica reads from the environment it inherits (never from the app's config),
+    and --auth-health closing the health routes too."""
+    pytest.importorskip("ray.serve")
+    port = free_port()
+    cli = Path(sys.executable).with_name("cascade")
+    env = {**os.environ, "CASCADE_TOKEN": EDGE_TOKEN}
+    argv = [str(cli), "serve", "policies/digits.yaml", "--port", str(port), "--num-cpus", "2",
+            "--no-progress", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
+            "--auth-health"]  # fmt: skip
+    server = CliServer(argv, cwd=ROOT, ready_timeout_s=180, stop_timeout_s=90, env=env)
+    url = f"https://127.0.0.1:{port}"
+    with server, httpx.Client(base_url=url, verify=_trust(tls), timeout=30) as client:
+        for method, path in [*ROUTES[:-2], ("GET", "/v2/health/live")]:
+            reply = client.request(method, path.replace("split", "digits"), json={"inputs": []})
+            assert reply.status_code == 401, (method, path, reply.text)
+            assert reply.headers["www-authenticate"] == 'Bearer realm="cascade"'
+        wrong = client.get("/v2", headers=bearer_header("wrong"))
+        assert wrong.status_code == 401 and "invalid_token" in wrong.headers["www-authenticate"]
+        client.headers.update(bearer_header(EDGE_TOKEN))
+        assert client.get("/v2/health/ready").status_code == 200
+        body = {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
+                            "data": ROWS[:2].ravel().tolist()}]}  # fmt: skip
+        assert client.post("/v2/models/digits/infer", json=body).status_code == 200
+    assert server.returncode == 0, server.output
+    assert f"serving digits at {url}/v2/models/<name>/infer" in server.output
+    assert "request path: Ray Serve's Python proxy" in server.output
+    assert "<the token in $CASCADE_TOKEN> (health routes behind it too)" in server.output
+    assert EDGE_TOKEN not in server.output
+
+
+def test_tls_with_the_haproxy_ingress_is_refused_with_the_way_out(tls: TlsFiles) -> None:
+    cli = Path(sys.executable).with_name("cascade")
+    result = subprocess.run(
+        [str(cli), "serve", "policies/digits.yaml", "--ray-proxy", "haproxy",
+         "--tls-cert", str(tls.cert), "--tls-key", str(tls.key)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "HAProxy ingress speaks plain HTTP only; use --ray-proxy serve" in result.stderr
