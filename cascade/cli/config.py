@@ -67,6 +67,13 @@ def add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     kube.add_argument("--image-root", default="/app", type=PurePosixPath,
                       help="the folder of the image the policy paths are relative to")  # fmt: skip
     kube.add_argument("--worker-cpus", type=int, default=4, help="CPUs per worker pod")
+    kube.add_argument(
+        "--token-secret",
+        metavar="NAME[/KEY]",
+        help="the bearer token from the Kubernetes Secret NAME (key KEY, default token), "
+        "as CASCADE_TOKEN in every Ray container: the manifest names the Secret, never the "
+        "token (kubectl create secret generic NAME --from-file=token=PATH)",
+    )
     add_app_options(config)
     config.add_argument("--cpu-only", action="store_true",
                         help="never ask Ray for GPUs, even for tiers naming CUDA")  # fmt: skip
@@ -165,10 +172,16 @@ def run_config(args: argparse.Namespace) -> int:
     )
     from cascade.errors import PolicyError
     from cascade.policy import read_policy
-    from cascade.serving import AppArgs
+    from cascade.serving import TOKEN_ENV, AppArgs
 
     loaded = [read_policy(p) for p in args.policies]
     given = app_args_of(args)
+    if args.token_secret is not None:
+        if not args.kuberay:
+            raise PolicyError("--token-secret names a Kubernetes Secret: it needs --kuberay")
+        if "token_file" in given or "token_env" in given:
+            raise PolicyError("--token-secret sets the token: leave out --token-file/--token-env")
+        given["token_env"] = TOKEN_ENV
     given["use_gpus"] = not args.cpu_only
     runtime_env: dict[str, Any] | None = None
     if args.package is not None and args.kuberay:
@@ -200,8 +213,12 @@ def run_config(args: argparse.Namespace) -> int:
         options: dict[str, Any] = {"name": name, "worker_cpus": args.worker_cpus}
         if args.image:
             options["image"] = args.image
-        if args.ray_proxy == "haproxy":
-            options["env"] = HAPROXY_ENV
+        env: dict[str, Any] = dict(HAPROXY_ENV) if args.ray_proxy == "haproxy" else {}
+        if args.token_secret is not None:
+            secret, _, key = args.token_secret.partition("/")
+            env[TOKEN_ENV] = {"secretKeyRef": {"name": secret, "key": key or "token"}}
+        if env:
+            options["env"] = env
         document = kuberay_manifest(config, **options)
     elif args.ray_proxy == "haproxy":
         switches = " ".join(f"{key}={value}" for key, value in HAPROXY_ENV.items())
