@@ -213,6 +213,18 @@ def _tls(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
+def _bearer(given: dict[str, object]) -> str:
+    """The curl option sending the token, ready to paste (the shell reads the token from its
+    file or variable: the command line never prints it)."""
+    import shlex
+
+    if "token_file" in given:
+        return f' -H "Authorization: Bearer $(cat {shlex.quote(str(given["token_file"]))})"'
+    if "token_env" in given:
+        return f' -H "Authorization: Bearer ${given["token_env"]}"'
+    return ""
+
+
 def _announce_auth(given: dict[str, object], tls: dict[str, str]) -> None:
     if "token_file" in given or "token_env" in given:
         where = given.get("token_file") or f"${given.get('token_env')}"
@@ -261,8 +273,8 @@ def run_serve(args: argparse.Namespace) -> int:
             signal.signal(signum, lambda *_: stop.set())
         url = f"{'https' if tls else 'http'}://{args.host}:{args.port}"
         print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops)")
-        print(f"metadata: curl -s {url}/v2/models/{names[0]}")
-        print(f"infer:    {_curl_example(url, names[0], loaded[0])}")
+        print(f"metadata: curl -s {url}/v2/models/{names[0]}{_bearer(given)}")
+        print(f"infer:    {_curl_example(url, names[0], loaded[0])}{_bearer(given)}")
         print(_PATHS[proxy])
         _announce_auth(given, tls)
         sys.stdout.flush()
@@ -295,9 +307,9 @@ def _run_edge(args: argparse.Namespace, tls: dict[str, str]) -> int:
     def announce(url: str) -> None:
         print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops; "
               "edge runtime, no Ray)")  # fmt: skip
-        print(f"metadata: curl -s {url}/v2/models/{names[0]}")
-        print(f"infer:    {_curl_example(url, names[0], loaded[0])}")
-        print(f"metrics:  curl -s {url}/metrics")
+        print(f"metadata: curl -s {url}/v2/models/{names[0]}{_bearer(given)}")
+        print(f"infer:    {_curl_example(url, names[0], loaded[0])}{_bearer(given)}")
+        print(f"metrics:  curl -s {url}/metrics{_bearer(given)}")
         _announce_auth(given, tls)
         sys.stdout.flush()
 

@@ -184,6 +184,8 @@ def test_the_edge_cli_serves_https_with_the_token_from_a_file(
     assert server.returncode == 0, server.output
     assert f"serving digits at {url}/v2/models/<name>/infer" in server.output
     assert f"Authorization: Bearer <the token in {token}> (health routes open)" in server.output
+    # the curl examples it prints send the token, read by the shell from the file
+    assert f'/v2/models/digits -H "Authorization: Bearer $(cat {token})"' in server.output
     assert EDGE_TOKEN not in server.output
 
 
@@ -231,6 +233,8 @@ def test_the_ray_runtime_serves_https_and_asks_every_route_but_health_for_the_to
             reply = client.request(method, path.replace("split", "digits"), json={"inputs": []})
             assert reply.status_code == 401, (method, path, reply.text)
             assert reply.headers["www-authenticate"] == 'Bearer realm="cascade"'
+        # Serve's proxy answers its own routes before the app: open, and documented so
+        assert client.get("/-/healthz").status_code == 200
         wrong = client.get("/v2", headers=bearer_header("wrong"))
         assert wrong.status_code == 401 and "invalid_token" in wrong.headers["www-authenticate"]
         client.headers.update(bearer_header(EDGE_TOKEN))
