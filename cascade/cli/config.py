@@ -7,7 +7,20 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-__all__ = ["add_app_options", "add_config_command", "app_args_of", "run_config"]
+__all__ = [
+    "HAPROXY_NO_TLS",
+    "add_app_options",
+    "add_config_command",
+    "add_tls_options",
+    "app_args_of",
+    "run_config",
+    "tls_options",
+]
+
+HAPROXY_NO_TLS = (
+    "Ray Serve's HAProxy ingress speaks plain HTTP only; use --ray-proxy serve (Serve's proxy "
+    "serves HTTPS), or terminate TLS in front of HAProxy"
+)
 
 
 def add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -75,6 +88,7 @@ def add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "token (kubectl create secret generic NAME --from-file=token=PATH)",
     )
     add_app_options(config)
+    add_tls_options(config, where="paths on the cluster's nodes; with --ray-proxy serve")
     config.add_argument("--cpu-only", action="store_true",
                         help="never ask Ray for GPUs, even for tiers naming CUDA")  # fmt: skip
     config.set_defaults(run=run_config)
@@ -134,6 +148,32 @@ def add_app_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tls_options(parser: argparse.ArgumentParser, *, where: str = "") -> None:
+    """``--tls-cert`` and ``--tls-key``: HTTPS, uvicorn's and Ray Serve's PEM files."""
+    tls = parser.add_argument_group(f"TLS (HTTPS; both or neither{'; ' + where if where else ''})")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM",
+                     help="server certificate (then its chain), PEM")  # fmt: skip
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key, PEM")
+
+
+def tls_options(args: argparse.Namespace, *, local: bool) -> dict[str, str]:
+    """``ssl_certfile``/``ssl_keyfile`` (uvicorn's and Serve's names) from ``--tls-*``; files
+    on this machine (``local``) must exist and are named by absolute path."""
+    from cascade.errors import CascadeError
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CascadeError("--tls-cert and --tls-key go together: the certificate and its key")
+    if args.tls_cert is None:
+        return {}
+    paths = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+    if not local:
+        return {key: str(path) for key, path in paths.items()}
+    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if not path.is_file():
+            raise CascadeError(f"{option} {path}: no such file")
+    return {key: str(path.resolve()) for key, path in paths.items()}
+
+
 _APP_KNOBS = (
     "max_ongoing_requests",
     "max_queued_requests",
@@ -176,6 +216,14 @@ def run_config(args: argparse.Namespace) -> int:
 
     loaded = [read_policy(p) for p in args.policies]
     given = app_args_of(args)
+    tls = tls_options(args, local=False)
+    if tls and args.kuberay:
+        raise PolicyError(
+            "--tls-cert with --kuberay: the RayService's Serve proxy port is KubeRay's; "
+            "terminate TLS at a Kubernetes Ingress or Gateway in front of it"
+        )
+    if tls and args.ray_proxy == "haproxy":
+        raise PolicyError(f"--tls-cert with --ray-proxy haproxy (the default): {HAPROXY_NO_TLS}")
     if args.token_secret is not None:
         if not args.kuberay:
             raise PolicyError("--token-secret names a Kubernetes Secret: it needs --kuberay")
@@ -206,6 +254,7 @@ def run_config(args: argparse.Namespace) -> int:
         port=args.port,
         proxy_location=args.proxy_location,
         runtime_env=runtime_env,
+        tls=tls,
     )
     document: dict[str, Any] = config
     if args.kuberay:

@@ -10,7 +10,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cascade.cli.config import add_app_options, app_args_of
+from cascade.cli.config import (
+    HAPROXY_NO_TLS,
+    add_app_options,
+    add_tls_options,
+    app_args_of,
+    tls_options,
+)
 from cascade.errors import CascadeError, PolicyError
 
 if TYPE_CHECKING:
@@ -62,10 +68,7 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "second; serve: Ray Serve's Python proxy and Ray's defaults",
     )
     add_app_options(serve)
-    tls = serve.add_argument_group("TLS (HTTPS; both or neither)")
-    tls.add_argument("--tls-cert", type=Path, metavar="PEM",
-                     help="server certificate (then its chain), PEM")  # fmt: skip
-    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key, PEM")
+    add_tls_options(serve)
     serve.set_defaults(run=run_serve)
 
     reload = commands.add_parser(
@@ -198,21 +201,6 @@ def _serving_args(args: argparse.Namespace) -> dict[str, object]:
     return given
 
 
-def _tls(args: argparse.Namespace) -> dict[str, str]:
-    """``ssl_certfile``/``ssl_keyfile`` (uvicorn's and Serve's names) from ``--tls-*``."""
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise CascadeError("--tls-cert and --tls-key go together: the certificate and its key")
-    if args.tls_cert is None:
-        return {}
-    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
-        if not path.is_file():
-            raise CascadeError(f"{option} {path}: no such file")
-    return {
-        "ssl_certfile": str(args.tls_cert.resolve()),
-        "ssl_keyfile": str(args.tls_key.resolve()),
-    }
-
-
 def _bearer(given: dict[str, object]) -> str:
     """The curl option sending the token, ready to paste (the shell reads the token from its
     file or variable: the command line never prints it)."""
@@ -236,16 +224,12 @@ def _announce_auth(given: dict[str, object], tls: dict[str, str]) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    tls = _tls(args)
+    tls = tls_options(args, local=True)
     if args.runtime == "edge":
         return _run_edge(args, tls)
     choice = args.ray_proxy
     if tls and choice == "haproxy":
-        raise CascadeError(
-            "--tls-cert with --ray-proxy haproxy: Ray Serve's HAProxy ingress speaks plain "
-            "HTTP only; use --ray-proxy serve (Serve's proxy serves HTTPS), or terminate TLS "
-            "in front of HAProxy"
-        )
+        raise CascadeError(f"--tls-cert with --ray-proxy haproxy: {HAPROXY_NO_TLS}")
     if tls:
         choice = "serve"  # the only request path of Ray Serve 2.60 with TLS
     proxy = ray_environment(choice)  # before Ray is imported: Serve reads it then

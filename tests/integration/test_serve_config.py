@@ -312,3 +312,24 @@ def test_the_token_reaches_the_app_by_reference_never_in_clear(
     assert "--token-secret names a Kubernetes Secret: it needs --kuberay" in capsys.readouterr().err
     assert main(["config", "custom.yaml", "--kuberay", "--token-secret", "s", *argv[2:]]) == 1
     assert "leave out --token-file/--token-env" in capsys.readouterr().err
+
+
+def test_tls_goes_into_serves_http_options_with_serves_own_proxy_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    monkeypatch.chdir(tmp_path)
+    _policy(tmp_path, "replicas: 1")
+    tls = ["--tls-cert", "/etc/cascade/tls.crt", "--tls-key", "/etc/cascade/tls.key"]
+    assert main(["config", "custom.yaml", "--ray-proxy", "serve", *tls]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    ServeDeploySchema.model_validate(config)
+    assert config["http_options"] == {
+        "host": "0.0.0.0", "port": 8000,
+        "ssl_certfile": "/etc/cascade/tls.crt", "ssl_keyfile": "/etc/cascade/tls.key",
+    }  # fmt: skip
+    assert main(["config", "custom.yaml", *tls]) == 1
+    assert "HAProxy ingress speaks plain HTTP only" in capsys.readouterr().err
+    assert main(["config", "custom.yaml", "--kuberay", "--ray-proxy", "serve", *tls]) == 1
+    assert "terminate TLS at a Kubernetes Ingress" in capsys.readouterr().err
