@@ -116,7 +116,7 @@ class Served:
 def _body(row: np.ndarray) -> bytes:
     tensor = {"name": "input", "shape": [1, len(row)], "datatype": "FP32",
               "data": [float(v) for v in row]}  # fmt: skip
-    return json.dumps({"inputs": [tensor]}).encode()
+    return json.dumps({"inputs": [tensor], "parameters": {"trace": True}}).encode()
 
 
 def _percentiles(ms: list[float]) -> tuple[float, float]:
@@ -212,7 +212,7 @@ def split_run(url: str, model: str, rows: np.ndarray, labels: np.ndarray,
             body = response.json()
             label = {o["name"]: o for o in body["outputs"]}["label"]["data"][0]
             answers.append(classes.index(label))
-            (decision,) = body["parameters"]["decisions"]
+            (decision,) = json.loads(body["parameters"]["trace"])
             escalated += any(s["tier"] == "large" for s in decision["steps"])
             remote += decision["answered_by"] == "large"
             degraded += bool(decision["degraded"])

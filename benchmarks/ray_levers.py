@@ -379,7 +379,7 @@ def answers(server: Server, rows: Any) -> dict[str, Any]:
         outputs = {o["name"]: o["data"] for o in document["outputs"]}
         out[model] = {
             "probabilities": outputs["probabilities"],
-            "answered_by": document["parameters"]["answered_by"],
+            "answered_by": outputs["answered_by"],
         }
     return out
 

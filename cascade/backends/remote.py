@@ -183,6 +183,10 @@ class HttpModel:
                 raise ModelUnavailable(f"{self._where()}: {type(exc).__name__}: {exc}") from exc
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
+        return self._answer(response)[0]
+
+    def _answer(self, response: httpx.Response) -> tuple[dict[str, Any], bytes]:
+        """A 200 answer's JSON document, and the binary data after it (binary extension)."""
         if response.status_code == 401:
             # not retried, and the breaker counts it: the token will not change by itself
             why = "refused the token" if self._headers else "asks for a bearer token"
@@ -194,13 +198,17 @@ class HttpModel:
             text = response.text[:_ERROR_CHARS]
             kind = ModelUnavailable if response.status_code in _BUSY else BackendError
             raise kind(f"{self._where()}: HTTP {response.status_code}: {text}")
+        content, raw = response.content, b""
+        length = response.headers.get("inference-header-content-length")
         try:
-            document = json.loads(response.content)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if length is not None:
+                content, raw = content[: int(length)], content[int(length) :]
+            document = json.loads(content)
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise BackendError(f"{self._where()}: malformed JSON answer: {exc}") from exc
         if not isinstance(document, dict):
             raise BackendError(f"{self._where()}: answer is not a JSON object")
-        return document
+        return document, raw
 
     async def _verify(self) -> None:
         """Read the remote's metadata: its input and classes must match the local tiers'."""
@@ -210,8 +218,10 @@ class HttpModel:
             remote_width = tensor["shape"][-1] if self.input_spec.dtype != "string" else None
             params = meta.get("parameters") or {}
             remote_classes = params.get("classes")
+            if isinstance(remote_classes, str):  # a list as JSON text: parameters are scalars
+                remote_classes = json.loads(remote_classes)
             outputs = {o["name"]: o for o in meta.get("outputs", [])}
-        except (KeyError, IndexError, TypeError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise BackendError(f"{self._where()}: malformed metadata: {exc!r}") from exc
         width = self.input_spec.width
         if width is not None and remote_width not in (None, -1, width):
@@ -239,7 +249,9 @@ class HttpModel:
         if CALL_DEADLINE.get() is not None:
             # the remote sheds (503) what it cannot answer in time instead of answering late
             options["deadline_ms"] = max(1.0, round(self._budget_s() * 1000.0, 1))
-        parameters = {"outputs": [{"name": "probabilities"}], "parameters": options}
+        # probabilities only, as raw float32 after the JSON header when rows go binary too
+        wanted = {"name": "probabilities", "parameters": {"binary_data": self.binary}}
+        parameters = {"outputs": [wanted], "parameters": options}
         spec = self.input_spec
         if spec.dtype == "string":
             texts = [str(t) for t in np.asarray(batch, dtype=object).ravel()]
@@ -264,7 +276,9 @@ class HttpModel:
         }
         return header + raw, headers, len(rows)
 
-    def _probabilities(self, document: dict[str, Any], n: int) -> np.ndarray:
+    def _probabilities(self, document: dict[str, Any], n: int, raw: bytes = b"") -> np.ndarray:
+        """The answer's ``probabilities``: JSON ``data``, or ``raw`` (the bytes after the
+        JSON header of a binary answer)."""
         outputs = document.get("outputs")
         found = None
         if isinstance(outputs, list):
@@ -275,8 +289,15 @@ class HttpModel:
         if found is None:
             raise BackendError(f"{self._where()}: the answer has no 'probabilities' output")
         try:
-            data = np.asarray(found["data"], dtype=np.float32)
             shape = [int(d) for d in found["shape"]]
+            if "data" in found:
+                data = np.asarray(found["data"], dtype=np.float32)
+            else:  # binary: the only output asked for, so all the bytes after the header
+                size = int(found["parameters"]["binary_data_size"])
+                if found.get("datatype") != "FP32" or size != len(raw):
+                    raise ValueError(f"binary {found.get('datatype')} of {size} bytes, "
+                                     f"{len(raw)} sent")  # fmt: skip
+                data = np.frombuffer(raw, dtype="<f4")
             probabilities = data.reshape(shape)
         except (KeyError, TypeError, ValueError) as exc:
             raise BackendError(f"{self._where()}: malformed 'probabilities': {exc}") from exc
@@ -298,7 +319,8 @@ class HttpModel:
             await self._verify()
         body, headers, n = self._request(batch)
         response = await self._send("POST", f"{self.url}/infer", content=body, headers=headers)
-        return self._probabilities(self._json(response), n)
+        document, raw = self._answer(response)
+        return self._probabilities(document, n, raw)
 
 
 def _tls_failure(exc: BaseException) -> bool:

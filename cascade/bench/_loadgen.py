@@ -139,6 +139,8 @@ async def fetch_metadata(client: httpx.AsyncClient, base: str, model: str) -> Mo
         tensor = meta["inputs"][0]
         name, shape = tensor["name"], tensor["shape"]
         classes = (meta.get("parameters") or {}).get("classes")
+        if isinstance(classes, str):  # a list as JSON text: the protocol's parameters are scalars
+            classes = json.loads(classes)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise ModelUnavailable(
             f"{url}: not v2 model metadata ({type(exc).__name__}: {exc})"
@@ -207,17 +209,19 @@ def _score(body: Any, expected: list[str]) -> tuple[int, int, tuple[str, ...], s
         outputs = {tensor["name"]: tensor for tensor in body["outputs"]}
         labels = outputs["label"]["data"]
         parameters = body.get("parameters") or {}
-        if "answered_by" in parameters:  # the compact summary cascade sends untraced
-            tiers = tuple(str(t) for t in parameters["answered_by"])
-            degraded = sum(bool(d) for d in parameters.get("degraded") or [])
+        if "answered_by" in outputs:  # cascade's per-row outputs
+            tiers = tuple(str(t) for t in outputs["answered_by"]["data"])
+            degraded = sum(bool(d) for d in (outputs.get("degraded") or {}).get("data") or [])
             gear_name = parameters.get("gear")
             gears = Counter([str(gear_name)] if gear_name is not None else [])
-        else:
-            decisions = parameters.get("decisions") or []
+        else:  # a trace (a JSON string, or a list from servers before it was one), or none
+            decisions = parameters.get("trace") or parameters.get("decisions") or []
+            if isinstance(decisions, str):
+                decisions = json.loads(decisions)
             degraded = sum(bool(d.get("degraded")) for d in decisions)
             tiers = tuple(str(d["answered_by"]) for d in decisions)
             gears = Counter(str(d["gear"]) for d in decisions if d.get("gear") is not None)
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise _BadResponse(f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(labels, list) or len(labels) != len(expected):
         raise _BadResponse(f"expected {len(expected)} labels, got {labels!r:.80}")
@@ -639,8 +643,8 @@ def _requests(
     encoded up front, to keep JSON encoding off the sender's clock.
     """
     n = len(features)
-    # no full trace: cascade answers with a compact summary (tiers, degraded, gear) anyway,
-    # and 64 rows of traces cost more to encode and parse than the answer itself
+    # no full trace (the default): the outputs answered_by and degraded and the gear say
+    # enough, and 64 rows of traces cost more to encode and parse than the answer itself
     parameters: dict[str, Any] = {"trace": False}
     if deadline_ms is not None:
         parameters["deadline_ms"] = deadline_ms

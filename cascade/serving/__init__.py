@@ -30,10 +30,13 @@ from cascade.serving._protocol import (
     OUTPUT_NAMES,
     InferRequest,
     build_infer_response,
+    bytes_elements,
+    encode_response,
     error_body,
     model_metadata,
     parse_infer_request,
     policy_hash,
+    scalar_parameters,
 )
 from cascade.serving._served import RemoteFactory, ServedModel
 from cascade.serving._service import (
@@ -77,7 +80,9 @@ __all__ = [
     "ServingLimits",
     "bearer_header",
     "build_infer_response",
+    "bytes_elements",
     "deployment_name",
+    "encode_response",
     "error_body",
     "ingress_options",
     "load_token",
@@ -86,6 +91,7 @@ __all__ = [
     "parse_infer_request",
     "policy_hash",
     "request_budget_ms",
+    "scalar_parameters",
     "sends_its_time",
     "tier_options",
     "unavailable",

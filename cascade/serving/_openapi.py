@@ -1,107 +1,172 @@
 """The OpenAPI 3.1 document of the HTTP service (served at ``/openapi.json``).
 
-Written out rather than derived from a web framework: the service has none on its request
-path. A unit test holds these paths to the routes :class:`InferenceService` dispatches.
+The bodies' schemas are generated from the pydantic models below, which state the protocol
+as this server speaks it: what it accepts (no narrower, so a client generated from the
+document can send all that the server takes: unknown keys are allowed, as the server ignores
+them) and what it answers. Requests are parsed by the hand-written parser of
+:mod:`cascade.serving._protocol` (numbers go straight into numpy there, never through a
+model per value); the unit tests hold the two to each other, and the conformance suite
+fuzzes the server against this document (schemathesis). The paths are held to the routes
+:class:`InferenceService` dispatches by a unit test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
 
 __all__ = ["openapi_document", "secure_document"]
 
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {"type": "string", "description": "what is wrong"}},
-}
+Datatype = Literal[
+    "BOOL", "FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64",
+    "UINT8", "UINT16", "UINT32", "UINT64", "BYTES",
+]  # fmt: skip
+Scalar = str | int | float | bool
 
-_TENSOR_IN = {
-    "type": "object",
-    "required": ["name", "shape", "datatype"],
-    "properties": {
-        "name": {"type": "string", "description": "the model's input name (see metadata)"},
-        "shape": {"type": "array", "items": {"type": "integer"}, "description": "[rows, width]"},
-        "datatype": {
-            "type": "string",
-            "enum": [
-                "FP16",
-                "FP32",
-                "FP64",
-                "INT8",
-                "INT16",
-                "INT32",
-                "INT64",
-                "UINT8",
-                "UINT16",
-                "UINT32",
-                "UINT64",
-            ],
-        },
-        "data": {
-            "type": "array",
-            "description": "row-major numbers, flat or nested; absent with binary data",
-        },
-        "parameters": {
-            "type": "object",
-            "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
-        },
-    },
-}
 
-_INFER_REQUEST = {
-    "type": "object",
-    "required": ["inputs"],
-    "properties": {
-        "id": {"type": "string"},
-        "inputs": {"type": "array", "items": _TENSOR_IN, "minItems": 1, "maxItems": 1},
-        "outputs": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"name": {"type": "string", "enum": ["probabilities", "label"]}},
-            },
-        },
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "deadline_ms": {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "description": "answer within this or get a 503",
-                },
-                "max_tier": {"type": "string", "description": "most expensive tier allowed"},
-                "trace": {"type": "boolean", "description": "per-row decision trace"},
-                "profile": {
-                    "type": "boolean",
-                    "description": "latency profile, as a JSON string in parameters.profile",
-                },
-                "priority": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "description": "priority class, Triton's convention: 1 highest, 0 default "
-                    "(2); lower classes are refused first under overload",
-                },
-            },
-        },
-    },
-}
+class _Open(BaseModel):
+    """Unknown keys are allowed, as the server ignores them."""
 
-_INFER_RESPONSE = {
-    "type": "object",
-    "properties": {
-        "model_name": {"type": "string"},
-        "model_version": {"type": "string"},
-        "id": {"type": "string"},
-        "outputs": {"type": "array", "items": {"type": "object"}},
-        "parameters": {
-            "type": "object",
-            "description": "answered_by, degraded and gear per request; decisions with "
-            "trace; profile (a JSON string) with parameters.profile",
-        },
-    },
-}
+    model_config = ConfigDict(extra="allow")
+
+
+class TensorParameters(_Open):
+    binary_data_size: int | None = Field(
+        None, ge=0, description="bytes of this input after the JSON header (binary extension)"
+    )
+
+
+class RequestInput(_Open):
+    """One input tensor: ``data`` row-major (flat or nested), or ``binary_data_size`` bytes
+    after the JSON header. Texts: ``BYTES``, shape ``[n]`` or ``[n, 1]``."""
+
+    name: str = Field(description="the model's input name (see its metadata)")
+    shape: list[int] = Field(description="[rows, width], or [rows] for texts")
+    datatype: Datatype
+    data: list[Any] | None = Field(None, description="absent with binary data")
+    parameters: TensorParameters | None = None
+
+
+class OutputParameters(_Open):
+    binary_data: bool | None = Field(None, description="send this output as binary data")
+
+
+class RequestedOutput(_Open):
+    name: str = Field(
+        description="probabilities, label, answered_by or degraded (ranking: all outputs always)"
+    )
+    parameters: OutputParameters | None = None
+
+
+class InferParameters(_Open):
+    deadline_ms: float | None = Field(
+        None, gt=0, description="answer within this many ms or get a 503 (headers work too)"
+    )
+    max_tier: str | None = Field(None, description="the most expensive tier allowed")
+    trace: bool = Field(False, description="the per-row decision trace, as a JSON string "
+                        "in the response's parameters.trace")  # fmt: skip
+    profile: bool = Field(False, description="the latency profile, as a JSON string in the "
+                          "response's parameters.profile")  # fmt: skip
+    priority: int = Field(0, ge=0, description="priority class, Triton's convention: 1 "
+                          "highest, 0 default (2); lower classes are refused first under "
+                          "overload")  # fmt: skip
+    binary_data_output: bool = Field(False, description="every output as binary data")
+    k: int | None = Field(None, ge=1, description="ranking: how many to return")
+    n: int | None = Field(None, ge=1, description="ranking: how many the coarse stage keeps")
+
+
+class InferRequest(_Open):
+    id: str | None = None
+    inputs: list[RequestInput] = Field(
+        min_length=1, max_length=2, description="one input ('ids' beside it for ranking)"
+    )
+    outputs: list[RequestedOutput] | None = None
+    parameters: InferParameters | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    data: list[Any] | None = Field(None, description="absent when sent as binary data")
+    parameters: dict[str, Scalar] | None = Field(
+        None, description="binary_data_size: its bytes after the JSON header"
+    )
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str = Field(description="the policy's hash")
+    id: str | None = None
+    outputs: list[ResponseOutput]
+    parameters: dict[str, Scalar] | None = Field(
+        None,
+        description="gear; trace and profile (JSON strings) when asked for; ranking: relative_cost",
+    )
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: Datatype
+    shape: list[int]
+    optional: bool | None = None
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str] = Field(description="the version served: its policy's hash")
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: dict[str, Scalar] = Field(
+        description="policy_hash, routing; lists and objects (classes, tiers, load, "
+        "reload_errors) as JSON text: GET .../config has them as JSON"
+    )
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class Ready(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class Error(BaseModel):
+    error: str = Field(description="what is wrong")
+
+
+_MODELS: list[type[BaseModel]] = [
+    InferRequest, InferResponse, ModelMetadata, ServerMetadata, Live, Ready, ModelReady, Error,
+]  # fmt: skip
+
+
+def _schemas() -> dict[str, Any]:
+    """Every model's JSON schema, refs pointing into ``components.schemas``."""
+    _, document = models_json_schema(
+        [(m, "validation" if m is InferRequest else "serialization") for m in _MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas: dict[str, Any] = document["$defs"]
+    return schemas
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _header(name: str, description: str, pattern: str) -> dict[str, Any]:
@@ -109,10 +174,11 @@ def _header(name: str, description: str, pattern: str) -> dict[str, Any]:
             "schema": {"type": "string", "pattern": pattern}}  # fmt: skip
 
 
+_BINARY = {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
 _EPOCH = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"
 # the deadline a client may send in a header instead of (or besides) parameters.deadline_ms;
 # the tightest counts (cascade.serving._deadline)
-_DEADLINE_HEADERS = [
+_INFER_HEADERS = [
     _header("grpc-timeout", "relative budget, gRPC's format: 250m is 250 ms",
             r"^[0-9]{1,8}[HMSmun]$"),
     _header("x-envoy-expected-rq-timeout-ms", "relative budget in ms (Envoy, Istio)",
@@ -120,6 +186,10 @@ _DEADLINE_HEADERS = [
     _header("x-cascade-deadline", "absolute deadline, epoch seconds", _EPOCH),
     _header("x-cascade-sent-at", "when the client sent the request, epoch seconds: relative "
             "budgets count from it", _EPOCH),
+    _header("inference-header-content-length", "binary tensor data extension: the bytes of "
+            "JSON before the binary data", r"^[0-9]{1,12}$"),
+    _header("content-encoding", "gzip or deflate: the body is compressed",
+            r"^(gzip|deflate|identity)$"),
 ]  # fmt: skip
 
 
@@ -127,24 +197,91 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _name() -> list[dict[str, Any]]:
-    return [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+def _path_parameter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
-def openapi_document(models: list[str]) -> dict[str, Any]:
-    """The OpenAPI document; ``models`` are listed as the values ``{name}`` takes.
+def openapi_document(models: list[str], versions: list[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI document; ``models`` are listed as the values ``{name}`` takes, and
+    ``versions`` (their policies' hashes) as those ``{version}`` takes.
 
     Example::
 
         openapi_document(["digits"])["paths"]["/v2/models/{name}/infer"]
     """
-    error = {"$ref": "#/components/schemas/Error"}
-    bad = _json(error, "the request is malformed; the message says what is wrong")
-    unknown = _json(error, "no such model")
-    busy = _json(error, "overloaded, a deadline out of reach, or a failed tier; see Retry-After")
-    ok = {"type": "object"}
-    name_param = _name()
-    name_param[0]["schema"] = {"type": "string", "enum": models} if models else {"type": "string"}
+    bad = _json(_ref("Error"), "the request is malformed; the message says what is wrong")
+    unknown = _json(_ref("Error"), "no such model, or not at that version")
+    busy = _json(_ref("Error"), "overloaded, a deadline out of reach, or a failed tier; "
+                 "see Retry-After")  # fmt: skip
+    name = _path_parameter(
+        "name", {"type": "string", "enum": models} if models else {"type": "string"}
+    )
+    version = _path_parameter(
+        "version", {"type": "string", "enum": versions} if versions else {"type": "string"}
+    )
+    answers = {
+        "description": "the answer: JSON, or with binary outputs the binary extension "
+        "(Inference-Header-Content-Length bytes of JSON, then the outputs' bytes)",
+        "content": {"application/json": {"schema": _ref("InferResponse")},
+                    "application/octet-stream": _BINARY},
+    }  # fmt: skip
+    refused = {
+        "400": bad,
+        "404": unknown,
+        "413": _json(_ref("Error"), "the body is larger than the limit"),
+        "415": _json(_ref("Error"), "a Content-Encoding the server cannot read"),
+        "503": busy,
+    }
+    infer = {
+        "summary": "inference through the cascade",
+        "requestBody": {
+            "required": True,
+            # octet-stream: the binary tensor data extension, a JSON header of
+            # Inference-Header-Content-Length bytes, then the inputs' bytes
+            "content": {
+                "application/json": {"schema": _ref("InferRequest")},
+                "application/octet-stream": _BINARY,
+            },
+        },
+        "responses": {"200": answers, **refused},
+    }
+    model_operations: dict[str, dict[str, Any]] = {
+        "": {"get": {"summary": "model metadata: inputs, outputs, policy hash",
+                     "responses": {"200": _json(_ref("ModelMetadata"), "metadata"),
+                                   "404": unknown}}},
+        "/ready": {"get": {"summary": "model readiness",
+                           "responses": {"200": _json(_ref("ModelReady"), "ready"),
+                                         "404": unknown}}},
+        "/config": {"get": {"summary": "the model's configuration: the policy, tiers, classes, "
+                            "load, reload errors, and Triton's fields",
+                            "responses": {"200": _json({"type": "object"}, "configuration"),
+                                          "404": unknown}}},
+        "/infer": {"post": infer},
+    }  # fmt: skip
+    paths: dict[str, Any] = {
+        "/v2": {"get": {"summary": "server metadata: name, version, extensions",
+                        "responses": {"200": _json(_ref("ServerMetadata"), "server metadata")}}},
+        "/v2/health/live": {"get": {"summary": "liveness",
+                                    "responses": {"200": _json(_ref("Live"), "live")}}},
+        "/v2/health/ready": {"get": {"summary": "readiness: a model is served",
+                                     "responses": {"200": _json(_ref("Ready"), "ready"),
+                                                   "400": _json(_ref("Ready"), "not ready: no "
+                                                                "model is served")}}},
+    }  # fmt: skip
+    for prefix, parameters in (
+        ("/v2/models/{name}", [name]),
+        ("/v2/models/{name}/versions/{version}", [name, version]),
+    ):
+        for suffix, operations in model_operations.items():
+            paths[prefix + suffix] = {
+                method: operation
+                | {"parameters": parameters + (_INFER_HEADERS if method == "post" else [])}
+                for method, operation in operations.items()
+            }
+    paths["/openapi.json"] = {
+        "get": {"summary": "this document", "responses": {"200": _json({"type": "object"},
+                                                                       "OpenAPI 3.1")}}
+    }  # fmt: skip
     return {
         "openapi": "3.1.0",
         "info": {
@@ -152,75 +289,8 @@ def openapi_document(models: list[str]) -> dict[str, Any]:
             "description": "Open Inference Protocol v2 over a cascade",
             "version": "2",
         },
-        "paths": {
-            "/v2": {
-                "get": {
-                    "summary": "server metadata: name, version, extensions",
-                    "responses": {"200": _json(ok, "server metadata")},
-                }
-            },
-            "/v2/health/live": {
-                "get": {"summary": "liveness", "responses": {"200": _json(ok, "live")}}
-            },
-            "/v2/health/ready": {
-                "get": {
-                    "summary": "readiness: a model is served",
-                    "responses": {
-                        "200": _json(ok, "ready"),
-                        "400": _json(ok, "not ready: no model is served"),
-                    },
-                }
-            },
-            "/v2/models/{name}": {
-                "get": {
-                    "summary": "model metadata: inputs, outputs, policy hash, tiers, load",
-                    "parameters": name_param,
-                    "responses": {"200": _json(ok, "metadata"), "404": unknown},
-                }
-            },
-            "/v2/models/{name}/ready": {
-                "get": {
-                    "summary": "model readiness",
-                    "parameters": name_param,
-                    "responses": {"200": _json(ok, "ready"), "404": unknown},
-                }
-            },
-            "/v2/models/{name}/infer": {
-                "post": {
-                    "summary": "inference through the cascade",
-                    "parameters": name_param + _DEADLINE_HEADERS,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/InferRequest"}
-                            },
-                            "application/octet-stream": {
-                                "description": "binary tensor data extension: "
-                                "a JSON header of Inference-Header-Content-Length bytes, "
-                                "then the data"
-                            },
-                        },
-                    },
-                    "responses": {
-                        "200": _json({"$ref": "#/components/schemas/InferResponse"}, "answers"),
-                        "400": bad,
-                        "404": unknown,
-                        "503": busy,
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {"summary": "this document", "responses": {"200": _json(ok, "OpenAPI 3.1")}}
-            },
-        },
-        "components": {
-            "schemas": {
-                "Error": _ERROR,
-                "InferRequest": _INFER_REQUEST,
-                "InferResponse": _INFER_RESPONSE,
-            }
-        },
+        "paths": paths,
+        "components": {"schemas": _schemas()},
     }
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+import struct
+import zlib
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,21 +23,30 @@ from cascade.errors import InputError
 from cascade.policy import Policy
 
 __all__ = [
+    "CONTENT_ENCODINGS",
     "OUTPUT_NAMES",
     "InferRequest",
     "build_infer_response",
+    "bytes_elements",
+    "decode_body",
+    "encode_response",
     "error_body",
     "model_metadata",
+    "output_tensor",
     "parse_infer_request",
     "parse_input",
     "parse_json_object",
+    "parse_outputs",
     "policy_hash",
+    "scalar_parameters",
     "split_binary",
     "type_name",
 ]
 
-OUTPUT_NAMES = ("probabilities", "label")
-"""The outputs a request may ask for, and the ones it gets when it names none."""
+OUTPUT_NAMES = ("probabilities", "label", "answered_by", "degraded")
+"""The outputs a request may ask for, and the ones it gets when it names none: the class
+probabilities, the label, and per row the tier that answered and whether the answer is
+degraded (below what the policy would have asked: a gear's cap, a deadline, a failed tier)."""
 
 _DATATYPES: dict[str, type[np.generic]] = {
     "FP16": np.float16,
@@ -64,6 +75,9 @@ class InferRequest:
 
     ``profile``: the request asked for its latency profile (``parameters.profile: true``).
     ``priority``: ``parameters.priority`` (Triton's: 1 is the highest class, 0 the default).
+    ``binary_outputs``: the outputs to send as raw bytes after the JSON header (the binary
+    tensor data extension: ``parameters.binary_data_output`` for all of them, or an output's
+    own ``parameters.binary_data``).
     """
 
     id: str | None
@@ -74,6 +88,7 @@ class InferRequest:
     output_names: list[str]
     profile: bool = False
     priority: int = 0
+    binary_outputs: frozenset[str] = frozenset()
 
 
 def type_name(value: Any) -> str:
@@ -135,11 +150,18 @@ def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
     return document
 
 
+def _flag(parameters: dict[str, Any], key: str, where: str = "parameters") -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise InputError(f"{where}.{key} must be true or false, got {json.dumps(value)}")
+    return value
+
+
 def _parse_parameters(
     parameters: Any, tiers: Sequence[str]
 ) -> tuple[float | None, str | None, bool, bool, int]:
     if parameters is None:
-        return None, None, True, False, 0
+        return None, None, False, False, 0
     if not isinstance(parameters, dict):
         raise InputError(f"'parameters' must be an object, got {type_name(parameters)}")
     deadline = parameters.get("deadline_ms")
@@ -155,12 +177,8 @@ def _parse_parameters(
             f"parameters.max_tier {json.dumps(max_tier)} is not a tier of this policy "
             f"(tiers: {', '.join(tiers)})"
         )
-    trace = parameters.get("trace", True)
-    if not isinstance(trace, bool):
-        raise InputError(f"parameters.trace must be true or false, got {json.dumps(trace)}")
-    profile = parameters.get("profile", False)
-    if not isinstance(profile, bool):
-        raise InputError(f"parameters.profile must be true or false, got {json.dumps(profile)}")
+    trace = _flag(parameters, "trace")
+    profile = _flag(parameters, "profile")
     priority = parameters.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
         raise InputError(
@@ -171,21 +189,40 @@ def _parse_parameters(
     return deadline_ms, max_tier, trace, profile, priority
 
 
-def _parse_outputs(outputs: Any) -> list[str]:
+def parse_outputs(
+    outputs: Any, allowed: Sequence[str], *, binary: bool = False
+) -> tuple[list[str], frozenset[str]]:
+    """The outputs a request names (all of ``allowed`` when it names none), and those to send
+    as binary data: ``binary`` (``parameters.binary_data_output``) unless an output's own
+    ``parameters.binary_data`` says otherwise."""
     if outputs is None or outputs == []:
-        return list(OUTPUT_NAMES)
+        return list(allowed), frozenset(allowed) if binary else frozenset()
     if not isinstance(outputs, list):
         raise InputError(f"'outputs' must be a list, got {type_name(outputs)}")
     names: list[str] = []
+    raw: set[str] = set()
     for i, output in enumerate(outputs):
         name = output.get("name") if isinstance(output, dict) else None
         if not isinstance(name, str):
             raise InputError(f"outputs[{i}] must be an object with a string 'name'")
-        if name not in OUTPUT_NAMES:
-            raise InputError(f"unknown output '{name}' (allowed: {', '.join(OUTPUT_NAMES)})")
+        if name not in allowed:
+            raise InputError(f"unknown output '{name}' (allowed: {', '.join(allowed)})")
+        parameters = output.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InputError(f"outputs[{i}].parameters must be an object")
+        as_binary = binary
+        if parameters and "binary_data" in parameters:
+            as_binary = _flag(parameters, "binary_data", f"outputs[{i}].parameters")
+        if parameters and "classification" in parameters:
+            raise InputError(
+                f"outputs[{i}].parameters.classification is not supported: ask for 'label' "
+                "and 'probabilities'"
+            )
         if name not in names:
             names.append(name)
-    return names
+            if as_binary:
+                raw.add(name)
+    return names, frozenset(raw)
 
 
 def parse_input(
@@ -215,9 +252,9 @@ def parse_input(
             raise InputError(f"inputs[0] needs a string 'name' (expected '{input_name}')")
         raise InputError(f"unknown input '{name}' (expected '{input_name}')")
     where = f"input '{input_name}'"
-    if text:
-        return _text_rows(tensor, input_name, max_rows=max_rows)
     binary_size = _binary_size(tensor, where)
+    if text:
+        return _text_rows(tensor, input_name, max_rows=max_rows, binary=binary, size=binary_size)
     for key in ("shape", "datatype") if binary_size is not None else ("shape", "datatype", "data"):
         if key not in tensor:
             raise InputError(f"{where}: missing '{key}'")
@@ -252,10 +289,19 @@ def parse_input(
     return _to_rows(data, datatype, shape=(n_rows, width), input_name=input_name, body=body)
 
 
-def _text_rows(tensor: dict[str, Any], input_name: str, *, max_rows: int) -> np.ndarray:
-    """A ``BYTES`` input of texts, shape ``[n]`` or ``[n, 1]``, as a 1-D object array."""
+def _text_rows(
+    tensor: dict[str, Any],
+    input_name: str,
+    *,
+    max_rows: int,
+    binary: bytes | None = None,
+    size: int | None = None,
+) -> np.ndarray:
+    """A ``BYTES`` input of texts, shape ``[n]`` or ``[n, 1]``, as a 1-D object array: from
+    JSON ``data`` or, with ``size`` (``binary_data_size``), from the binary extension's
+    length-prefixed elements."""
     where = f"input '{input_name}'"
-    for key in ("shape", "datatype", "data"):
+    for key in ("shape", "datatype") if size is not None else ("shape", "datatype", "data"):
         if key not in tensor:
             raise InputError(f"{where}: missing '{key}'")
     if tensor["datatype"] != "BYTES":
@@ -276,15 +322,52 @@ def _text_rows(tensor: dict[str, Any], input_name: str, *, max_rows: int) -> np.
         raise InputError(f"{where}: 0 rows; send at least one text")
     if n_rows > max_rows:
         raise InputError(f"{where}: {n_rows} rows; the limit is {max_rows} per request")
-    data = tensor["data"]
-    if not isinstance(data, list):
-        raise InputError(f"{where}: 'data' must be a list of strings, got {type_name(data)}")
-    flat = [d[0] if isinstance(d, list) and len(d) == 1 else d for d in data]
+    if size is not None:
+        flat: list[Any] = _binary_texts(binary, size, where)
+    else:
+        data = tensor["data"]
+        if not isinstance(data, list):
+            raise InputError(f"{where}: 'data' must be a list of strings, got {type_name(data)}")
+        flat = [d[0] if isinstance(d, list) and len(d) == 1 else d for d in data]
     if len(flat) != n_rows:
         raise InputError(
             f"{where}: data has {len(flat)} texts; shape {json.dumps(shape)} needs {n_rows}"
         )
     return validate_texts(flat, InputSpec(name=input_name, width=None, dtype="string"))
+
+
+def _binary_texts(binary: bytes | None, size: int, where: str) -> list[str]:
+    """``BYTES`` elements of the binary extension: each a 4-byte little-endian length, then
+    that many bytes (UTF-8 text here)."""
+    if binary is None:
+        raise InputError(
+            f"{where}: parameters.binary_data_size needs the binary data after the JSON "
+            "header, and the Inference-Header-Content-Length header saying where it starts"
+        )
+    if len(binary) != size:
+        raise InputError(
+            f"{where}: binary_data_size says {size} bytes and {len(binary)} follow the JSON header"
+        )
+    texts: list[str] = []
+    at = 0
+    while at < size:
+        if at + 4 > size:
+            raise InputError(
+                f"{where}: BYTES element {len(texts)} is cut short: each element is a 4-byte "
+                "little-endian length, then that many bytes"
+            )
+        (length,) = struct.unpack_from("<I", binary, at)
+        at += 4
+        if at + length > size:
+            raise InputError(
+                f"{where}: BYTES element {len(texts)} says {length} bytes; {size - at} remain"
+            )
+        try:
+            texts.append(binary[at : at + length].decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{where}: BYTES element {len(texts)} is not UTF-8: {exc}") from None
+        at += length
+    return texts
 
 
 def _binary_size(tensor: dict[str, Any], where: str) -> int | None:
@@ -363,6 +446,41 @@ def _to_rows(
     return validate_batch(array.reshape(shape), InputSpec(name=input_name, width=shape[1]))
 
 
+CONTENT_ENCODINGS = ("gzip", "deflate", "identity")
+"""The ``Content-Encoding``s a request body may come in."""
+
+
+def decode_body(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """A request body with its ``Content-Encoding`` undone, never larger than ``max_bytes``
+    once decoded (a small compressed body may not expand past the limit).
+
+    Example::
+
+        decode_body(gzip.compress(b"{}"), "gzip", 1024)   # b"{}"
+    """
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return body
+    if name not in CONTENT_ENCODINGS:
+        raise InputError(
+            f"Content-Encoding {encoding!r} is not supported (supported: "
+            f"{', '.join(CONTENT_ENCODINGS)})"
+        )
+    # gzip, or zlib's deflate stream (what HTTP calls deflate); wbits 47 reads both headers
+    decoder = zlib.decompressobj(wbits=31 if name == "gzip" else 47)
+    try:
+        decoded = decoder.decompress(body, max_bytes + 1)
+        if len(decoded) <= max_bytes and not decoder.unconsumed_tail:
+            decoded += decoder.flush()
+    except zlib.error as exc:
+        raise InputError(f"request body is not valid {name} data: {exc}") from None
+    if len(decoded) > max_bytes or decoder.unconsumed_tail:
+        raise InputError(f"request body is more than {max_bytes} bytes once decompressed")
+    if not decoder.eof:
+        raise InputError(f"request body is cut short: its {name} stream does not end")
+    return decoded
+
+
 def split_binary(
     body: bytes, header_length: int | None, max_bytes: int
 ) -> tuple[bytes, bytes | None]:
@@ -419,7 +537,11 @@ def parse_infer_request(
     deadline_ms, max_tier, trace, profile, priority = _parse_parameters(
         document.get("parameters"), tiers
     )
-    output_names = _parse_outputs(document.get("outputs"))
+    parameters = document.get("parameters")
+    binary_all = _flag(parameters, "binary_data_output") if parameters is not None else False
+    output_names, binary_outputs = parse_outputs(
+        document.get("outputs"), OUTPUT_NAMES, binary=binary_all
+    )
     rows = parse_input(
         document.get("inputs"),
         input_name=input_name,
@@ -438,6 +560,7 @@ def parse_infer_request(
         output_names=output_names,
         profile=profile,
         priority=priority,
+        binary_outputs=binary_outputs,
     )
 
 
@@ -456,6 +579,86 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+_RAW = "\u0000raw"  # where a binary output's bytes wait in a response document until encoded
+
+
+def scalar_parameters(values: dict[str, Any]) -> dict[str, Any]:
+    """``parameters`` as the protocol carries them: strings, numbers and booleans. A list or
+    an object becomes its JSON text (KServe's models and gRPC's ``InferParameter`` hold
+    scalars only); ``None`` and non-finite numbers are left out.
+
+    Example::
+
+        scalar_parameters({"gear": "normal", "tiers": ["tiny", "large"], "x": None})
+        # {"gear": "normal", "tiers": '["tiny", "large"]'}
+    """
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        value = _jsonable(value)
+        if value is None:
+            continue
+        out[key] = json.dumps(value) if isinstance(value, list | dict) else value
+    return out
+
+
+def bytes_elements(values: Sequence[str | bytes]) -> bytes:
+    """``BYTES`` elements as the binary extension sends them: each a 4-byte little-endian
+    length, then its bytes (texts in UTF-8)."""
+    parts = []
+    for value in values:
+        raw = value.encode() if isinstance(value, str) else bytes(value)
+        parts += [struct.pack("<I", len(raw)), raw]
+    return b"".join(parts)
+
+
+_OUTPUT_DTYPES: dict[str, Any] = {
+    **_DATATYPES,
+    "BOOL": np.bool_,
+}
+
+
+def output_tensor(name: str, datatype: str, values: Any, *, binary: bool) -> dict[str, Any]:
+    """One output of a response document: ``values`` (a numpy array, or a list of strings
+    for ``BYTES``) as JSON ``data``, or with ``binary`` as raw bytes that
+    :func:`encode_response` puts after the JSON header."""
+    if datatype == "BYTES":
+        items = [str(v) for v in values]
+        shape = [len(items)]
+        raw = bytes_elements(items) if binary else b""
+        data: Any = items
+    else:
+        array = np.asarray(values, dtype=_OUTPUT_DTYPES[datatype])
+        shape = list(array.shape)
+        raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes() if binary else b""
+        data = None if binary else array.ravel().tolist()
+    tensor: dict[str, Any] = {"name": name, "shape": shape, "datatype": datatype}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+        tensor[_RAW] = raw
+    else:
+        tensor["data"] = data
+    return tensor
+
+
+def encode_response(document: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """A response document as body bytes and headers: plain JSON, or, when an output is
+    binary, the binary tensor data extension (JSON header, then each binary output's bytes
+    in order; ``Inference-Header-Content-Length`` says where the header ends).
+
+    Example::
+
+        body, headers = encode_response(build_infer_response(..., binary_outputs={"label"}))
+    """
+    raws = [o.pop(_RAW) for o in document.get("outputs", ()) if _RAW in o]
+    header = json.dumps(document, allow_nan=False).encode()
+    if not raws:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(raws), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+
+
 def build_infer_response(
     *,
     model_name: str,
@@ -464,67 +667,74 @@ def build_infer_response(
     probabilities: np.ndarray,
     labels: np.ndarray,
     classes: Sequence[str] | None,
-    decisions: Sequence[dict[str, Any]] | None,
     output_names: Sequence[str],
-    summary: dict[str, Any] | None = None,
+    answered_by: Sequence[str] | None = None,
+    degraded: Sequence[bool] | None = None,
+    trace: Sequence[dict[str, Any]] | None = None,
+    parameters: dict[str, Any] | None = None,
+    binary_outputs: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Build the v2 response body; it survives ``json.dumps(..., allow_nan=False)``.
+    """Build the v2 response document (:func:`encode_response` makes it bytes).
 
     Labels are class names (``BYTES``) when ``classes`` are given, else indices
-    (``INT64``). ``decisions`` (the trace, ``Decision.to_dict()`` per row) ride in
-    ``parameters``; pass ``None`` when the request turned tracing off. ``summary`` (plain
-    JSON: per-row ``answered_by`` and ``degraded``, the ``gear``) rides there too, traced
-    or not: the short answer to "how was this answered" costs little to send.
+    (``INT64``). ``answered_by`` and ``degraded`` (per row) are the outputs of those names;
+    ``trace`` (``Decision.to_dict()`` per row, when the request asked for it) rides as a JSON
+    string in ``parameters.trace``; ``parameters`` (e.g. the ``gear``) ride as they are, lists
+    and objects as JSON text (:func:`scalar_parameters`). Outputs named in ``binary_outputs``
+    are sent as raw bytes.
 
     Example::
 
-        body = build_infer_response(
-            model_name="digits", model_version="1", request_id=request.id,
+        document = build_infer_response(
+            model_name="digits", model_version="3f9a0c1d2e4b5a67", request_id=request.id,
             probabilities=result.probabilities, labels=result.labels, classes=None,
-            decisions=[d.to_dict() for d in result.decisions],
-            output_names=request.output_names,
+            output_names=request.output_names, answered_by=["tiny"], degraded=[False],
         )
     """
     probs = np.asarray(probabilities, dtype=np.float32)
     label_array = np.asarray(labels)
-    if probs.ndim != 2 or label_array.shape != (probs.shape[0],):
+    n = probs.shape[0] if probs.ndim == 2 else -1
+    if probs.ndim != 2 or label_array.shape != (n,):
         raise ValueError(
             f"expected probabilities [n, n_classes] and labels [n], got "
             f"{list(probs.shape)} and {list(label_array.shape)}"
         )
     if not np.isfinite(probs).all():
         raise ValueError("probabilities hold non-finite values")
-    label_data: list[Any] = [int(label) for label in label_array]
-    if classes is not None:
-        if label_data and not 0 <= min(label_data) <= max(label_data) < len(classes):
-            raise ValueError(f"labels {label_data} do not index the {len(classes)} classes")
-        label_data = [str(classes[i]) for i in label_data]
-    tensors = {
-        "probabilities": {
-            "name": "probabilities",
-            "shape": list(probs.shape),
-            "datatype": "FP32",
-            "data": probs.ravel().tolist(),
-        },
-        "label": {
-            "name": "label",
-            "shape": [len(label_data)],
-            "datatype": "BYTES" if classes is not None else "INT64",
-            "data": label_data,
-        },
-    }
-    unknown = [name for name in output_names if name not in tensors]
+    unknown = [name for name in output_names if name not in OUTPUT_NAMES]
     if unknown:
         raise ValueError(f"unknown outputs {unknown} (allowed: {', '.join(OUTPUT_NAMES)})")
+    for name, per_row in (("answered_by", answered_by), ("degraded", degraded)):
+        if name in output_names and (per_row is None or len(per_row) != n):
+            raise ValueError(f"output '{name}' needs one value per row ({n})")
+    outputs = []
+    for name in output_names:
+        binary = name in binary_outputs
+        if name == "probabilities":
+            outputs.append(output_tensor(name, "FP32", probs, binary=binary))
+        elif name == "label" and classes is not None:
+            indices = label_array.astype(np.int64)
+            if n and not 0 <= indices.min() <= indices.max() < len(classes):
+                raise ValueError(
+                    f"labels {indices.tolist()} do not index the {len(classes)} classes"
+                )
+            names = [str(classes[i]) for i in indices]
+            outputs.append(output_tensor(name, "BYTES", names, binary=binary))
+        elif name == "label":
+            outputs.append(output_tensor(name, "INT64", label_array, binary=binary))
+        elif name == "answered_by":
+            outputs.append(output_tensor(name, "BYTES", list(answered_by or ()), binary=binary))
+        else:
+            outputs.append(output_tensor(name, "BOOL", list(degraded or ()), binary=binary))
     body: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         body["id"] = request_id
-    body["outputs"] = [tensors[name] for name in output_names]
-    parameters: dict[str, Any] = dict(summary or {})
-    if decisions is not None:
-        parameters["decisions"] = _jsonable(list(decisions))
-    if parameters:
-        body["parameters"] = parameters
+    body["outputs"] = outputs
+    values = dict(parameters or {})
+    if trace is not None:
+        values["trace"] = list(trace)
+    if values:
+        body["parameters"] = scalar_parameters(values)
     return body
 
 
@@ -541,6 +751,7 @@ def model_metadata(
     text: bool = False,
 ) -> dict[str, Any]:
     """The v2 model metadata body (``GET /v2/models/{name}``); ``text``: a BYTES input.
+    Its ``parameters`` are scalars: ``classes`` and any list in ``extra`` as JSON text.
 
     Example::
 
@@ -563,12 +774,16 @@ def model_metadata(
                 "datatype": "BYTES" if classes is not None else "INT64",
                 "shape": [-1],
             },
+            {"name": "answered_by", "datatype": "BYTES", "shape": [-1]},
+            {"name": "degraded", "datatype": "BOOL", "shape": [-1]},
         ],
-        "parameters": {
-            "policy_hash": policy_hash,
-            "classes": None if classes is None else [str(c) for c in classes],
-            **_jsonable(extra or {}),
-        },
+        "parameters": scalar_parameters(
+            {
+                "policy_hash": policy_hash,
+                "classes": None if classes is None else [str(c) for c in classes],
+                **(extra or {}),
+            }
+        ),
     }
 
 

@@ -4,7 +4,8 @@ Request: input ``{input_name}`` holds the candidates' feature matrix ``[count, w
 (JSON or binary, as for classification); an optional input ``ids`` (``BYTES`` or ``INT64``,
 ``[count]``) names them; ``parameters`` may carry ``k``, ``n`` and ``trace``. Response:
 outputs ``indices`` (INT64, positions in the matrix), ``scores`` (FP32, the fine stage's)
-and, when ids came, ``ids``; ``parameters`` carry ``relative_cost`` and, traced, ``stages``.
+and, when ids came, ``ids``; ``parameters`` carry ``relative_cost`` and, with
+``parameters.trace: true``, ``trace``: the stages' trace as a JSON string.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from cascade.errors import InputError
-from cascade.serving._protocol import parse_input, parse_json_object, split_binary, type_name
+from cascade.serving._protocol import (
+    parse_input,
+    parse_json_object,
+    scalar_parameters,
+    split_binary,
+    type_name,
+)
 
 __all__ = ["RankRequest", "build_rank_response", "parse_rank_request"]
 
@@ -91,7 +98,7 @@ def parse_rank_request(
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InputError(f"'parameters' must be an object, got {type_name(parameters)}")
-    trace = parameters.get("trace", True)
+    trace = parameters.get("trace", False)
     if not isinstance(trace, bool):
         raise InputError(f"parameters.trace must be true or false, got {json.dumps(trace)}")
     if parameters.get("profile", False) is not False:
@@ -163,6 +170,6 @@ def build_rank_response(
     body["outputs"] = outputs
     parameters: dict[str, Any] = {"relative_cost": round(relative_cost, 6)}
     if request.trace:
-        parameters["stages"] = stages
-    body["parameters"] = parameters
+        parameters["trace"] = stages
+    body["parameters"] = scalar_parameters(parameters)
     return body

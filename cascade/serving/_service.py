@@ -4,10 +4,11 @@ One object answers ``(method, path, headers, body)`` with an :class:`HttpReply`.
 ingress calls it from its ``__call__``, a plain ASGI server from its app: the routes, errors,
 admission and decision trace exist once. No web framework sits on the request path.
 
-Routes::
+Routes (each model route also under ``/v2/models/{name}/versions/{version}/...``, where the
+version is the policy's hash, as model metadata lists it)::
 
     GET  /v2                GET /v2/health/live     GET /v2/health/ready    GET /openapi.json
-    GET  /v2/models/{name}  GET /v2/models/{name}/ready
+    GET  /v2/models/{name}  GET /v2/models/{name}/ready  GET /v2/models/{name}/config
     POST /v2/models/{name}/infer
 """
 
@@ -30,10 +31,14 @@ from cascade.serving._auth import BearerAuth
 from cascade.serving._deadline import epoch_header, request_budget_ms, sent_delay_ms
 from cascade.serving._profile import PROFILE_HEADER, Profile
 from cascade.serving._protocol import (
+    CONTENT_ENCODINGS,
     build_infer_response,
+    decode_body,
+    encode_response,
     error_body,
     model_metadata,
     parse_infer_request,
+    scalar_parameters,
 )
 from cascade.serving._ranking import build_rank_response, parse_rank_request
 from cascade.serving._served import RemoteFactory, ServedModel, ServedRanker, serve_policy
@@ -168,15 +173,24 @@ class InferenceService:
         self.wall_clock = wall_clock
         self.models: dict[str, ServedModel | ServedRanker] = {}
         self.reload_errors: dict[str, str] = {}
+        self._shed_log = _ShedLog(time.monotonic)
         self._routes: list[tuple[str, re.Pattern[str], _Handler]] = [
             ("GET", re.compile(r"/v2"), self._server_metadata),
             ("GET", re.compile(r"/v2/health/live"), self._live),
             ("GET", re.compile(r"/v2/health/ready"), self._ready),
-            ("GET", re.compile(r"/v2/models/([^/]+)"), self._metadata),
-            ("GET", re.compile(r"/v2/models/([^/]+)/ready"), self._model_ready),
-            ("POST", re.compile(r"/v2/models/([^/]+)/infer"), self._infer),
-            ("GET", re.compile(r"/openapi\.json"), self._openapi),
         ]
+        model_routes: list[tuple[str, str, _Handler]] = [
+            ("GET", "", self._metadata),
+            ("GET", "/ready", self._model_ready),
+            ("GET", "/config", self._config),
+            ("POST", "/infer", self._infer),
+        ]
+        for prefix in (_MODEL, f"{_MODEL}/versions/([^/]+)"):
+            self._routes += [
+                (method, re.compile(prefix + suffix), handler)
+                for method, suffix, handler in model_routes
+            ]
+        self._routes.append(("GET", re.compile(r"/openapi\.json"), self._openapi))
 
     # ---- policies ----------------------------------------------------------------------
 
@@ -269,11 +283,27 @@ class InferenceService:
             return None
         return HttpReply.error(refusal.message, 401, **{"www-authenticate": refusal.challenge})
 
-    def _model(self, name: str) -> ServedModel | ServedRanker | HttpReply:
+    def _shed(self, name: str, why: str, reason: str) -> None:
+        """One request refused with a 503: counted, and logged at most once a second per
+        model and cause (a shed storm would otherwise flood the log it is read in)."""
+        self.metrics.shed(name, why)
+        self._shed_log(name, why, reason)
+
+    def _model(
+        self, name: str, version: str | None = None
+    ) -> ServedModel | ServedRanker | HttpReply:
+        """The model served as ``name``, or the 404 to answer; with ``version`` (a versioned
+        route) only while that is the version it serves (its policy's hash)."""
         served = self.models.get(name)
         if served is None:
             known = ", ".join(sorted(self.models))
             return HttpReply.error(f"unknown model '{name}' (models: {known})", 404)
+        if version is not None and version != served.version:
+            return HttpReply.error(
+                f"model '{name}' has no version '{version}': it serves version "
+                f"'{served.version}' (its policy's hash; GET /v2/models/{name} lists it)",
+                404,
+            )
         return served
 
     # ---- routes ------------------------------------------------------------------------
@@ -295,36 +325,66 @@ class InferenceService:
         ready = bool(self.models)
         return HttpReply.json({"ready": ready}, 200 if ready else 400)
 
-    async def _model_ready(self, name: str, **_: Any) -> HttpReply:
-        served = self._model(name)
+    async def _model_ready(self, name: str, version: str | None = None, **_: Any) -> HttpReply:
+        served = self._model(name, version)
         if isinstance(served, HttpReply):
             return served
         return HttpReply.json({"name": name, "ready": True})
 
-    async def _metadata(self, name: str, **_: Any) -> HttpReply:
-        served = self._model(name)
+    async def _config(self, name: str, version: str | None = None, **_: Any) -> HttpReply:
+        """What the metadata's scalar parameters cannot hold, as plain JSON: the policy as
+        served, its tiers and classes, load, gears and breakers, reload errors; and, for
+        Triton's clients, the model configuration's own fields."""
+        served = self._model(name, version)
+        if isinstance(served, HttpReply):
+            return served
+        assert served.policy is not None
+        if isinstance(served, ServedRanker):
+            metadata, classes = self._ranker_metadata(name, served), None
+        else:
+            metadata, classes = self._model_metadata(name, served), served.classes
+        return HttpReply.json(
+            {
+                "name": name,
+                "platform": "cascade",
+                "versions": [served.version],
+                "max_batch_size": self.max_rows,
+                "input": [_triton_tensor(t) for t in metadata["inputs"]],
+                "output": [_triton_tensor(t) for t in metadata["outputs"]],
+                "policy": served.policy.model_dump(mode="json", exclude_none=True),
+                "tiers": served.tiers,
+                "classes": classes,
+                "load": served.load(),
+                "reload_errors": sorted(self.reload_errors.values()),
+            }
+        )
+
+    async def _metadata(self, name: str, version: str | None = None, **_: Any) -> HttpReply:
+        served = self._model(name, version)
         if isinstance(served, HttpReply):
             return served
         assert served.policy is not None
         if isinstance(served, ServedRanker):
             return HttpReply.json(self._ranker_metadata(name, served))
-        return HttpReply.json(
-            model_metadata(
-                name=name,
-                version=served.version,
-                input_name=served.spec.name,
-                width=served.spec.width or 0,
-                n_classes=served.n_classes,
-                classes=served.classes,
-                policy_hash=served.version,
-                text=served.spec.dtype == "string",
-                extra={
-                    "routing": served.policy.chain_routing.kind,
-                    "tiers": served.tiers,
-                    "reload_errors": sorted(self.reload_errors.values()),
-                    "load": served.load(),
-                },
-            )
+        return HttpReply.json(self._model_metadata(name, served))
+
+    def _model_metadata(self, name: str, served: ServedModel) -> dict[str, Any]:
+        assert served.policy is not None
+        return model_metadata(
+            name=name,
+            version=served.version,
+            input_name=served.spec.name,
+            width=served.spec.width or 0,
+            n_classes=served.n_classes,
+            classes=served.classes,
+            policy_hash=served.version,
+            text=served.spec.dtype == "string",
+            extra={
+                "routing": served.policy.chain_routing.kind,
+                "tiers": served.tiers,
+                "reload_errors": sorted(self.reload_errors.values()),
+                "load": served.load(),
+            },
         )
 
     def _ranker_metadata(self, name: str, served: ServedRanker) -> dict[str, Any]:
@@ -343,17 +403,19 @@ class InferenceService:
                 {"name": "scores", "datatype": "FP32", "shape": [-1]},
                 {"name": "ids", "datatype": "BYTES", "shape": [-1]},
             ],
-            "parameters": {
-                "policy_hash": served.version,
-                "routing": "ranking",
-                "tiers": served.tiers,
-                "stages": [
-                    s.model_dump(exclude_none=True) | ({"limit": s.limit} if s.keep else {})
-                    for s in served.policy.stages
-                ],
-                "reload_errors": sorted(self.reload_errors.values()),
-                "load": served.load(),
-            },
+            "parameters": scalar_parameters(
+                {
+                    "policy_hash": served.version,
+                    "routing": "ranking",
+                    "tiers": served.tiers,
+                    "stages": [
+                        s.model_dump(exclude_none=True) | ({"limit": s.limit} if s.keep else {})
+                        for s in served.policy.stages
+                    ],
+                    "reload_errors": sorted(self.reload_errors.values()),
+                    "load": served.load(),
+                }
+            ),
         }
 
     async def _rank(
@@ -395,7 +457,8 @@ class InferenceService:
     async def _openapi(self, **_: Any) -> HttpReply:
         from cascade.serving._openapi import openapi_document, secure_document
 
-        document = openapi_document(sorted(self.models))
+        versions = sorted({served.version for served in self.models.values()})
+        document = openapi_document(sorted(self.models), versions)
         if self.auth is not None:
             secure_document(document, open_paths=self.auth.open_paths)
         return HttpReply.json(document)
@@ -403,13 +466,14 @@ class InferenceService:
     async def _infer(
         self,
         name: str,
+        version: str | None = None,
         *,
         headers: Mapping[str, str],
         body: Body,
         received_s: float | None = None,
     ) -> HttpReply:
         began = self.clock()
-        served = self._model(name)
+        served = self._model(name, version)
         if isinstance(served, HttpReply):
             return served
         assert served.policy is not None
@@ -418,11 +482,23 @@ class InferenceService:
         except Exception as exc:  # e.g. Ray's TaskCancelledError, under overload
             # Under overload the proxy may give up streaming a body it no longer has a client
             # for; that is the service's state, not the client's mistake, and no 500.
-            self.metrics.shed(name, "body")
+            self._shed(name, "body", type(exc).__name__)
             return unavailable(f"request body could not be read: {type(exc).__name__}")
         # the host read its clock on arrival (the client sent its send time): the body read
         # is then a phase of its own; otherwise it is part of "parse", and no clock is read
         read_s = None if received_s is None else self.clock()
+        encoding = headers.get("content-encoding")
+        if encoding is not None:
+            if encoding.strip().lower() not in CONTENT_ENCODINGS:
+                return HttpReply.error(
+                    f"Content-Encoding {encoding!r} is not supported (supported: "
+                    f"{', '.join(CONTENT_ENCODINGS)})",
+                    415,
+                )
+            try:
+                raw = decode_body(raw, encoding, self.max_body_bytes)
+            except InputError as exc:
+                return HttpReply.error(str(exc), 400)
         if isinstance(served, ServedRanker):
             return await self._rank(name, served, raw, headers)
         try:
@@ -457,7 +533,7 @@ class InferenceService:
             return HttpReply.error(str(exc), 400)
         refusal = served.admit(budget_ms, len(parsed.rows), parsed.priority, delay_ms=delay_ms)
         if refusal is not None:
-            self.metrics.shed(name, "admission")
+            self._shed(name, "admission", refusal.reason)
             return unavailable(refusal.reason, retry_after_s=refusal.retry_after_s)
         gears = bool(served.policy.gears)
         served.in_flight += 1
@@ -475,14 +551,14 @@ class InferenceService:
             )
         except (TimeoutError, CascadeError) as exc:
             if isinstance(exc, OverloadedError):
-                self.metrics.shed(name, "queue")
+                self._shed(name, "queue", str(exc))
             return _failed(name, exc)
         finally:
             served.in_flight -= 1
         elapsed_ms = (self.clock() - began) * 1000
         if budget_ms is not None and elapsed_ms > budget_ms:
             # never a late answer as a normal 200: the client has given up on it by now
-            self.metrics.shed(name, "late")
+            self._shed(name, "late", f"answered in {elapsed_ms:.1f} ms, {budget_ms:.1f} left")
             return unavailable(
                 f"the deadline passed: the answer took {elapsed_ms:.1f} ms here, "
                 f"{budget_ms:.1f} ms were left on arrival"
@@ -506,16 +582,15 @@ class InferenceService:
             probabilities=probabilities,
             labels=probabilities.argmax(axis=1),
             classes=served.classes,
-            decisions=[d.to_dict() for d in decisions] if parsed.trace else None,
             output_names=parsed.output_names,
-            summary={
-                "answered_by": [d.answered_by for d in decisions],
-                "degraded": [d.degraded for d in decisions],
-                "gear": decisions[0].gear or "normal",
-            },
+            answered_by=[d.answered_by for d in decisions],
+            degraded=[d.degraded for d in decisions],
+            trace=[d.to_dict() for d in decisions] if parsed.trace else None,
+            parameters={"gear": decisions[0].gear or "normal"},
+            binary_outputs=parsed.binary_outputs,
         )
         if profile is None:
-            return HttpReply.json(document)
+            return HttpReply(200, *encode_response(document))
         return self._profiled_reply(name, document, profile)
 
     def _profile(
@@ -548,24 +623,70 @@ class InferenceService:
         had anyway (a placeholder where the profile goes), then the profile is put in."""
         if profile.asked:
             document["parameters"]["profile"] = _SLOT  # the last key: see rfind below
-        body = json.dumps(document).encode()
+        body, headers = encode_response(document)
         profile.mark("encode")
         if profile.sampled:
             self.metrics.profile(name, profile.durations())
         if profile.asked:
-            # the last occurrence: a request id echoed earlier in the body may hold the slot
-            at = body.rfind(_SLOT_JSON)
+            # the last occurrence in the JSON header: a request id echoed earlier may hold
+            # the slot, and binary outputs after the header are not JSON
+            header_length = int(headers.get("inference-header-content-length", len(body)))
+            at = body.rfind(_SLOT_JSON, 0, header_length)
             text = json.dumps(profile.to_json()).encode()
             body = body[:at] + text + body[at + len(_SLOT_JSON) :]
-        return HttpReply(200, body)
+            if "inference-header-content-length" in headers:
+                grown = header_length + len(text) - len(_SLOT_JSON)
+                headers["inference-header-content-length"] = str(grown)
+        return HttpReply(200, body, headers)
 
     @property
     def routes(self) -> list[tuple[str, str]]:
-        """``(method, path pattern)`` of every route, ``{name}`` for the model name."""
-        return [
-            (method, pattern.pattern.replace("([^/]+)", "{name}").replace("\\.", "."))
-            for method, pattern, _ in self._routes
-        ]
+        """``(method, path pattern)`` of every route, ``{name}`` for the model name and
+        ``{version}`` for its version."""
+        named = []
+        for method, pattern, _ in self._routes:
+            path = pattern.pattern.replace("([^/]+)", "{name}", 1).replace("\\.", ".")
+            named.append((method, path.replace("([^/]+)", "{version}")))
+        return named
+
+
+_MODEL = "/v2/models/([^/]+)"
+
+
+class _ShedLog:
+    """Warning lines for sheds, at most one per ``every_s`` per (model, cause), each saying
+    how many requests that cause refused since the last line and the latest reason::
+
+        shed model=digits why=admission count=412 (since the last line) reason=...
+    """
+
+    def __init__(self, clock: Callable[[], float], every_s: float = 1.0) -> None:
+        self.clock = clock
+        self.every_s = every_s
+        self._counts: dict[tuple[str, str], int] = {}
+        self._last: dict[tuple[str, str], float] = {}
+
+    def __call__(self, model: str, why: str, reason: str) -> None:
+        key = (model, why)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        now = self.clock()
+        if now - self._last.get(key, -math.inf) < self.every_s:
+            return
+        _LOG.warning("shed model=%s why=%s count=%d (since the last line) reason=%s",
+                     model, why, self._counts[key], reason)  # fmt: skip
+        self._counts[key] = 0
+        self._last[key] = now
+
+
+def _triton_tensor(tensor: dict[str, Any]) -> dict[str, Any]:
+    """A metadata tensor as Triton's model configuration spells it (``TYPE_FP32``, ``dims``
+    without the batch dimension)."""
+    return {
+        "name": tensor["name"],
+        "data_type": f"TYPE_{'STRING' if tensor['datatype'] == 'BYTES' else tensor['datatype']}",
+        "dims": tensor["shape"][1:] or [1],
+        **({"optional": True} if tensor.get("optional") else {}),
+    }
 
 
 def _failed(model: str, exc: TimeoutError | CascadeError) -> HttpReply:

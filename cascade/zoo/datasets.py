@@ -573,7 +573,10 @@ def _open_table(
 
     non_numeric = [c for c in features if not _is_number_column(frame[c])]
     if non_numeric:
-        details = [f"dtype {frame[c].dtype}, {_first_non_number(frame[c])}" for c in non_numeric]
+        # text columns: "object" on pandas 2, "str" on pandas 3; one word for both
+        kinds = {c: "text" if frame[c].dtype.kind in "OSUT" else str(frame[c].dtype)
+                 for c in non_numeric}  # fmt: skip
+        details = [f"dtype {kinds[c]}, {_first_non_number(frame[c])}" for c in non_numeric]
         if len(non_numeric) == 1:
             problem = f"column {non_numeric[0]!r} is not numeric ({details[0]})"
         else:

@@ -66,15 +66,15 @@ def edge(remote: FlakyEndpoint, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def _infer(client: httpx.Client) -> list[dict[str, Any]]:
     body = {"inputs": [{"name": "input", "shape": [30, 64], "datatype": "FP32",
-                        "data": ROWS.ravel().tolist()}]}  # fmt: skip
+                        "data": ROWS.ravel().tolist()}], "parameters": {"trace": True}}  # fmt: skip
     response = client.post("/v2/models/split/infer", json=body)
     assert response.status_code == 200, response.text  # never a 5xx, whatever the remote does
-    decisions: list[dict[str, Any]] = response.json()["parameters"]["decisions"]
+    decisions: list[dict[str, Any]] = json.loads(response.json()["parameters"]["trace"])
     return decisions
 
 
 def _breaker(client: httpx.Client) -> str:
-    state: str = client.get("/v2/models/split").json()["parameters"]["load"]["breakers"]["large"]
+    state: str = client.get("/v2/models/split/config").json()["load"]["breakers"]["large"]
     return state
 
 
@@ -191,7 +191,7 @@ def test_sighup_reloads_the_policy_files_of_the_edge_cli(tmp_path: Path) -> None
         errors: list[str] = []
         while not errors and time.monotonic() < deadline:
             meta = client.get("/v2/models/mine").json()
-            errors = meta["parameters"]["reload_errors"]
+            errors = json.loads(meta["parameters"]["reload_errors"])
             time.sleep(0.1)
         assert "must be <= 1, got 1.5" in errors[0]
         assert answered_by() == {"large"}
@@ -201,8 +201,9 @@ def test_sighup_reloads_the_policy_files_of_the_edge_cli(tmp_path: Path) -> None
 
 def _infer_mine(client: httpx.Client) -> list[dict[str, Any]]:
     body = {"inputs": [{"name": "input", "shape": [5, 64], "datatype": "FP32",
-                        "data": ROWS[:5].ravel().tolist()}]}  # fmt: skip
+                        "data": ROWS[:5].ravel().tolist()}],
+            "parameters": {"trace": True}}  # fmt: skip
     response = client.post("/v2/models/mine/infer", json=body)
     assert response.status_code == 200, response.text
-    decisions: list[dict[str, Any]] = response.json()["parameters"]["decisions"]
+    decisions: list[dict[str, Any]] = json.loads(response.json()["parameters"]["trace"])
     return decisions

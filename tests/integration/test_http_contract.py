@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -116,7 +117,19 @@ def _cached_policy(directory: Path) -> Path:
     return path
 
 
+def _trace(response: httpx.Response) -> list[dict[str, Any]]:
+    """The decision trace of a traced answer (a JSON string: parameters are scalars)."""
+    trace: list[dict[str, Any]] = json.loads(response.json()["parameters"]["trace"])
+    return trace
+
+
+def _output(response: httpx.Response, name: str) -> Any:
+    return next(o for o in response.json()["outputs"] if o["name"] == name)["data"]
+
+
 def _body(rows: np.ndarray, **parameters: object) -> dict[str, object]:
+    """A JSON request for ``rows``; traced unless ``parameters`` say otherwise."""
+    parameters.setdefault("trace", True)
     return {
         "inputs": [
             {
@@ -241,7 +254,7 @@ def test_health_and_metadata(base_url: str) -> None:
         meta = client.get("/v2/models/digits").json()
         assert meta["name"] == "digits"
         assert meta["inputs"][0]["shape"] == [-1, 64]
-        assert meta["parameters"]["classes"] == [str(i) for i in range(10)]
+        assert json.loads(meta["parameters"]["classes"]) == [str(i) for i in range(10)]
         missing = client.get("/v2/models/nope")
         assert missing.status_code == 404
         assert missing.json() == {
@@ -259,14 +272,14 @@ def test_infer_matches_the_offline_engine(base_url: str, policy: Path, n_rows: i
     expected = offline.replay(offline.loaded.policy, rows)
     with httpx.Client(base_url=base_url, timeout=30) as client:
         response = client.post(f"/v2/models/{name}/infer", json=_body(rows))
-        classes = client.get(f"/v2/models/{name}").json()["parameters"]["classes"]
+        classes = json.loads(client.get(f"/v2/models/{name}").json()["parameters"]["classes"])
     assert response.status_code == 200, response.text
     body = response.json()
     outputs = {o["name"]: o for o in body["outputs"]}
     probabilities = np.asarray(outputs["probabilities"]["data"]).reshape(n_rows, -1)
     np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-6)
     assert outputs["label"]["data"] == [classes[i] for i in expected.labels]
-    decisions = body["parameters"]["decisions"]
+    decisions = _trace(response)
     assert [d["answered_by"] for d in decisions] == [d.answered_by for d in expected.decisions]
     assert "large" in {d["answered_by"] for d in decisions}  # some rows escalated over the hop
 
@@ -277,7 +290,7 @@ def test_split_inference_reaches_the_remote_tier(base_url: str) -> None:
         split = client.post("/v2/models/split/infer", json=_body(rows))
         direct = client.post("/v2/models/digits/infer", json=_body(rows))
     assert split.status_code == 200, split.text
-    decisions = split.json()["parameters"]["decisions"]
+    decisions = _trace(split)
     remote = [i for i, d in enumerate(decisions) if d["answered_by"] == "large"]
     assert remote, "threshold 0.99: some rows must escalate to the remote tier"
     assert not any(d["degraded"] or d["steps"][-1]["error"] for d in decisions)
@@ -292,7 +305,7 @@ def test_max_tier_keeps_rows_off_the_large_tier(base_url: str) -> None:
     with httpx.Client(base_url=base_url, timeout=30) as client:
         capped = client.post("/v2/models/digits/infer", json=_body(rows, max_tier="tiny"))
         assert capped.status_code == 200, capped.text
-        decisions = capped.json()["parameters"]["decisions"]
+        decisions = _trace(capped)
         assert {d["answered_by"] for d in decisions} == {"tiny"}
         assert "max_tier" in {d["reason"] for d in decisions}  # some rows would have escalated
         unknown = client.post("/v2/models/digits/infer", json=_body(rows, max_tier="huge"))
@@ -336,7 +349,7 @@ def test_bad_requests_get_400_and_the_service_keeps_serving(
             rows[1, 3] = np.nan
             response = client.post(
                 "/v2/models/digits/infer",
-                content=str(_body(rows)).replace("'", '"').replace("nan", "NaN"),
+                content=json.dumps(_body(rows)),  # NaN: Python's JSON writes the literal
             )
         else:
             assert isinstance(payload, bytes)
@@ -397,7 +410,7 @@ def test_deadlines_are_never_answered_late_and_gears_engage_under_load(base_url:
         # tiny is unsure of are answered by it with reason "deadline", not degraded
         short = client.post(url, json=_body(rows, deadline_ms=20_000, trace=True))
         assert short.status_code == 200, short.text
-        decisions = short.json()["parameters"]["decisions"]
+        decisions = _trace(short)
         assert [(d["answered_by"], d["reason"], d["degraded"]) for d in decisions] == [
             ("tiny", "confident" if s else "deadline", False) for s in sure
         ]
@@ -408,7 +421,7 @@ def test_deadlines_are_never_answered_late_and_gears_engage_under_load(base_url:
         # 10 min: large fits its 30 s estimate; the unsure rows escalate and large answers
         generous = client.post(url, json=_body(rows, deadline_ms=600_000, trace=True))
         assert generous.status_code == 200, generous.text
-        decisions = generous.json()["parameters"]["decisions"]
+        decisions = _trace(generous)
         assert [(d["answered_by"], d["reason"], d["degraded"]) for d in decisions] == [
             ("tiny", "confident", False) if s else ("large", "last_tier", False) for s in sure
         ]
@@ -423,7 +436,7 @@ def test_deadlines_are_never_answered_late_and_gears_engage_under_load(base_url:
             replies = await asyncio.gather(
                 *(client.post(url, json=_body(rows[i % 30 : i % 30 + 1])) for i in range(60))
             )
-        return [d for r in replies for d in r.json()["parameters"]["decisions"]]
+        return [d for r in replies for d in _trace(r)]
 
     decisions = asyncio.run(burst())
     swamped = [d for d in decisions if d["gear"] == "swamped"]
@@ -463,8 +476,8 @@ def test_repeated_rows_are_answered_from_the_caches(server: Server) -> None:
                                 for r in (rows, rows, near))  # fmt: skip
         for reply in (first, second, third):
             assert reply.status_code == 200, reply.text
-        stats = client.get("/v2/models/cached").json()["parameters"]["load"]["cache"]
-    one, two, three = (r.json()["parameters"]["decisions"] for r in (first, second, third))
+        stats = client.get("/v2/models/cached/config").json()["load"]["cache"]
+    one, two, three = (_trace(r) for r in (first, second, third))
     assert [d["cache_hit"] for d in one] == [False] * 20
     assert {d["reason"] for d in one} <= {"confident", "last_tier"}
     assert {d["answered_by"] for d in one} == {"tiny", "large"}  # both tiers' answers cached
@@ -556,7 +569,7 @@ def test_ranking_answers_match_the_offline_cascade(base_url: str, model: str) ->
         async with httpx.AsyncClient(timeout=30) as client:
             return await asyncio.gather(*(
                 client.post(f"{base_url}/v2/models/{model}/infer",
-                            content=_rank_body(q.features, [f"d{i}" for i in q.ids]))
+                            content=_rank_body(q.features, [f"d{i}" for i in q.ids], trace=True))
                 for q in queries
             ))  # fmt: skip
 
@@ -571,7 +584,7 @@ def test_ranking_answers_match_the_offline_cascade(base_url: str, model: str) ->
         assert outputs["ids"]["data"] == [f"d{query.ids[i]}" for i in expected]
         scores = outputs["scores"]["data"]
         assert scores == sorted(scores, reverse=True) and len(scores) == min(k, len(query.ids))
-        stages = response.json()["parameters"]["stages"]
+        stages = _trace(response)
         assert [(s["stage"], s["in"]) for s in stages] == [
             ("coarse", len(query.ids)), ("fine", min(n, len(query.ids)))
         ]  # fmt: skip
@@ -581,7 +594,7 @@ def test_ranking_metadata_and_bad_requests(base_url: str) -> None:
     url = f"{base_url}/v2/models/ltr/infer"
     meta = httpx.get(f"{base_url}/v2/models/ltr", timeout=10).json()
     assert meta["parameters"]["routing"] == "ranking"
-    assert [s["name"] for s in meta["parameters"]["stages"]] == ["coarse", "fine"]
+    assert [s["name"] for s in json.loads(meta["parameters"]["stages"])] == ["coarse", "fine"]
     rows = np.zeros((4, 300), np.float32)
     cases = [
         (_rank_body(rows, k=51), "k=51 is outside this policy's limits [1, 50]"),
@@ -619,7 +632,7 @@ def test_texts_are_served_as_bytes_through_tiny_and_minilm(base_url: str) -> Non
         outputs = {o["name"]: o for o in response.json()["outputs"]}
         labels = [data.classes.index(label) for label in outputs["label"]["data"]]
         assert labels == expected.labels.tolist()
-        answered = response.json()["parameters"]["answered_by"]
+        answered = _output(response, "answered_by")
         assert answered == [d.answered_by for d in expected.decisions]
         assert "large" in answered and "tiny" in answered  # both tiers, over the hop
         for bad, message in [
@@ -647,8 +660,8 @@ def test_a_profiled_request_gets_its_phases_the_deployment_tiers_included(server
         sampled = client.post("/v2/models/split/infer", json=_body(rows, trace=False))
     assert response.status_code == 200, response.text
     parameters = response.json()["parameters"]
-    assert set(parameters) == {"answered_by", "degraded", "gear", "profile"}
-    assert "large" in parameters["answered_by"]
+    assert set(parameters) == {"gear", "profile"}
+    assert "large" in _output(response, "answered_by")
     profile = json.loads(parameters["profile"])
     names = [name for name, _, _ in profile["phases"]]
     assert names[:5] == ["before", "read", "parse", "admission", "coalesce"]
@@ -669,3 +682,144 @@ def test_a_profiled_request_gets_its_phases_the_deployment_tiers_included(server
     phases = {line.split('phase="')[1].split('"')[0] for line in text.splitlines()
               if "cascade_phase_latency_ms_count" in line and 'model="split"' in line}  # fmt: skip
     assert {"parse", "admission", "tier.tiny", "tier.large", "encode"} <= phases
+
+
+# --- conformance: the clients users bring, unmodified ---------------------------------------
+
+_DIGIT_OUTPUTS = ("probabilities", "label", "answered_by", "degraded")
+
+
+def _texts() -> np.ndarray:
+    return np.array([str(t) for t in read_dataset("clinc150").test.X[:6]], dtype=object)
+
+
+def test_tritonclient_http_reads_health_metadata_config_and_our_errors(base_url: str) -> None:
+    triton = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(base_url.removeprefix("http://"))
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("digits") and not client.is_model_ready("nope")
+        assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+        meta = client.get_model_metadata("digits")
+        assert [o["name"] for o in meta["outputs"]] == list(_DIGIT_OUTPUTS)
+        (version,) = meta["versions"]
+        assert client.is_model_ready("digits", model_version=version)
+        assert not client.is_model_ready("digits", model_version="1")
+        config = client.get_model_config("digits")
+        assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
+        bad = triton.InferInput("input", [1, 3], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 3), np.float32))
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("digits", [bad])
+        assert refused.value.status() == "400"
+        assert refused.value.message() == "input 'input': shape [1, 3] does not match [batch, 64]"
+        rows = read_dataset("digits").test.X[:2].astype(np.float32)
+        good = triton.InferInput("input", [2, 64], "FP32")
+        good.set_data_from_numpy(rows)
+        with pytest.raises(InferenceServerException, match="has no version '1'"):
+            client.infer("digits", [good], model_version="1")
+        assert client.infer("digits", [good], model_version=version).as_numpy("label") is not None
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_http_infers_numbers_and_texts_as_json_and_binary(
+    base_url: str, binary: bool
+) -> None:
+    """Both ways: the inputs and the outputs as JSON or as binary data; the answers equal
+    what a plain JSON request gets."""
+    triton = pytest.importorskip("tritonclient.http")
+    rows = read_dataset("digits").test.X[:40].astype(np.float32)
+    expected = {o["name"]: o["data"] for o in
+                httpx.post(f"{base_url}/v2/models/digits/infer", json=_body(rows),
+                           timeout=30).json()["outputs"]}  # fmt: skip
+    client = triton.InferenceServerClient(base_url.removeprefix("http://"))
+    try:
+        x = triton.InferInput("input", [40, 64], "FP32")
+        x.set_data_from_numpy(rows, binary_data=binary)
+        wanted = [triton.InferRequestedOutput(n, binary_data=binary) for n in _DIGIT_OUTPUTS]
+        result = client.infer("digits", [x], outputs=wanted)
+        np.testing.assert_array_equal(
+            result.as_numpy("probabilities"),
+            np.asarray(expected["probabilities"], np.float32).reshape(40, 10),
+        )
+        as_text = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")]
+        assert as_text == expected["label"]
+        assert result.as_numpy("degraded").tolist() == expected["degraded"]
+        assert result.as_numpy("degraded").dtype == np.bool_
+        texts = _texts()
+        t = triton.InferInput("text", [len(texts)], "BYTES")
+        t.set_data_from_numpy(texts, binary_data=binary)
+        answer = client.infer("clinc150", [t], outputs=[
+            triton.InferRequestedOutput("label", binary_data=binary)])  # fmt: skip
+        plain = httpx.post(f"{base_url}/v2/models/clinc150/infer", timeout=60, json={
+            "inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES",
+                        "data": texts.tolist()}]}).json()  # fmt: skip
+        labels = [v.decode() if isinstance(v, bytes) else v for v in answer.as_numpy("label")]
+        assert labels == next(o for o in plain["outputs"] if o["name"] == "label")["data"]
+    finally:
+        client.close()
+
+
+def test_the_kserve_client_infers_json_and_binary_and_gets_our_errors(base_url: str) -> None:
+    kserve = pytest.importorskip("kserve")
+    from kserve.protocol.infer_type import RequestedOutput
+
+    rows = read_dataset("digits").test.X[:8].astype(np.float32)
+    texts = _texts()
+
+    async def run() -> list[Any]:
+        client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", retries=0))
+        try:
+            assert await client.is_server_ready(base_url)
+            assert await client.is_model_ready(base_url, "digits")
+            answers = []
+            for binary in (False, True):
+                x = kserve.InferInput("input", [8, 64], "FP32")
+                x.set_data_from_numpy(rows, binary_data=binary)
+                t = kserve.InferInput("text", [len(texts)], "BYTES")
+                t.set_data_from_numpy(texts, binary_data=binary)
+                wanted = [RequestedOutput(n, parameters={"binary_data": binary})
+                          for n in ("label", "probabilities")]  # fmt: skip
+                for model, tensor in (("digits", x), ("clinc150", t)):
+                    request = kserve.InferRequest(model, [tensor], request_outputs=wanted)
+                    answers.append(await client.infer(base_url, request, model_name=model))
+            bad = kserve.InferInput("input", [1, 3], "FP32")
+            bad.set_data_from_numpy(np.zeros((1, 3), np.float32))
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                await client.infer(base_url, kserve.InferRequest("digits", [bad]),
+                                   model_name="digits")  # fmt: skip
+            assert refused.value.response.status_code == 400
+            assert "shape [1, 3] does not match [batch, 64]" in refused.value.response.text
+            return answers
+        finally:
+            await client.close()
+
+    digits_json, texts_json, digits_binary, texts_binary = asyncio.run(run())
+    for plain, binary in ((digits_json, digits_binary), (texts_json, texts_binary)):
+        assert plain.parameters == binary.parameters == {"gear": "normal"}
+        for a, b in zip(plain.outputs, binary.outputs, strict=True):
+            np.testing.assert_array_equal(a.as_numpy(), b.as_numpy())
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    server: Server, tmp_path: Path
+) -> None:
+    """Fuzzing from /openapi.json, bounded: every route, every documented input; zero 5xx,
+    every answer as documented, and nothing the document refuses is accepted."""
+    st = Path(sys.executable).with_name("st")
+    if not st.exists():
+        pytest.skip("schemathesis is not installed")
+    checks = ("not_a_server_error,status_code_conformance,content_type_conformance,"
+              "response_schema_conformance,negative_data_rejection")  # fmt: skip
+    run = subprocess.run(
+        [str(st), "run", f"{server.url}/openapi.json", "--checks", checks, "--max-examples",
+         "200", "--phases", "coverage,fuzzing", "--seed", "7", "--no-color",
+         "--request-timeout", "30"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,  # its cache goes there
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert " failed" not in run.stdout.split("SUMMARY")[-1], run.stdout[-6000:]

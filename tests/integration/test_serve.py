@@ -4,6 +4,7 @@ replica restarted. The HTTP contract both runtimes share is in test_http_contrac
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,7 +76,7 @@ def test_reload_under_traffic_applies_new_thresholds_and_refuses_bad_ones(
     async def scenario() -> tuple[list[int], list[str], str]:
         async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
             first = (await client.post(url, json=_body(rows))).json()
-            before = {d["answered_by"] for d in first["parameters"]["decisions"]}
+            before = {d["answered_by"] for d in json.loads(first["parameters"]["trace"])}
             version = (await client.get("/v2/models/reloadable")).json()["versions"][0]
             stop = asyncio.Event()
             load = asyncio.gather(*(traffic(client, stop) for _ in range(4)))
@@ -88,7 +89,7 @@ def test_reload_under_traffic_applies_new_thresholds_and_refuses_bad_ones(
             codes = [c for batch in await load for c in batch]
             after = (await client.post(url, json=_body(rows))).json()
             new_version = (await client.get("/v2/models/reloadable")).json()["versions"][0]
-            answered = [d["answered_by"] for d in after["parameters"]["decisions"]]
+            answered = [d["answered_by"] for d in json.loads(after["parameters"]["trace"])]
             assert before == {"tiny"} and new_version != version
             return codes, answered, new_version
 
@@ -105,7 +106,9 @@ def test_reload_under_traffic_applies_new_thresholds_and_refuses_bad_ones(
     with httpx.Client(base_url=base_url, timeout=30) as client:
         response = client.post(url, json=_body(rows[:3]))
     assert response.status_code == 200
-    assert {d["answered_by"] for d in response.json()["parameters"]["decisions"]} == {"large"}
+    assert {d["answered_by"] for d in json.loads(response.json()["parameters"]["trace"])} == {
+        "large"
+    }
 
 
 def test_backpressure_is_a_503_with_retry_after_and_serving_goes_on(
@@ -170,7 +173,7 @@ def test_a_killed_tier_degrades_answers_until_serve_restarts_it(
                 response = await client.post(url, json=_body(rows))
                 codes.append(response.status_code)
                 if response.status_code == 200:
-                    answers.append(response.json()["parameters"]["decisions"])
+                    answers.append(json.loads(response.json()["parameters"]["trace"]))
 
             await asyncio.gather(*(one() for _ in range(4)))
             ray.kill(replica(), no_restart=True)

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from openapi_spec_validator import validate
 
 from cascade.errors import CascadeError
 from cascade.serving import (
@@ -163,6 +164,7 @@ def test_the_openapi_document_declares_the_scheme_with_a_token_and_only_then() -
         not in json.loads(_call(InferenceService(), "GET", "/openapi.json", {}).body)["components"]
     )
     document = json.loads(_call(_service(), "GET", "/openapi.json", bearer_header(TOKEN)).body)
+    validate(document)  # still a valid OpenAPI 3.1 document
     assert document["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
         "scheme": "bearer",

@@ -120,7 +120,7 @@ class FakeServer:
                     "data": labels if self.classes is None else [self.classes[i] for i in labels],
                 }
             ],
-            "parameters": {"decisions": decisions},
+            "parameters": {"trace": json.dumps(decisions)},
         }
         return 200, json.dumps(answer).encode()
 
@@ -631,13 +631,17 @@ def test_cli_bench_usage_errors_exit_2(
     assert message in capsys.readouterr().err
 
 
-def test_the_compact_summary_of_an_untraced_answer_is_read() -> None:
+def test_the_per_row_outputs_of_an_untraced_answer_are_read() -> None:
     from cascade.bench._loadgen import _score
 
     body = {
-        "outputs": [{"name": "label", "datatype": "BYTES", "shape": [3], "data": ["1", "2", "3"]}],
-        "parameters": {"answered_by": ["tiny", "large", "tiny"], "degraded": [False, True, True],
-                       "gear": "brownout"},
+        "outputs": [
+            {"name": "label", "datatype": "BYTES", "shape": [3], "data": ["1", "2", "3"]},
+            {"name": "answered_by", "datatype": "BYTES", "shape": [3],
+             "data": ["tiny", "large", "tiny"]},
+            {"name": "degraded", "datatype": "BOOL", "shape": [3], "data": [False, True, True]},
+        ],
+        "parameters": {"gear": "brownout"},
     }  # fmt: skip
     assert _score(body, ["1", "2", "0"]) == (2, 2, ("tiny", "large", "tiny"), "brownout")
 

@@ -251,7 +251,7 @@ def test_non_numeric_column(tmp_path: Path) -> None:
     frame = _frame().assign(colour=["red", "green"] * 15)
     path = _write_csv(tmp_path / "t.csv", frame)
     expected = (
-        f"{path}: column 'colour' is not numeric (dtype str, e.g. 'red'); features must be numbers"
+        f"{path}: column 'colour' is not numeric (dtype text, e.g. 'red'); features must be numbers"
     )
     with pytest.raises(DatasetError, match=_exact(expected)):
         read_table(path, label_column="species")
@@ -261,7 +261,7 @@ def test_all_non_numeric_columns_are_named(tmp_path: Path) -> None:
     frame = _frame().assign(colour=["red"] * 30, size=["1"] * 29 + ["L"])
     path = _write_csv(tmp_path / "t.csv", frame)
     expected = (
-        f"{path}: columns 'colour' (dtype str, e.g. 'red'), 'size' (dtype str, e.g. 'L') "
+        f"{path}: columns 'colour' (dtype text, e.g. 'red'), 'size' (dtype text, e.g. 'L') "
         "are not numeric; features must be numbers"
     )
     with pytest.raises(DatasetError, match=_exact(expected)):

@@ -67,8 +67,8 @@ def test_the_routes_are_the_services_and_metrics_are_prometheus_text(app: EdgeAp
         ("GET", "/metrics", None),
     )
     assert live.json() == {"live": True}
-    assert meta.json()["parameters"]["tiers"] == ["tiny", "large"]
-    assert infer.status_code == 200 and len(infer.json()["parameters"]["decisions"]) == 4
+    assert json.loads(meta.json()["parameters"]["tiers"]) == ["tiny", "large"]
+    assert infer.status_code == 200 and len(infer.json()["outputs"][2]["data"]) == 4
     assert missing.status_code == 404 and missing.json() == {
         "error": "unknown model 'nope' (models: digits)"
     }

@@ -21,7 +21,12 @@ from cascade.backends.remote import HttpModel
 from cascade.errors import BackendError, ModelTimeout, ModelUnavailable, PolicyError
 from cascade.policy import parse_policy
 from cascade.routing import Engine
-from cascade.serving import build_infer_response, model_metadata, parse_infer_request
+from cascade.serving import (
+    build_infer_response,
+    encode_response,
+    model_metadata,
+    parse_infer_request,
+)
 
 URL = "http://remote.test/v2/models/large"
 CLASSES = ["a", "b", "c"]
@@ -57,11 +62,13 @@ class Remote:
             input_name="input", width=self.width, tiers=["large"],
         )  # fmt: skip
         probabilities = _answer(parsed.rows)
-        return httpx.Response(200, json=build_infer_response(
+        body, headers = encode_response(build_infer_response(
             model_name="large", model_version="1", request_id=None,
             probabilities=probabilities, labels=probabilities.argmax(axis=1),
-            classes=self.classes, decisions=None, output_names=parsed.output_names,
+            classes=self.classes, output_names=parsed.output_names,
+            binary_outputs=parsed.binary_outputs,
         ))  # fmt: skip
+        return httpx.Response(200, content=body, headers=headers)
 
     def model(self, **options: Any) -> HttpModel:
         transport = httpx.MockTransport(self.handler)
@@ -102,7 +109,8 @@ def test_answers_match_the_remote_and_metadata_is_read_once(binary: bool) -> Non
     infer = remote.calls[1]
     sent = json.loads(infer.content[: int(infer.headers["inference-header-content-length"])]
                       if binary else infer.content)  # fmt: skip
-    assert sent["outputs"] == [{"name": "probabilities"}]
+    # binary rows ask for binary probabilities back (the remote parses either)
+    assert sent["outputs"] == [{"name": "probabilities", "parameters": {"binary_data": binary}}]
     assert sent["parameters"] == {"trace": False}
     assert ("binary_data_size" in sent["inputs"][0]["parameters"]) if binary else (
         sent["inputs"][0]["data"] == rows.ravel().tolist()

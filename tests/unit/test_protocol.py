@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -15,11 +18,14 @@ from cascade.routing import Decision, Step
 from cascade.serving import (
     InferRequest,
     build_infer_response,
+    bytes_elements,
+    encode_response,
     error_body,
     model_metadata,
     parse_infer_request,
     policy_hash,
 )
+from cascade.serving._protocol import decode_body
 
 WIDTH = 4
 TIERS = ("tiny", "small", "large")
@@ -62,8 +68,9 @@ def test_flat_data_with_defaults() -> None:
     np.testing.assert_array_equal(request.rows, np.arange(8, dtype=np.float32).reshape(2, 4))
     assert request.deadline_ms is None
     assert request.max_tier is None
-    assert request.trace is True
-    assert request.output_names == ["probabilities", "label"]
+    assert request.trace is False  # the full trace is opt-in
+    assert request.output_names == ["probabilities", "label", "answered_by", "degraded"]
+    assert request.binary_outputs == frozenset()
 
 
 def test_nested_data_equals_flat() -> None:
@@ -259,7 +266,7 @@ def test_parameters_must_be_an_object() -> None:
 def test_unknown_output_lists_the_allowed() -> None:
     fails(
         body_of(outputs=[{"name": "logits"}]),
-        "unknown output 'logits' (allowed: probabilities, label)",
+        "unknown output 'logits' (allowed: probabilities, label, answered_by, degraded)",
     )
     fails(body_of(outputs=["label"]), "outputs[0] must be an object with a string 'name'")
     fails(body_of(outputs="label"), "'outputs' must be a list, got a string")
@@ -299,8 +306,9 @@ def test_response_with_class_names_and_trace_round_trips() -> None:
         probabilities=PROBS,
         labels=PROBS.argmax(axis=1),
         classes=["cat", "dog"],
-        decisions=decisions,
+        trace=decisions,
         output_names=["probabilities", "label"],
+        parameters={"gear": "normal"},
     )
     loaded = dumps(body)
     assert loaded["model_name"] == "digits"
@@ -312,7 +320,9 @@ def test_response_with_class_names_and_trace_round_trips() -> None:
     assert probabilities["datatype"] == "FP32"
     np.testing.assert_allclose(probabilities["data"], PROBS.ravel())
     assert label == {"name": "label", "shape": [2], "datatype": "BYTES", "data": ["dog", "cat"]}
-    traced = loaded["parameters"]["decisions"]
+    # parameters hold scalars only (KServe's models, gRPC): the trace is a JSON string
+    assert loaded["parameters"]["gear"] == "normal"
+    traced = json.loads(loaded["parameters"]["trace"])
     assert traced[0]["answered_by"] == "tiny"
     assert traced[0]["steps"][0]["confidence"] == pytest.approx(0.97)
     assert traced[1]["steps"][0]["confidence"] is None  # NaN is not JSON
@@ -326,7 +336,6 @@ def test_response_subset_without_classes_trace_or_id() -> None:
         probabilities=PROBS,
         labels=np.array([1, 0], dtype=np.int64),
         classes=None,
-        decisions=None,
         output_names=["label"],
     )
     assert dumps(body) == {
@@ -338,7 +347,7 @@ def test_response_subset_without_classes_trace_or_id() -> None:
 
 def test_response_refuses_server_side_mistakes() -> None:
     common: dict[str, Any] = {
-        "model_name": "m", "model_version": "1", "request_id": None, "decisions": None,
+        "model_name": "m", "model_version": "1", "request_id": None,
         "output_names": ["probabilities"],
     }  # fmt: skip
     with pytest.raises(ValueError, match="non-finite"):
@@ -347,7 +356,17 @@ def test_response_refuses_server_side_mistakes() -> None:
         )
     with pytest.raises(ValueError, match="do not index the 2 classes"):
         build_infer_response(
-            probabilities=PROBS, labels=np.array([1, 5]), classes=["a", "b"], **common
+            probabilities=PROBS,
+            labels=np.array([1, 5]),
+            classes=["a", "b"],
+            **common | {"output_names": ["label"]},
+        )
+    with pytest.raises(ValueError, match="one value per row"):
+        build_infer_response(
+            probabilities=PROBS,
+            labels=np.array([1, 0]),
+            classes=None,
+            **common | {"output_names": ["answered_by"], "answered_by": ["tiny"]},
         )
 
 
@@ -370,20 +389,18 @@ def test_model_metadata() -> None:
         "outputs": [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
             {"name": "label", "datatype": "INT64", "shape": [-1]},
+            {"name": "answered_by", "datatype": "BYTES", "shape": [-1]},
+            {"name": "degraded", "datatype": "BOOL", "shape": [-1]},
         ],
-        "parameters": {
-            "policy_hash": "0123456789abcdef",
-            "classes": None,
-            "tiers": ["tiny", "large"],
-            "p": 0.5,
-        },
+        # scalars only: lists as JSON text, no nulls
+        "parameters": {"policy_hash": "0123456789abcdef", "tiers": '["tiny", "large"]', "p": 0.5},
     }
     named = model_metadata(
         name="d", version="1", input_name="x", width=2, n_classes=2, classes=["a", "b"],
         policy_hash="h",
     )  # fmt: skip
     assert named["outputs"][1]["datatype"] == "BYTES"
-    assert named["parameters"]["classes"] == ["a", "b"]
+    assert json.loads(named["parameters"]["classes"]) == ["a", "b"]
 
 
 def test_policy_hash_is_stable_and_sensitive() -> None:
@@ -453,3 +470,121 @@ def test_binary_data_mistakes_are_400s() -> None:
     both = json.loads(binary_body(values)[0][:header])
     both["inputs"][0]["data"] = [1.0] * 8
     fails(json.dumps(both).encode(), "give either 'data' or parameters.binary_data_size")
+
+
+# --- binary outputs, BYTES, compressed bodies -----------------------------------------------
+
+
+def split_reply(body: bytes, headers: dict[str, str]) -> tuple[dict[str, Any], bytes]:
+    length = int(headers["inference-header-content-length"])
+    header: dict[str, Any] = json.loads(body[:length])
+    return header, body[length:]
+
+
+def test_binary_outputs_follow_the_json_header_in_order() -> None:
+    request = parse(body_of(**{
+        "outputs": [{"name": "label", "parameters": {"binary_data": True}},
+                    {"name": "probabilities", "parameters": {"binary_data": True}},
+                    {"name": "answered_by"}, {"name": "degraded"}],
+    }))  # fmt: skip
+    assert request.binary_outputs == {"label", "probabilities"}
+    document = build_infer_response(
+        model_name="m", model_version="1", request_id=None, probabilities=PROBS,
+        labels=PROBS.argmax(axis=1), classes=["cat", "dog"],
+        output_names=request.output_names, answered_by=["tiny", "large"],
+        degraded=[False, True], binary_outputs=request.binary_outputs,
+    )  # fmt: skip
+    body, headers = encode_response(document)
+    assert headers["content-type"] == "application/octet-stream"
+    header, raw = split_reply(body, headers)
+    label, probabilities, answered_by, degraded = header["outputs"]
+    assert "data" not in label and "data" not in probabilities
+    names = bytes_elements(["dog", "cat"])  # 4-byte little-endian lengths, then UTF-8
+    assert names == struct.pack("<I", 3) + b"dog" + struct.pack("<I", 3) + b"cat"
+    assert label["parameters"] == {"binary_data_size": len(names)}
+    assert probabilities["parameters"] == {"binary_data_size": PROBS.nbytes}
+    assert raw == names + PROBS.astype("<f4").tobytes()
+    assert answered_by["data"] == ["tiny", "large"]
+    assert degraded == {"name": "degraded", "shape": [2], "datatype": "BOOL",
+                        "data": [False, True]}  # fmt: skip
+
+
+def test_binary_data_output_makes_every_output_binary_unless_one_says_no() -> None:
+    everything = parse(body_of(**{"parameters": {"binary_data_output": True}}))
+    assert everything.binary_outputs == {"probabilities", "label", "answered_by", "degraded"}
+    one_not = parse(body_of(**{
+        "parameters": {"binary_data_output": True},
+        "outputs": [{"name": "label", "parameters": {"binary_data": False}},
+                    {"name": "degraded"}],
+    }))  # fmt: skip
+    assert one_not.binary_outputs == {"degraded"}
+    document = build_infer_response(
+        model_name="m", model_version="1", request_id=None, probabilities=PROBS,
+        labels=np.array([1, 0]), classes=None, output_names=["label", "degraded"],
+        degraded=[True, False], binary_outputs={"label", "degraded"},
+    )  # fmt: skip
+    _, raw = split_reply(*encode_response(document))
+    assert raw == np.array([1, 0], "<i8").tobytes() + b"\x01\x00"
+    plain, headers = encode_response(build_infer_response(
+        model_name="m", model_version="1", request_id=None, probabilities=PROBS,
+        labels=np.array([1, 0]), classes=None, output_names=["label"],
+    ))  # fmt: skip
+    assert headers == {"content-type": "application/json"}
+    assert json.loads(plain)["outputs"][0]["data"] == [1, 0]
+    fails(body_of(**{"parameters": {"binary_data_output": "yes"}}),
+          'parameters.binary_data_output must be true or false, got "yes"')  # fmt: skip
+    fails(body_of(**{"outputs": [{"name": "label", "parameters": {"binary_data": 1}}]}),
+          "outputs[0].parameters.binary_data must be true or false")  # fmt: skip
+    fails(body_of(**{"outputs": [{"name": "label", "parameters": {"classification": 3}}]}),
+          "classification is not supported")  # fmt: skip
+
+
+def text_body(texts: list[str], *, size: int | None = None, cut: int = 0) -> tuple[bytes, int]:
+    raw = bytes_elements(texts)[: len(bytes_elements(texts)) - cut]
+    tensor = {"name": "text", "shape": [len(texts)], "datatype": "BYTES",
+              "parameters": {"binary_data_size": len(raw) if size is None else size}}  # fmt: skip
+    header = json.dumps({"inputs": [tensor]}).encode()
+    return header + raw, len(header)
+
+
+def parse_text(body: bytes, **kwargs: Any) -> InferRequest:
+    return parse_infer_request(body, input_name="text", width=0, tiers=TIERS, text=True, **kwargs)
+
+
+def test_binary_bytes_inputs_give_the_same_texts_as_json() -> None:
+    texts = ["book a flight", "", "naïve café ☕"]
+    body, header = text_body(texts)
+    assert parse_text(body, header_length=header).rows.tolist() == texts
+    as_json = json.dumps({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES",
+                                      "data": texts}]}).encode()  # fmt: skip
+    assert parse_text(as_json).rows.tolist() == texts
+
+
+def test_binary_bytes_mistakes_are_400s() -> None:
+    def text_fails(body: bytes, header: int, message: str) -> None:
+        with pytest.raises(InputError, match=re.escape(message)):
+            parse_text(body, header_length=header)
+
+    text_fails(*text_body(["abc", "de"], cut=1), "BYTES element 1 says 2 bytes; 1 remain")
+    text_fails(*text_body(["abc", "de"], cut=5), "BYTES element 1 is cut short")
+    body, header = text_body(["abc"], size=99)
+    text_fails(body, header, "binary_data_size says 99 bytes and 7 follow")
+    bad = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                  "parameters": {"binary_data_size": 5}}]}).encode()  # fmt: skip
+    text_fails(bad + struct.pack("<I", 1) + b"\xff", len(bad), "BYTES element 0 is not UTF-8")
+
+
+def test_compressed_bodies_are_decoded_within_the_size_limit() -> None:
+    body = body_of()
+    assert decode_body(gzip.compress(body), "gzip", 1 << 20) == body
+    assert decode_body(zlib.compress(body), "deflate", 1 << 20) == body
+    assert decode_body(body, "identity", 1 << 20) == body
+    bomb = gzip.compress(b"[" * 100_000)  # about 200 bytes that expand 500-fold
+    with pytest.raises(InputError, match="more than 1000 bytes once decompressed"):
+        decode_body(bomb, "gzip", 1000)
+    with pytest.raises(InputError, match="not valid gzip data"):
+        decode_body(b"not gzip at all", "gzip", 1000)
+    with pytest.raises(InputError, match="cut short"):
+        decode_body(gzip.compress(body)[:-12], "gzip", 1 << 20)
+    with pytest.raises(InputError, match="'br' is not supported"):
+        decode_body(body, "br", 1000)

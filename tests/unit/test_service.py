@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
+from openapi_spec_validator import validate
 
 from cascade.backends import FakeModel, InputSpec, OnnxModel
 from cascade.catalog import ModelCard
@@ -89,6 +92,10 @@ def _call(
     return reply, json.loads(reply.body)
 
 
+def _output(body: dict[str, Any], name: str) -> Any:
+    return next(o for o in body["outputs"] if o["name"] == name)["data"]
+
+
 def _infer_body(rows: np.ndarray, **parameters: Any) -> dict[str, Any]:
     tensor = {"name": "input", "shape": list(rows.shape), "datatype": "FP32",
               "data": rows.ravel().tolist()}  # fmt: skip
@@ -125,12 +132,70 @@ def test_health_metadata_and_ready(service: InferenceService) -> None:
     reply, meta = _call(service, "GET", "/v2/models/digits/")
     assert reply.status == 200
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
-    assert meta["parameters"]["tiers"] == ["tiny", "large"]
-    assert meta["parameters"]["load"] == {
-        "gear": "normal",
-        "in_flight": 0,
-        "breakers": {"tiny": "closed", "large": "closed"},
-    }
+    # metadata parameters are scalars (KServe's models, gRPC): lists and objects as JSON text
+    assert json.loads(meta["parameters"]["tiers"]) == ["tiny", "large"]
+    load = {"gear": "normal", "in_flight": 0, "breakers": {"tiny": "closed", "large": "closed"}}
+    assert json.loads(meta["parameters"]["load"]) == load
+    assert meta["versions"] == [service.models["digits"].version]
+    # the same as plain JSON, with the policy, in the model configuration
+    reply, config = _call(service, "GET", "/v2/models/digits/config")
+    assert reply.status == 200 and config["load"] == load and config["tiers"] == ["tiny", "large"]
+    assert config["max_batch_size"] == 8 and config["policy"]["name"] == "digits"
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
+
+
+def test_versioned_routes_answer_for_the_version_served_only(service: InferenceService) -> None:
+    version = service.models["digits"].version
+    rows = np.asarray(read_dataset("digits").test.X[:1], dtype=np.float32)
+    for path in ("", "/ready", "/config"):
+        assert _call(service, "GET", f"/v2/models/digits/versions/{version}{path}")[0].status == 200
+    reply, body = _call(
+        service, "POST", f"/v2/models/digits/versions/{version}/infer", _infer_body(rows)
+    )
+    assert reply.status == 200 and body["model_version"] == version
+    reply, body = _call(service, "POST", "/v2/models/digits/versions/1/infer", _infer_body(rows))
+    assert reply.status == 404
+    assert body["error"] == (
+        f"model 'digits' has no version '1': it serves version '{version}' (its policy's hash; "
+        "GET /v2/models/digits lists it)"
+    )
+    assert _call(service, "GET", "/v2/models/digits/versions/1/ready")[0].status == 404
+
+
+def test_outputs_binary_and_compressed_bodies(service: InferenceService) -> None:
+    rows = np.asarray(read_dataset("digits").test.X[:3], dtype=np.float32)
+    _, plain = _call(service, "POST", "/v2/models/digits/infer", _infer_body(rows))
+    assert [o["name"] for o in plain["outputs"]] == [
+        "probabilities", "label", "answered_by", "degraded"
+    ]  # fmt: skip
+    assert set(plain["parameters"]) == {"gear"}  # no trace unless asked for
+    raw = rows.astype("<f4").tobytes()
+    header = json.dumps({
+        "inputs": [{"name": "input", "shape": [3, 64], "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)}}],
+        "parameters": {"binary_data_output": True},
+    }).encode()  # fmt: skip
+
+    async def read() -> bytes:
+        return gzip.compress(header + raw)
+
+    headers = {"inference-header-content-length": str(len(header)), "content-encoding": "gzip"}
+    reply = asyncio.run(service.handle("POST", "/v2/models/digits/infer", headers, read))
+    assert reply.status == 200 and reply.headers["content-type"] == "application/octet-stream"
+    length = int(reply.headers["inference-header-content-length"])
+    document = json.loads(reply.body[:length])
+    sizes = [o["parameters"]["binary_data_size"] for o in document["outputs"]]
+    assert sum(sizes) == len(reply.body) - length
+    probabilities = np.frombuffer(reply.body[length : length + sizes[0]], "<f4").reshape(3, 10)
+    expected = np.asarray(plain["outputs"][0]["data"], np.float32).reshape(3, 10)
+    np.testing.assert_array_equal(probabilities, expected)
+    reply, error = _call(
+        service, "POST", "/v2/models/digits/infer", b"{}", {"content-encoding": "br"}
+    )
+    assert reply.status == 415 and "'br' is not supported" in error["error"]
+    reply, error = _call(service, "POST", "/v2/models/digits/infer", gzip.compress(b"[" * 9000),
+                         {"content-encoding": "gzip"})  # fmt: skip
+    assert reply.status == 400 and "once decompressed" in error["error"]
 
 
 def test_infer_escalates_uncertain_rows_to_the_remote_tier(
@@ -146,11 +211,11 @@ def test_infer_escalates_uncertain_rows_to_the_remote_tier(
     reply, body = _call(service, "POST", "/v2/models/digits/infer", _infer_body(rows, trace=True))
     assert reply.status == 200, body
     expected = ["large" if e else "tiny" for e in escalates]
-    assert body["parameters"]["answered_by"] == expected
-    labels = next(o for o in body["outputs"] if o["name"] == "label")["data"]
+    assert _output(body, "answered_by") == expected
+    labels = _output(body, "label")
     # the fake large tier always says 3
     assert [label for label, e in zip(labels, escalates, strict=True) if e] == ["3"] * 3
-    decisions = body["parameters"]["decisions"]
+    decisions = json.loads(body["parameters"]["trace"])
     assert [(d["answered_by"], d["reason"]) for d in decisions] == [
         ("large", "last_tier") if e else ("tiny", "confident") for e in escalates
     ]
@@ -205,8 +270,8 @@ def test_a_failing_remote_tier_degrades_and_never_500s(
     rows = np.asarray(read_dataset("digits").test.X[:4], dtype=np.float32)
     reply, body = _call(svc, "POST", "/v2/models/digits/infer", _infer_body(rows))
     assert reply.status == 200
-    assert body["parameters"]["answered_by"] == ["tiny"] * 4
-    assert body["parameters"]["degraded"] == [True] * 4
+    assert _output(body, "answered_by") == ["tiny"] * 4
+    assert _output(body, "degraded") == [True] * 4
 
 
 def test_an_unreadable_body_is_a_503_not_a_500(service: InferenceService) -> None:
@@ -241,7 +306,8 @@ def test_reload_swaps_thresholds_and_refuses_a_bad_policy(
     assert refused.startswith(f"policy refused file={path} (the one serving stays): ")
     assert served.version != before and service.models["digits"] is served
     meta = _call(service, "GET", "/v2/models/digits")[1]
-    assert meta["parameters"]["reload_errors"] and "tiers" in meta["parameters"]["reload_errors"][0]
+    errors = json.loads(meta["parameters"]["reload_errors"])
+    assert errors and "tiers" in errors[0]
 
 
 def test_openapi_lists_exactly_the_routes_served(service: InferenceService) -> None:
@@ -251,7 +317,36 @@ def test_openapi_lists_exactly_the_routes_served(service: InferenceService) -> N
     assert documented == set(service.routes)
     infer = document["paths"]["/v2/models/{name}/infer"]["post"]
     assert infer["parameters"][0]["schema"]["enum"] == ["digits"]
-    assert set(infer["responses"]) == {"200", "400", "404", "503"}
+    assert set(infer["responses"]) == {"200", "400", "404", "413", "415", "503"}
+    validate(document)  # a valid OpenAPI 3.1 document (openapi-spec-validator)
+
+
+def test_every_body_the_service_answers_matches_the_openapi_schemas(
+    service: InferenceService,
+) -> None:
+    """The documented schemas hold what the server takes and what it answers: bodies it
+    accepts validate against InferRequest, its answers against their response schemas."""
+    _, document = _call(service, "GET", "/openapi.json")
+    schemas = document["components"]["schemas"]
+
+    def check(instance: Any, name: str) -> None:
+        schema = {"$ref": f"#/components/schemas/{name}", "components": {"schemas": schemas}}
+        jsonschema.validate(instance, schema, cls=jsonschema.Draft202012Validator)
+
+    rows = np.asarray(read_dataset("digits").test.X[:2], dtype=np.float32)
+    traced = _infer_body(rows, trace=True, profile=True, deadline_ms=5000, priority=1)
+    texts = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]}
+    for body in (_infer_body(rows), traced, texts | {"id": None, "outputs": []}):
+        check(body, "InferRequest")
+    for body in (_infer_body(rows), traced):
+        reply, answer = _call(service, "POST", "/v2/models/digits/infer", body)
+        assert reply.status == 200
+        check(answer, "InferResponse")
+    routes = [("/v2", "ServerMetadata"), ("/v2/health/live", "Live"),
+              ("/v2/health/ready", "Ready"), ("/v2/models/digits", "ModelMetadata"),
+              ("/v2/models/digits/ready", "ModelReady"), ("/v2/models/x", "Error")]  # fmt: skip
+    for path, name in routes:
+        check(_call(service, "GET", path)[1], name)
 
 
 def _cached_service(models: Path, folder: Path, *, remote_fails: bool = False) -> InferenceService:
@@ -268,7 +363,7 @@ def _cached_service(models: Path, folder: Path, *, remote_fails: bool = False) -
 def _decisions(svc: InferenceService, rows: np.ndarray) -> list[dict[str, Any]]:
     reply, body = _call(svc, "POST", "/v2/models/cached/infer", _infer_body(rows, trace=True))
     assert reply.status == 200, body
-    decisions: list[dict[str, Any]] = body["parameters"]["decisions"]
+    decisions: list[dict[str, Any]] = json.loads(body["parameters"]["trace"])
     return decisions
 
 
@@ -471,3 +566,32 @@ def test_server_metadata_names_the_server_and_its_extensions(service: InferenceS
     assert reply.status == 200
     assert body == {"name": "cascade", "version": __version__,
                     "extensions": ["binary_tensor_data"]}  # fmt: skip
+
+
+def test_sheds_are_logged_at_most_once_a_second_per_model_and_cause(
+    service: InferenceService, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cascade.serving._service import _ShedLog
+
+    now = [100.0]
+    log = _ShedLog(lambda: now[0], every_s=1.0)
+    with caplog.at_level("WARNING", logger="cascade.serving"):
+        for _ in range(5):
+            log("digits", "admission", "busy")
+        log("digits", "queue", "late in the queue")  # another cause: its own line
+        now[0] += 1.0
+        log("digits", "admission", "still busy")
+    assert [r.getMessage() for r in caplog.records] == [
+        "shed model=digits why=admission count=1 (since the last line) reason=busy",
+        "shed model=digits why=queue count=1 (since the last line) reason=late in the queue",
+        "shed model=digits why=admission count=5 (since the last line) reason=still busy",
+    ]
+    caplog.clear()
+    rows = np.asarray(read_dataset("digits").test.X[:1], dtype=np.float32)
+    stale = {"x-cascade-deadline": str(service.wall_clock() - 1.0)}
+    with caplog.at_level("WARNING", logger="cascade.serving"):
+        for _ in range(3):
+            assert _call(service, "POST", "/v2/models/digits/infer", _infer_body(rows), stale)[
+                0].status == 503  # fmt: skip
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("shed model=digits why=admission count=1 ")
