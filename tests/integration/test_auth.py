@@ -6,6 +6,7 @@ Ray start here: TLS is fixed when Serve starts, so no server of another module c
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -106,7 +107,7 @@ def _infer(client: httpx.Client, model: str) -> list[dict[str, Any]]:
                         "data": ROWS.ravel().tolist()}], "parameters": {"trace": True}}  # fmt: skip
     response = client.post(f"/v2/models/{model}/infer", json=body)
     assert response.status_code == 200, response.text
-    decisions: list[dict[str, Any]] = response.json()["parameters"]["decisions"]
+    decisions: list[dict[str, Any]] = json.loads(response.json()["parameters"]["trace"])
     return decisions
 
 
