@@ -196,6 +196,8 @@ class Ingress:
             max_body_bytes=self.args.max_body_bytes,
             coalesce_ms=self.args.coalesce_ms,
             metrics=_Metrics(),
+            # the token from the replica's own file or environment, never from the config
+            auth=self.args.auth(),
         )
 
     def reconfigure(self, config: dict[str, Any]) -> None:

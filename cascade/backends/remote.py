@@ -9,12 +9,16 @@ to the best local answer, marked ``degraded``, with the error in the trace::
     slow past the budget ->  ModelTimeout
     non-200, bad JSON,   ->  BackendError       (503/429: ModelUnavailable)
     wrong shape/classes
+    401 (token refused), ->  BackendError       (never retried: the breaker counts it)
+    TLS not verified
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +52,11 @@ class HttpModel:
     times at most) only when the connection could not be made, so the request never reached
     the server, and only while the budget left is at least ``min_retry_ms``.
 
+    ``token``: sent as ``Authorization: Bearer`` on every request (never logged, nor put in
+    an error). ``ca_bundle``: a PEM file of the authorities an ``https://`` endpoint's
+    certificate is checked against instead of the system's; a certificate that does not
+    verify is a ``BackendError``, never a plain-text fallback.
+
     Example::
 
         large = HttpModel(
@@ -73,6 +82,8 @@ class HttpModel:
         max_connections: int = 32,
         binary: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        token: str | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> None:
         parts = urlsplit(url)
         segments = parts.path.rstrip("/").split("/")
@@ -99,6 +110,15 @@ class HttpModel:
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self._transport = transport
+        self._headers = {} if token is None else {"authorization": f"Bearer {token}"}
+        self._tls: ssl.SSLContext | bool = True
+        if ca_bundle is not None:
+            try:
+                self._tls = ssl.create_default_context(cafile=os.fspath(ca_bundle))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"ca_bundle {ca_bundle}: not a readable PEM file ({exc})"
+                ) from None
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._verified = False
@@ -108,7 +128,12 @@ class HttpModel:
         # another loop (a test's, a reload's) would hand out dead sockets.
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(limits=self._limits, transport=self._transport)
+            self._client = httpx.AsyncClient(
+                limits=self._limits,
+                transport=self._transport,
+                verify=self._tls,
+                headers=self._headers,
+            )
             self._loop = loop
         return self._client
 
@@ -138,8 +163,10 @@ class HttpModel:
             try:
                 return await self._http().request(method, url, timeout=budget_s, **kwargs)
             except httpx.ConnectError as exc:
-                # Refused or unreachable: nothing was sent, so trying again is safe.
                 self._verified = False
+                if _tls_failure(exc):  # the same certificate fails again: no retry
+                    raise BackendError(f"{self._where()}: TLS: {exc}") from exc
+                # Refused or unreachable: nothing was sent, so trying again is safe.
                 if attempt < self.retries and self._budget_s() * 1000 >= self.min_retry_ms:
                     attempt += 1
                     self.retried += 1
@@ -160,6 +187,13 @@ class HttpModel:
 
     def _answer(self, response: httpx.Response) -> tuple[dict[str, Any], bytes]:
         """A 200 answer's JSON document, and the binary data after it (binary extension)."""
+        if response.status_code == 401:
+            # not retried, and the breaker counts it: the token will not change by itself
+            why = "refused the token" if self._headers else "asks for a bearer token"
+            raise BackendError(
+                f"{self._where()}: HTTP 401: the endpoint {why} (the tier's token_env or "
+                f"token_file): {response.text[:_ERROR_CHARS]}"
+            )
         if response.status_code != 200:
             text = response.text[:_ERROR_CHARS]
             kind = ModelUnavailable if response.status_code in _BUSY else BackendError
@@ -287,3 +321,14 @@ class HttpModel:
         response = await self._send("POST", f"{self.url}/infer", content=body, headers=headers)
         document, raw = self._answer(response)
         return self._probabilities(document, n, raw)
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """Whether a connection failed on TLS (a certificate not verified, a handshake refused)
+    rather than on the network: httpx wraps the ``ssl`` error in ``ConnectError``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

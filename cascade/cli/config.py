@@ -7,7 +7,20 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-__all__ = ["add_app_options", "add_config_command", "app_args_of", "run_config"]
+__all__ = [
+    "HAPROXY_NO_TLS",
+    "add_app_options",
+    "add_config_command",
+    "add_tls_options",
+    "app_args_of",
+    "run_config",
+    "tls_options",
+]
+
+HAPROXY_NO_TLS = (
+    "Ray Serve's HAProxy ingress speaks plain HTTP only; use --ray-proxy serve (Serve's proxy "
+    "serves HTTPS), or terminate TLS in front of HAProxy"
+)
 
 
 def add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,7 +80,15 @@ def add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     kube.add_argument("--image-root", default="/app", type=PurePosixPath,
                       help="the folder of the image the policy paths are relative to")  # fmt: skip
     kube.add_argument("--worker-cpus", type=int, default=4, help="CPUs per worker pod")
+    kube.add_argument(
+        "--token-secret",
+        metavar="NAME[/KEY]",
+        help="the bearer token from the Kubernetes Secret NAME (key KEY, default token), "
+        "as CASCADE_TOKEN in every Ray container: the manifest names the Secret, never the "
+        "token (kubectl create secret generic NAME --from-file=token=PATH)",
+    )
     add_app_options(config)
+    add_tls_options(config, where="paths on the cluster's nodes; with --ray-proxy serve")
     config.add_argument("--cpu-only", action="store_true",
                         help="never ask Ray for GPUs, even for tiers naming CUDA")  # fmt: skip
     config.set_defaults(run=run_config)
@@ -104,6 +125,53 @@ def add_app_options(parser: argparse.ArgumentParser) -> None:
                        help="ingress replicas (default 1)")  # fmt: skip
     group.add_argument("--ingress-num-cpus", type=float, default=None, metavar="CPUS",
                        help="logical CPUs per ingress replica (default 0.5)")  # fmt: skip
+    auth = parser.add_argument_group(
+        "who may call (a bearer token every request must send; none: anyone who reaches the port)"
+    )
+    auth.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="file holding the token, read once at start (on the serving machine; for a "
+        "cluster, e.g. a mounted Secret)",
+    )
+    auth.add_argument(
+        "--token-env",
+        metavar="NAME",
+        help="environment variable holding the token, in the serving processes' environment "
+        "(`cascade serve` reads CASCADE_TOKEN when neither option is given)",
+    )
+    auth.add_argument(
+        "--auth-health",
+        action="store_true",
+        help="ask for the token on /v2/health/live and /v2/health/ready too (default: open, "
+        "for probes)",
+    )
+
+
+def add_tls_options(parser: argparse.ArgumentParser, *, where: str = "") -> None:
+    """``--tls-cert`` and ``--tls-key``: HTTPS, uvicorn's and Ray Serve's PEM files."""
+    tls = parser.add_argument_group(f"TLS (HTTPS; both or neither{'; ' + where if where else ''})")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM",
+                     help="server certificate (then its chain), PEM")  # fmt: skip
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key, PEM")
+
+
+def tls_options(args: argparse.Namespace, *, local: bool) -> dict[str, str]:
+    """``ssl_certfile``/``ssl_keyfile`` (uvicorn's and Serve's names) from ``--tls-*``; files
+    on this machine (``local``) must exist and are named by absolute path."""
+    from cascade.errors import CascadeError
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CascadeError("--tls-cert and --tls-key go together: the certificate and its key")
+    if args.tls_cert is None:
+        return {}
+    paths = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+    if not local:
+        return {key: str(path) for key, path in paths.items()}
+    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if not path.is_file():
+            raise CascadeError(f"{option} {path}: no such file")
+    return {key: str(path.resolve()) for key, path in paths.items()}
 
 
 _APP_KNOBS = (
@@ -124,6 +192,12 @@ def app_args_of(args: argparse.Namespace) -> dict[str, object]:
     for key in _APP_KNOBS:
         if getattr(args, key, None) is not None:
             given[key] = getattr(args, key)
+    if getattr(args, "token_file", None) is not None:
+        given["token_file"] = str(args.token_file)
+    if getattr(args, "token_env", None) is not None:
+        given["token_env"] = args.token_env
+    if getattr(args, "auth_health", False):
+        given["open_health"] = False
     AppArgs.model_validate(given)
     return given
 
@@ -138,10 +212,24 @@ def run_config(args: argparse.Namespace) -> int:
     )
     from cascade.errors import PolicyError
     from cascade.policy import read_policy
-    from cascade.serving import AppArgs
+    from cascade.serving import TOKEN_ENV, AppArgs
 
     loaded = [read_policy(p) for p in args.policies]
     given = app_args_of(args)
+    tls = tls_options(args, local=False)
+    if tls and args.kuberay:
+        raise PolicyError(
+            "--tls-cert with --kuberay: the RayService's Serve proxy port is KubeRay's; "
+            "terminate TLS at a Kubernetes Ingress or Gateway in front of it"
+        )
+    if tls and args.ray_proxy == "haproxy":
+        raise PolicyError(f"--tls-cert with --ray-proxy haproxy (the default): {HAPROXY_NO_TLS}")
+    if args.token_secret is not None:
+        if not args.kuberay:
+            raise PolicyError("--token-secret names a Kubernetes Secret: it needs --kuberay")
+        if "token_file" in given or "token_env" in given:
+            raise PolicyError("--token-secret sets the token: leave out --token-file/--token-env")
+        given["token_env"] = TOKEN_ENV
     given["use_gpus"] = not args.cpu_only
     runtime_env: dict[str, Any] | None = None
     if args.package is not None and args.kuberay:
@@ -166,6 +254,7 @@ def run_config(args: argparse.Namespace) -> int:
         port=args.port,
         proxy_location=args.proxy_location,
         runtime_env=runtime_env,
+        tls=tls,
     )
     document: dict[str, Any] = config
     if args.kuberay:
@@ -173,8 +262,12 @@ def run_config(args: argparse.Namespace) -> int:
         options: dict[str, Any] = {"name": name, "worker_cpus": args.worker_cpus}
         if args.image:
             options["image"] = args.image
-        if args.ray_proxy == "haproxy":
-            options["env"] = HAPROXY_ENV
+        env: dict[str, Any] = dict(HAPROXY_ENV) if args.ray_proxy == "haproxy" else {}
+        if args.token_secret is not None:
+            secret, _, key = args.token_secret.partition("/")
+            env[TOKEN_ENV] = {"secretKeyRef": {"name": secret, "key": key or "token"}}
+        if env:
+            options["env"] = env
         document = kuberay_manifest(config, **options)
     elif args.ray_proxy == "haproxy":
         switches = " ".join(f"{key}={value}" for key, value in HAPROXY_ENV.items())

@@ -10,7 +10,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cascade.cli.config import add_app_options, app_args_of
+from cascade.cli.config import (
+    HAPROXY_NO_TLS,
+    add_app_options,
+    add_tls_options,
+    app_args_of,
+    tls_options,
+)
 from cascade.errors import CascadeError, PolicyError
 
 if TYPE_CHECKING:
@@ -62,6 +68,7 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "second; serve: Ray Serve's Python proxy and Ray's defaults",
     )
     add_app_options(serve)
+    add_tls_options(serve)
     serve.set_defaults(run=run_serve)
 
     reload = commands.add_parser(
@@ -176,10 +183,56 @@ _PATHS = {
 }
 
 
+def _serving_args(args: argparse.Namespace) -> dict[str, object]:
+    """:func:`app_args_of` for a server on this machine: the token file as an absolute path
+    (replicas may start elsewhere), ``CASCADE_TOKEN`` when no option names a token, and
+    the token read now, so that a missing or empty one stops here, before anything starts."""
+    import os
+
+    from cascade.serving import TOKEN_ENV, ServingLimits
+
+    given = app_args_of(args)
+    if "token_file" in given:
+        given["token_file"] = str(Path(str(given["token_file"])).resolve())
+    elif "token_env" not in given and os.environ.get(TOKEN_ENV) is not None:
+        given["token_env"] = TOKEN_ENV
+    fields = set(ServingLimits.model_fields)
+    ServingLimits.model_validate({k: v for k, v in given.items() if k in fields}).auth()
+    return given
+
+
+def _bearer(given: dict[str, object]) -> str:
+    """The curl option sending the token, ready to paste (the shell reads the token from its
+    file or variable: the command line never prints it)."""
+    import shlex
+
+    if "token_file" in given:
+        return f' -H "Authorization: Bearer $(cat {shlex.quote(str(given["token_file"]))})"'
+    if "token_env" in given:
+        return f' -H "Authorization: Bearer ${given["token_env"]}"'
+    return ""
+
+
+def _announce_auth(given: dict[str, object], tls: dict[str, str]) -> None:
+    if "token_file" in given or "token_env" in given:
+        where = given.get("token_file") or f"${given.get('token_env')}"
+        health = "open" if given.get("open_health", True) else "behind it too"
+        print(f"auth:     every request sends Authorization: Bearer <the token in {where}> "
+              f"(health routes {health})")  # fmt: skip
+    if tls:
+        print(f"tls:      HTTPS with {tls['ssl_certfile']}")
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    tls = tls_options(args, local=True)
     if args.runtime == "edge":
-        return _run_edge(args)
-    proxy = ray_environment(args.ray_proxy)  # before Ray is imported: Serve reads it then
+        return _run_edge(args, tls)
+    choice = args.ray_proxy
+    if tls and choice == "haproxy":
+        raise CascadeError(f"--tls-cert with --ray-proxy haproxy: {HAPROXY_NO_TLS}")
+    if tls:
+        choice = "serve"  # the only request path of Ray Serve 2.60 with TLS
+    proxy = ray_environment(choice)  # before Ray is imported: Serve reads it then
     try:
         import ray
         from ray import serve
@@ -189,23 +242,25 @@ def run_serve(args: argparse.Namespace) -> int:
     from cascade.serving import AppArgs
     from deployments.app import app_for
 
-    app_args = AppArgs.model_validate(app_args_of(args))
+    given = _serving_args(args)
+    app_args = AppArgs.model_validate(given)
     check_port_free(args.host, args.port)
     loaded = _read_and_build(args)
     names = [item.policy.name for item in loaded]
     stop = threading.Event()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": args.host, "port": args.port, **tls})
         serve.run(app_for(loaded, app_args), name=APP_NAME, route_prefix="/")
         # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        url = f"http://{args.host}:{args.port}"
+        url = f"{'https' if tls else 'http'}://{args.host}:{args.port}"
         print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops)")
-        print(f"metadata: curl -s {url}/v2/models/{names[0]}")
-        print(f"infer:    {_curl_example(url, names[0], loaded[0])}")
+        print(f"metadata: curl -s {url}/v2/models/{names[0]}{_bearer(given)}")
+        print(f"infer:    {_curl_example(url, names[0], loaded[0])}{_bearer(given)}")
         print(_PATHS[proxy])
+        _announce_auth(given, tls)
         sys.stdout.flush()
         stop.wait()
     finally:
@@ -215,7 +270,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_edge(args: argparse.Namespace) -> int:
+def _run_edge(args: argparse.Namespace, tls: dict[str, str]) -> int:
     """The edge runtime: no Ray import on this path, nor in anything it calls."""
     try:
         import uvicorn  # noqa: F401
@@ -225,10 +280,10 @@ def _run_edge(args: argparse.Namespace) -> int:
         return 1
     from cascade.edge import EdgeSettings, serve_edge
 
-    given = {key: getattr(args, key) for key in
-             ("max_ongoing_requests", "max_queued_requests", "coalesce_ms", "max_rows")
-             if getattr(args, key, None) is not None}  # fmt: skip
-    settings = EdgeSettings(policies=[str(p) for p in args.policies], **given)
+    given = _serving_args(args)
+    settings = EdgeSettings.model_validate(
+        {k: v for k, v in given.items() if k in EdgeSettings.model_fields}
+    )
     check_port_free(args.host, args.port)
     loaded = _read_and_build(args)
     names = [item.policy.name for item in loaded]
@@ -236,12 +291,14 @@ def _run_edge(args: argparse.Namespace) -> int:
     def announce(url: str) -> None:
         print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops; "
               "edge runtime, no Ray)")  # fmt: skip
-        print(f"metadata: curl -s {url}/v2/models/{names[0]}")
-        print(f"infer:    {_curl_example(url, names[0], loaded[0])}")
-        print(f"metrics:  curl -s {url}/metrics")
+        print(f"metadata: curl -s {url}/v2/models/{names[0]}{_bearer(given)}")
+        print(f"infer:    {_curl_example(url, names[0], loaded[0])}{_bearer(given)}")
+        print(f"metrics:  curl -s {url}/metrics{_bearer(given)}")
+        _announce_auth(given, tls)
         sys.stdout.flush()
 
-    serve_edge(settings, host=args.host, port=args.port, announce=announce, policies=loaded)
+    serve_edge(settings, host=args.host, port=args.port, announce=announce, policies=loaded,
+               tls_cert=tls.get("ssl_certfile"), tls_key=tls.get("ssl_keyfile"))  # fmt: skip
     print("stopped")
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from cascade.errors import CascadeError, PolicyError
@@ -61,9 +61,12 @@ def serve_config(
     proxy_location: ProxyLocation = "EveryNode",
     runtime_env: dict[str, Any] | None = None,
     app_name: str = "cascade",
+    tls: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Serve config serving ``args.policies`` (as paths on the cluster); ``loaded`` are the
-    same policies read here, for their tiers' deployment options.
+    same policies read here, for their tiers' deployment options. ``tls``: Serve's HTTP
+    options ``ssl_certfile`` and ``ssl_keyfile``, paths on the nodes (Serve's own proxy only:
+    its HAProxy ingress speaks plain HTTP).
 
     Example::
 
@@ -97,7 +100,7 @@ def serve_config(
     app["deployments"] = deployments
     config: dict[str, Any] = {
         "proxy_location": proxy_location,
-        "http_options": {"host": host, "port": port},
+        "http_options": {"host": host, "port": port, **(tls or {})},
         "applications": [app],
     }
     validate_serve_config(config)

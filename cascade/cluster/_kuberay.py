@@ -10,11 +10,15 @@ to CPU where the GPU build of onnxruntime is missing). The head runs no replicas
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 __all__ = ["DEFAULT_IMAGE", "RAY_IMAGE", "dump_yaml", "kuberay_manifest"]
+
+Env = Mapping[str, str | dict[str, Any]]
+"""A container's environment: a value, or a ``valueFrom`` source (a Secret's key)."""
 
 RAY_IMAGE = "rayproject/ray:2.60.0-py311"  # the base of deployments/kuberay/Dockerfile
 DEFAULT_IMAGE = "cascade-serve:latest"  # what that Dockerfile builds; push it to your registry
@@ -40,7 +44,7 @@ def _demand(deployments: list[dict[str, Any]], *, gpu: bool, most: bool) -> tupl
 
 def _container(
     name: str, image: str, cpus: float, memory_gib: float, gpus: int = 0,
-    env: dict[str, str] | None = None,
+    env: Env | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     limits: dict[str, Any] = {"cpu": f"{cpus:g}", "memory": f"{memory_gib:g}Gi"}
     if gpus:
@@ -51,7 +55,11 @@ def _container(
         "resources": {"limits": limits, "requests": dict(limits)},
     }
     if env:
-        container["env"] = [{"name": key, "value": value} for key, value in env.items()]
+        container["env"] = [
+            {"name": key, "value": value} if isinstance(value, str)
+            else {"name": key, "valueFrom": value}
+            for key, value in env.items()
+        ]  # fmt: skip
     if name == "ray-head":
         container["ports"] = [
             {"containerPort": 6379, "name": "gcs-server"},
@@ -64,7 +72,7 @@ def _container(
 
 def _group(
     name: str, image: str, *, cpus: int, gpus: int, low: int, high: int,
-    env: dict[str, str] | None,
+    env: Env | None,
 ) -> dict[str, Any]:  # fmt: skip
     params = {"num-cpus": str(cpus)}
     if gpus:
@@ -88,10 +96,12 @@ def kuberay_manifest(
     image: str = DEFAULT_IMAGE,
     worker_cpus: int = 4,
     gpus_per_worker: int = 1,
-    env: dict[str, str] | None = None,
+    env: Env | None = None,
 ) -> dict[str, Any]:
     """A ``ray.io/v1`` RayService serving ``config`` (a Serve config, see ``serve_config``);
-    ``env``: environment of every Ray container (e.g. ``HAPROXY_ENV``, Serve's switches).
+    ``env``: environment of every Ray container (e.g. ``HAPROXY_ENV``, Serve's switches); a
+    value that is a mapping is the variable's ``valueFrom`` (``{"secretKeyRef": {...}}``:
+    the bearer token from a Secret, never written into the manifest).
 
     Example::
 

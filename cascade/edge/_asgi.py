@@ -4,7 +4,8 @@ No web framework and no Ray: the routes, errors, admission and decision trace ar
 service's, exactly as the Ray ingress serves them. This adapter adds only what Serve's
 proxy does in the cluster: the body size limit (checked before the body is read), a bound
 on requests held at once (503 with Retry-After beyond it), ``GET /metrics`` and closing
-remote tiers' connections at shutdown.
+remote tiers' connections at shutdown. With a token (``service.auth``) every request is
+checked first, ``/metrics`` included: a 401 before the bound and before the body is read.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ class EdgeApp:
             return
         if scope["type"] != "http":  # websockets: not a route of this protocol
             return
+        if self.service.auth is not None:
+            # before anything else: a caller without the token learns nothing, not even
+            # that the server is busy, and its body is never read
+            refused = self.service.authorize(_path(scope), _headers(scope))
+            if refused is not None:
+                await _respond(send, refused, head=scope["method"] == "HEAD")
+                return
         if self.held >= self.max_requests:
             reply = unavailable(
                 f"over {self.max_requests} requests held; retry later",
@@ -86,12 +94,9 @@ class EdgeApp:
         await _respond(send, reply, head=scope["method"] == "HEAD")
 
     async def _handle(self, scope: Scope, receive: Receive) -> HttpReply:
-        path: str = scope["path"]
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
+        path = _path(scope)
         method: str = scope["method"]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _headers(scope)
         # a client that sends its send time wants the wire measured: the body read below is
         # part of the service's time then (and only then is the clock read here)
         received_s = self.service.clock() if PROFILE_HEADER in headers else None
@@ -126,6 +131,16 @@ class EdgeApp:
                     await served.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -82,6 +82,7 @@ def build_edge_app(
         max_body_bytes=settings.max_body_bytes,
         coalesce_ms=settings.coalesce_ms,
         metrics=metrics,
+        auth=settings.auth(),
     )
     service.apply_policies(read, remote=lambda name: {})
     if service.reload_errors:
@@ -101,13 +102,20 @@ def serve_edge(
     port: int = 8000,
     announce: Callable[[str], None] | None = None,
     policies: Sequence[PolicyFile] | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; SIGHUP re-reads the policy files (an invalid one is
     refused and reported in its model's metadata, the old one keeps serving).
 
-    ``announce(url)`` is called once the socket listens.
+    ``announce(url)`` is called once the socket listens. ``tls_cert`` and ``tls_key``
+    (PEM files, both or neither): HTTPS, by uvicorn's own TLS (``ssl_certfile``,
+    ``ssl_keyfile``); the certificate file may hold the chain after the server's own.
     """
     import uvicorn
+
+    if (tls_cert is None) != (tls_key is None):
+        raise PolicyError("TLS needs both a certificate and its key (--tls-cert, --tls-key)")
 
     app = build_edge_app(settings, policies=policies)
 
@@ -129,6 +137,8 @@ def serve_edge(
         log_level="warning",
         access_log=False,  # a log line per request costs more CPU than a tiny tier's answer
         server_header=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
     _server(config, on_listening=announce).run()
 
@@ -143,7 +153,8 @@ def _server(config: Any, *, on_listening: Callable[[str], None] | None) -> Any:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started and on_listening is not None:
-                on_listening(f"http://{config.host}:{config.port}")
+                scheme = "https" if config.is_ssl else "http"
+                on_listening(f"{scheme}://{config.host}:{config.port}")
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

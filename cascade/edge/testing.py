@@ -43,15 +43,18 @@ class ThreadedServer:
             httpx.get(f"{server.url}/v2/health/live")
     """
 
-    def __init__(self, app: Any, *, port: int | None = None) -> None:
+    def __init__(
+        self, app: Any, *, port: int | None = None, tls: tuple[str, str] | None = None
+    ) -> None:
         self.app = app
         self.port = port or free_port()
+        self.tls = tls  # (certificate file, key file): HTTPS
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -66,6 +69,8 @@ class ThreadedServer:
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, lifespan="on", interface="asgi3",
             log_level="error", access_log=False, timeout_graceful_shutdown=1,
+            ssl_certfile=self.tls[0] if self.tls else None,
+            ssl_keyfile=self.tls[1] if self.tls else None,
         )  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -103,8 +108,10 @@ class FlakyEndpoint(ThreadedServer):
     server stops listening (connection refused) until another mode starts it again.
     """
 
-    def __init__(self, app: Any, *, port: int | None = None) -> None:
-        super().__init__(self._asgi, port=port)
+    def __init__(
+        self, app: Any, *, port: int | None = None, tls: tuple[str, str] | None = None
+    ) -> None:
+        super().__init__(self._asgi, port=port, tls=tls)
         self.inner = app
         self.mode: Mode = "ok"
         self.delay_ms = 0.0

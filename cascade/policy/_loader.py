@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -88,6 +88,23 @@ class PolicyFile:
         resolved, leaves = _resolve(spec.model, self.base_dir)
         if leaves and not self.policy.allow_outside_paths:
             raise PolicyError(f"{where}: {_LEAVES}")
+        return resolved
+
+    def tier_file(self, tier: str, key: Literal["token_file", "ca_bundle"]) -> Path | None:
+        """The resolved file a remote tier's ``token_file`` or ``ca_bundle`` names (``None``:
+        not set), under the folder rule of model paths: a policy must not make its reader
+        send or trust a file from anywhere on the machine unless it says so.
+
+        Example::
+
+            loaded.tier_file("large", "ca_bundle")   # PosixPath('/.../policies/ca.pem')
+        """
+        value = getattr(self.policy.tiers[tier], key)
+        if value is None:
+            return None
+        resolved, leaves = _resolve(value, self.base_dir)
+        if leaves and not self.policy.allow_outside_paths:
+            raise PolicyError(f"tiers.{tier}.{key}: {_LEAVES}")
         return resolved
 
 

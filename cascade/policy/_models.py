@@ -213,6 +213,28 @@ class Tier(_Strict):
         "default: the model card's single-row p50",
     )
 
+    token_env: str | None = Field(
+        None,
+        pattern=r"^CASCADE_[A-Z0-9_]+$",
+        description="remote tiers: environment variable holding the bearer token sent to the "
+        "endpoint (Authorization: Bearer); named CASCADE_..., so that a policy file cannot "
+        "send another secret of the environment to its URL. Never the token itself",
+    )
+    token_file: str | None = Field(
+        None,
+        min_length=1,
+        description="remote tiers: file holding the bearer token (instead of token_env), "
+        "relative to the policy file, read when the policy is applied; the folder rule of "
+        "model paths applies (allow_outside_paths for a mounted Secret elsewhere)",
+    )
+    ca_bundle: str | None = Field(
+        None,
+        min_length=1,
+        description="remote https:// tiers: PEM file of the certificate authorities the "
+        "endpoint's certificate is verified against, instead of the system's; relative to the "
+        "policy file, the folder rule of model paths applies",
+    )
+
     @property
     def is_remote(self) -> bool:
         return self.model.startswith(("http://", "https://"))
@@ -224,6 +246,16 @@ class Tier(_Strict):
                 f"a remote tier ({self.model}) runs where its URL points; placement: "
                 "deployment applies to ONNX files only (leave placement out)"
             )
+        given = [k for k in ("token_env", "token_file", "ca_bundle") if getattr(self, k)]
+        if given and not self.is_remote:
+            raise ValueError(f"{', '.join(given)}: for remote tiers only (model is a URL)")
+        if self.token_env is not None and self.token_file is not None:
+            raise ValueError(
+                f"token_env ({self.token_env}) and token_file ({self.token_file}) exclude each "
+                "other: the token comes from one place"
+            )
+        if self.ca_bundle is not None and not self.model.startswith("https://"):
+            raise ValueError(f"ca_bundle verifies TLS: the URL must be https://, got {self.model}")
         return self
 
 

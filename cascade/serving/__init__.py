@@ -14,6 +14,13 @@ Example::
 
 from __future__ import annotations
 
+from cascade.serving._auth import (
+    OPEN_HEALTH,
+    TOKEN_ENV,
+    BearerAuth,
+    bearer_header,
+    load_token,
+)
 from cascade.serving._coalescer import Coalescer
 from cascade.serving._deadline import DEADLINE_HEADER, DEADLINE_HEADERS, request_budget_ms
 from cascade.serving._metrics import METRICS, SCRAPED_PREFIX, MetricSpec, RecordingMetrics
@@ -53,10 +60,13 @@ __all__ = [
     "DEADLINE_HEADERS",
     "INGRESS",
     "METRICS",
+    "OPEN_HEALTH",
     "OUTPUT_NAMES",
     "PROFILE_HEADER",
     "SCRAPED_PREFIX",
+    "TOKEN_ENV",
     "AppArgs",
+    "BearerAuth",
     "Coalescer",
     "HttpReply",
     "InferRequest",
@@ -69,12 +79,14 @@ __all__ = [
     "ServedModel",
     "ServiceMetrics",
     "ServingLimits",
+    "bearer_header",
     "build_infer_response",
     "bytes_elements",
     "deployment_name",
     "encode_response",
     "error_body",
     "ingress_options",
+    "load_token",
     "model_metadata",
     "openapi_document",
     "parse_infer_request",

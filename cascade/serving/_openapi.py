@@ -12,12 +12,13 @@ fuzzes the server against this document (schemathesis). The paths are held to th
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-__all__ = ["openapi_document"]
+__all__ = ["openapi_document", "secure_document"]
 
 Datatype = Literal[
     "BOOL", "FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64",
@@ -291,3 +292,32 @@ def openapi_document(models: list[str], versions: list[str] | None = None) -> di
         "paths": paths,
         "components": {"schemas": _schemas()},
     }
+
+
+def secure_document(document: dict[str, Any], *, open_paths: Collection[str]) -> None:
+    """Declare the bearer token in ``document`` (in place): the scheme, every operation's
+    ``security`` requirement and its 401, and ``security: []`` on ``open_paths``.
+
+    Example::
+
+        secure_document(document, open_paths={"/v2/health/live", "/v2/health/ready"})
+        document["components"]["securitySchemes"]["bearerAuth"]["scheme"]   # 'bearer'
+    """
+    components = document.setdefault("components", {})
+    components["securitySchemes"] = {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Authorization: Bearer <token>; the token the server was given",
+        }
+    }
+    document["security"] = [{"bearerAuth": []}]
+    refused = _json({"$ref": "#/components/schemas/Error"},
+                    "no token, or not the one (see WWW-Authenticate)")  # fmt: skip
+    for path, operations in document.get("paths", {}).items():
+        for operation in operations.values():
+            if path in open_paths:
+                operation["security"] = []
+            else:
+                operation["security"] = [{"bearerAuth": []}]
+                operation.setdefault("responses", {})["401"] = refused

@@ -19,7 +19,7 @@ import numpy as np
 
 from cascade.backends import HttpModel, InputSpec, Model, open_model
 from cascade.catalog import TierInfo, require_model_files, resolve_tiers
-from cascade.errors import PolicyError
+from cascade.errors import CascadeError, PolicyError
 from cascade.load import (
     DEFAULT_PRIORITY,
     Gear,
@@ -31,6 +31,7 @@ from cascade.load import (
 )
 from cascade.policy import Policy, PolicyFile
 from cascade.routing import BatchResult, Engine, Ranker, routed_tiers
+from cascade.serving._auth import load_token
 from cascade.serving._caching import AnswerCaches
 from cascade.serving._coalescer import Coalescer
 from cascade.serving._profile import Profile
@@ -90,14 +91,25 @@ def _open_tiers(loaded: PolicyFile, remote: Mapping[str, RemoteFactory]) -> _Tie
         backends[name] = factory(first.input_spec)
     for name, tier in policy.tiers.items():
         if tier.is_remote and name not in backends:
-            backends[name] = HttpModel(
-                tier.model,
-                input_spec=first.input_spec,
-                classes=classes,
-                n_classes=n_classes,
-                name=name,
-                timeout_s=tier.timeout_ms / 1000.0,
-            )
+            where = f"{loaded.path or policy.name}: tiers.{name}"
+            token_file = loaded.tier_file(name, "token_file")
+            ca_bundle = loaded.tier_file(name, "ca_bundle")
+            try:
+                token = None
+                if token_file is not None or tier.token_env is not None:
+                    token = load_token(file=token_file, env=tier.token_env)
+                backends[name] = HttpModel(
+                    tier.model,
+                    input_spec=first.input_spec,
+                    classes=classes,
+                    n_classes=n_classes,
+                    name=name,
+                    timeout_s=tier.timeout_ms / 1000.0,
+                    token=token,
+                    ca_bundle=ca_bundle,
+                )
+            except (CascadeError, ValueError) as exc:
+                raise PolicyError(f"{where}: {exc}") from None
     return _Tiers(backends, first.input_spec, info, classes, n_classes)
 
 

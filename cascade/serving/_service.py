@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from cascade.errors import CascadeError, CircuitOpen, InputError, OverloadedError
 from cascade.policy import PolicyFile, parse_policy
+from cascade.serving._auth import BearerAuth
 from cascade.serving._deadline import epoch_header, request_budget_ms, sent_delay_ms
 from cascade.serving._profile import PROFILE_HEADER, Profile
 from cascade.serving._protocol import (
@@ -147,6 +148,9 @@ class InferenceService:
     with ``clock`` (seconds); ``wall_clock`` (epoch seconds) reads the client's send time
     (header ``x-cascade-sent-at``) against it. Requests that are not profiled read neither
     clock for it and allocate nothing for it.
+
+    ``auth`` (:class:`~cascade.serving._auth.BearerAuth`): every request but those to its
+    open routes must bear its token, checked in :meth:`handle` before any route runs.
     """
 
     def __init__(
@@ -158,7 +162,9 @@ class InferenceService:
         metrics: ServiceMetrics | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
+        auth: BearerAuth | None = None,
     ) -> None:
+        self.auth = auth
         self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
         self.coalesce_ms = coalesce_ms
@@ -243,6 +249,9 @@ class InferenceService:
         has the body read as a phase of its own (``read``), whoever reads it.
         """
         path = path.rstrip("/") or "/"
+        refused = self.authorize(path, headers)
+        if refused is not None:
+            return refused
         allowed = []
         for route_method, pattern, handler in self._routes:
             match = pattern.fullmatch(path)
@@ -260,6 +269,19 @@ class InferenceService:
                 allow=", ".join(allowed),
             )
         return HttpReply.error(f"no route {path} (see /openapi.json)", 404)
+
+    def authorize(self, path: str, headers: Mapping[str, str]) -> HttpReply | None:
+        """The 401 for a request to ``path`` without the token (``None``: it may go on).
+
+        :meth:`handle` asks first; a host asks too for what it answers itself (the edge's
+        ``/metrics``) or before it reads a body it would not need.
+        """
+        if self.auth is None:
+            return None
+        refusal = self.auth.refusal(path.rstrip("/") or "/", headers)
+        if refusal is None:
+            return None
+        return HttpReply.error(refusal.message, 401, **{"www-authenticate": refusal.challenge})
 
     def _shed(self, name: str, why: str, reason: str) -> None:
         """One request refused with a 503: counted, and logged at most once a second per
@@ -433,10 +455,13 @@ class InferenceService:
         )
 
     async def _openapi(self, **_: Any) -> HttpReply:
-        from cascade.serving._openapi import openapi_document
+        from cascade.serving._openapi import openapi_document, secure_document
 
         versions = sorted({served.version for served in self.models.values()})
-        return HttpReply.json(openapi_document(sorted(self.models), versions))
+        document = openapi_document(sorted(self.models), versions)
+        if self.auth is not None:
+            secure_document(document, open_paths=self.auth.open_paths)
+        return HttpReply.json(document)
 
     async def _infer(
         self,

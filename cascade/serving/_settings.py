@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cascade.policy import Policy, Tier
+from cascade.serving._auth import BearerAuth
 
 __all__ = [
     "INGRESS",
@@ -49,6 +50,41 @@ class ServingLimits(BaseModel):
         256, ge=-1, description="requests waiting beyond those before a 503 (-1: no limit)"
     )
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 for backpressure")
+    token_file: str | None = Field(
+        None,
+        min_length=1,
+        description="file holding the bearer token every request must send (read once at "
+        "start, stripped): a path on the serving machine, e.g. a mounted Secret; never the "
+        "token itself",
+    )
+    token_env: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the bearer token (instead of token_file), "
+        "in the serving process's environment",
+    )
+    open_health: bool = Field(
+        True,
+        description="with a token: /v2/health/live and /v2/health/ready answer without it "
+        "(for probes); false: they ask for it too",
+    )
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> ServingLimits:
+        if self.token_file is not None and self.token_env is not None:
+            raise ValueError(
+                f"token_file ({self.token_file}) and token_env ({self.token_env}) exclude "
+                "each other: the token comes from one place"
+            )
+        return self
+
+    def auth(self) -> BearerAuth | None:
+        """The bearer token check these settings ask for (``None``: anyone may call); reads
+        the token now, so a missing one fails here, before serving."""
+        return BearerAuth.load(
+            token_file=self.token_file, token_env=self.token_env, open_health=self.open_health
+        )
 
 
 INGRESS = "Ingress"

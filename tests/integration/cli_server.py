@@ -27,8 +27,9 @@ class CliServer:
         cwd: Path,
         ready_timeout_s: float = 180,
         stop_timeout_s: float = 90,
+        env: dict[str, str] | None = None,
     ) -> None:
-        self.args, self.cwd = args, cwd
+        self.args, self.cwd, self.env = args, cwd, env
         self.ready_timeout_s, self.stop_timeout_s = ready_timeout_s, stop_timeout_s
         self.lines: list[str] = []
         self.returncode: int | None = None
@@ -47,7 +48,12 @@ class CliServer:
 
     def __enter__(self) -> CliServer:
         self.process = subprocess.Popen(
-            self.args, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            self.args,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

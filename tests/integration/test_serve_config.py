@@ -271,3 +271,65 @@ def test_an_invalid_serve_config_is_refused() -> None:
     config = {"applications": [{"name": "x", "import_path": "a:b", "deployments": [bad]}]}
     with pytest.raises(CascadeError, match="does not validate"):
         validate_serve_config(config)
+
+
+def test_the_token_reaches_the_app_by_reference_never_in_clear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Serve config names where the replicas find the token (a file, a variable); a
+    RayService takes it from a Secret into every Ray container's environment."""
+    from ray.serve.schema import ServeDeploySchema
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CASCADE_TOKEN", "local-secret-not-for-the-cluster")
+    _policy(tmp_path, "replicas: 1")
+    argv = ["config", "custom.yaml", "--token-file", "/var/run/secrets/cascade/token"]
+    assert main([*argv, "--auth-health"]) == 0
+    text = capsys.readouterr().out
+    config = yaml.safe_load(text)
+    ServeDeploySchema.model_validate(config)
+    args = config["applications"][0]["args"]
+    assert args["token_file"] == "/var/run/secrets/cascade/token"
+    assert args["open_health"] is False
+    assert "local-secret" not in text  # the shell's token is not the cluster's
+
+    assert main(["config", "custom.yaml", "--kuberay", "--token-secret", "cascade-auth/t"]) == 0
+    text = capsys.readouterr().out
+    manifest = yaml.safe_load(text)
+    cluster = manifest["spec"]["rayClusterConfig"]
+    specs = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for spec in specs:
+        (container,) = spec["template"]["spec"]["containers"]
+        assert {"name": "CASCADE_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "cascade-auth", "key": "t"}}} in (
+            container["env"]
+        )  # fmt: skip
+    serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    assert serve_config["applications"][0]["args"]["token_env"] == "CASCADE_TOKEN"
+    assert "local-secret" not in text
+
+    assert main(["config", "custom.yaml", "--token-secret", "s"]) == 1
+    assert "--token-secret names a Kubernetes Secret: it needs --kuberay" in capsys.readouterr().err
+    assert main(["config", "custom.yaml", "--kuberay", "--token-secret", "s", *argv[2:]]) == 1
+    assert "leave out --token-file/--token-env" in capsys.readouterr().err
+
+
+def test_tls_goes_into_serves_http_options_with_serves_own_proxy_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    monkeypatch.chdir(tmp_path)
+    _policy(tmp_path, "replicas: 1")
+    tls = ["--tls-cert", "/etc/cascade/tls.crt", "--tls-key", "/etc/cascade/tls.key"]
+    assert main(["config", "custom.yaml", "--ray-proxy", "serve", *tls]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    ServeDeploySchema.model_validate(config)
+    assert config["http_options"] == {
+        "host": "0.0.0.0", "port": 8000,
+        "ssl_certfile": "/etc/cascade/tls.crt", "ssl_keyfile": "/etc/cascade/tls.key",
+    }  # fmt: skip
+    assert main(["config", "custom.yaml", *tls]) == 1
+    assert "HAProxy ingress speaks plain HTTP only" in capsys.readouterr().err
+    assert main(["config", "custom.yaml", "--kuberay", "--ray-proxy", "serve", *tls]) == 1
+    assert "terminate TLS at a Kubernetes Ingress" in capsys.readouterr().err

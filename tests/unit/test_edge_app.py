@@ -205,3 +205,22 @@ print(sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")))
                             cwd=ROOT, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_with_a_token_a_caller_without_it_gets_a_401_before_the_bound_and_the_body(
+    app: EdgeApp,
+) -> None:
+    from cascade.serving import BearerAuth
+
+    app.service.auth = BearerAuth("edge-token")
+    status, body, read = _raw(app, [(b"content-length", b"100000")], [b"x" * 100_000])
+    assert (status, read) == (401, 0)  # not a 413: the body of a stranger is never read
+    assert body == {"error": "authentication required: send the header Authorization: Bearer "
+                    "<token>"}  # fmt: skip
+    app.max_requests = 0
+    shed, metrics, live = _requests(
+        app, ("POST", "/v2/models/digits/infer", {}), ("GET", "/metrics", None),
+        ("GET", "/v2/health/live", None),
+    )  # fmt: skip
+    assert (shed.status_code, metrics.status_code) == (401, 401)  # not a 503: nothing told
+    assert live.status_code == 503  # open, so past the bound like any request

@@ -311,3 +311,56 @@ def test_serving_needs_a_cost_for_a_remote_tier_and_evaluation_refuses_it(tmp_pa
     path.write_text(POLICY)
     tiers = resolve_tiers(read_policy(path, check_files=False), remote=True)
     assert (tiers["large"].cost, tiers["large"].latency_ms, tiers["large"].card) == (1.0, 10, None)
+
+
+def test_the_token_goes_on_every_request_and_a_refusal_is_never_retried() -> None:
+    remote = Remote()
+    model = remote.model(token="tok-123")
+    _predict(model, _rows())
+    assert [r.headers["authorization"] for r in remote.calls] == ["Bearer tok-123"] * 2
+    remote.calls.clear()
+    refused = httpx.Response(401, json={"error": "the bearer token is not valid"})
+    remote.fail = lambda request: refused
+    with pytest.raises(BackendError, match="HTTP 401: the endpoint refused the token") as caught:
+        _predict(remote.model(token="tok-123"), _rows())
+    assert not isinstance(caught.value, ModelUnavailable)  # not a busy remote: no retry
+    assert "tok-123" not in str(caught.value) and len(remote.calls) == 1
+    with pytest.raises(BackendError, match="HTTP 401: the endpoint asks for a bearer token"):
+        _predict(remote.model(), _rows())
+    assert "authorization" not in remote.calls[-1].headers
+
+
+def test_a_ca_bundle_that_cannot_be_read_is_refused_at_once(tmp_path: Any) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    for path in (bad, tmp_path / "missing.pem"):
+        with pytest.raises(ValueError, match=f"ca_bundle {path}: not a readable PEM file"):
+            HttpModel(URL.replace("http:", "https:"), input_spec=SPEC, ca_bundle=path)
+
+
+def test_remote_tier_credentials_are_checked_in_the_policy(tmp_path: Any) -> None:
+    def tier(extra: str, url: str = "https://c.test/v2/models/large") -> str:
+        return (
+            "name: p\ntiers:\n  tiny: {model: tiny.onnx}\n"
+            f"  large: {{model: {url}, cost: 1.0{extra}}}\n"
+            "routing:\n  kind: confidence\n  chain:\n"
+            "    - {tier: tiny, threshold: 0.9}\n    - {tier: large}\n"
+        )
+
+    def problem(text: str) -> str:
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(text, source="p.yaml", base_dir=tmp_path, check_files=False)
+        return str(caught.value)
+
+    ok = parse_policy(tier(", token_env: CASCADE_TOKEN_LARGE, ca_bundle: ca.pem"),
+                      source="p.yaml", base_dir=tmp_path, check_files=False)  # fmt: skip
+    assert ok.tier_file("large", "ca_bundle") == tmp_path.resolve() / "ca.pem"
+    assert "token_env: must be a match of ^CASCADE_" in problem(tier(", token_env: AWS_SECRET"))
+    assert "exclude each other" in problem(tier(", token_env: CASCADE_T, token_file: t"))
+    assert "the URL must be https://" in problem(
+        tier(", ca_bundle: ca.pem", url="http://c.test/v2/models/large")
+    )
+    leaves = parse_policy(tier(", token_file: /etc/token"), source="p.yaml", base_dir=tmp_path,
+                          check_files=False)  # fmt: skip
+    with pytest.raises(PolicyError, match=r"tiers\.large\.token_file: path leaves the policy"):
+        leaves.tier_file("large", "token_file")

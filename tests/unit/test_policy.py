@@ -35,7 +35,8 @@ SCHEMA_LINE = "# yaml-language-server: $schema=policy.schema.json"
 
 TIER_KEYS = (
     "model, cost, placement, batching, replicas, autoscaling, resources, max_ongoing_requests, "
-    "max_queued_requests, providers, timeout_ms, breaker, latency_ms"
+    "max_queued_requests, providers, timeout_ms, breaker, latency_ms, token_env, token_file, "
+    "ca_bundle"
 )
 
 CONFIDENCE = """\
