@@ -34,6 +34,7 @@ from cascade.serving import (
     sends_its_time,
     tier_options,
 )
+from cascade.serving._grpc import GrpcInference, RpcFailure, empty_response, rpc_methods
 
 __all__ = ["AppArgs", "Ingress", "ModelDeployment", "app_for", "build_app"]
 
@@ -179,11 +180,15 @@ class _Metrics(RecordingMetrics):
 
 
 @serve.deployment
+@rpc_methods
 class Ingress:
     """HTTP routes of the Open Inference Protocol v2, running the engine in this replica.
 
     A plain Serve ``__call__``: the routes live in :class:`cascade.serving.InferenceService`,
-    shared with the edge runtime, and no web framework sits on the request path.
+    shared with the edge runtime, and no web framework sits on the request path. The gRPC
+    service's RPCs (``ModelInfer``...; `cascade serve --grpc-port`) are methods Serve's gRPC
+    proxy calls, translated onto the same service by
+    :class:`~cascade.serving._grpc.GrpcInference`.
     """
 
     def __init__(
@@ -199,6 +204,7 @@ class Ingress:
             # the token from the replica's own file or environment, never from the config
             auth=self.args.auth(),
         )
+        self.rpcs = GrpcInference(self.service)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply policies from ``user_config``: new thresholds swap in without a restart.
@@ -232,6 +238,21 @@ class Ingress:
             request.method, path, request.headers, request.body, received_s=received_s
         )
         return Response(reply.body, reply.status, headers=reply.headers)
+
+    async def answer_rpc(self, rpc: str, request: Any, grpc_context: Any) -> Any:
+        """One RPC; an error is set on Serve's context, which has no abort. Serve passes no
+        gRPC deadline through: a call's budget comes from its metadata (``x-cascade-deadline``)
+        or its parameters (``timeout``, ``deadline_ms``) only."""
+        try:
+            return await self.rpcs.call(rpc, request, grpc_context.invocation_metadata())
+        except RpcFailure as failure:
+            import grpc
+
+            grpc_context.set_code(grpc.StatusCode[failure.code])
+            grpc_context.set_details(failure.details)
+            if failure.trailing:
+                grpc_context.set_trailing_metadata(list(failure.trailing))
+            return empty_response(rpc)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -26,10 +26,29 @@ __all__ = [
     "APP_NAME",
     "add_serve_command",
     "check_port_free",
+    "grpc_options",
     "ray_environment",
     "run_reload",
     "run_serve",
 ]
+
+_GRPC_SERVICER = (
+    "cascade.serving._oip.grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+)
+
+
+def grpc_options(port: int) -> dict[str, object]:
+    """Serve's ``grpc_options`` for the ingress's RPCs on ``port`` (``serve.start``).
+
+    Reflection is off: the messages live in a descriptor pool of their own (see
+    ``cascade/serving/_oip/generate.py``), which Serve's reflection service cannot see.
+
+    Example::
+
+        serve.start(http_options={"port": 8000}, grpc_options=grpc_options(8001))
+    """
+    return {"port": port, "grpc_servicer_functions": [_GRPC_SERVICER], "enable_reflection": False}
+
 
 APP_NAME = "cascade"
 """The Serve application `cascade serve` runs and `cascade reload` rebuilds."""
@@ -54,6 +73,14 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve the Open Inference Protocol over gRPC (inference.GRPCInferenceService,"
+        " as KServe and Triton clients call it) on this port (default: HTTP only)",
+    )
     serve.add_argument("--num-cpus", type=int, default=None,
                        help="CPUs Ray may use (default: all; ray runtime only)")  # fmt: skip
     serve.add_argument("--no-progress", action="store_true",
@@ -245,12 +272,16 @@ def run_serve(args: argparse.Namespace) -> int:
     given = _serving_args(args)
     app_args = AppArgs.model_validate(given)
     check_port_free(args.host, args.port)
+    grpc = None
+    if args.grpc_port is not None:
+        check_port_free(args.host, args.grpc_port)
+        grpc = grpc_options(args.grpc_port)
     loaded = _read_and_build(args)
     names = [item.policy.name for item in loaded]
     stop = threading.Event()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": args.host, "port": args.port, **tls})
+        serve.start(http_options={"host": args.host, "port": args.port, **tls}, grpc_options=grpc)
         serve.run(app_for(loaded, app_args), name=APP_NAME, route_prefix="/")
         # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -259,6 +290,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops)")
         print(f"metadata: curl -s {url}/v2/models/{names[0]}{_bearer(given)}")
         print(f"infer:    {_curl_example(url, names[0], loaded[0])}{_bearer(given)}")
+        _print_grpc(args)
         print(_PATHS[proxy])
         _announce_auth(given, tls)
         sys.stdout.flush()
@@ -285,6 +317,8 @@ def _run_edge(args: argparse.Namespace, tls: dict[str, str]) -> int:
         {k: v for k, v in given.items() if k in EdgeSettings.model_fields}
     )
     check_port_free(args.host, args.port)
+    if args.grpc_port is not None:
+        check_port_free(args.host, args.grpc_port)
     loaded = _read_and_build(args)
     names = [item.policy.name for item in loaded]
 
@@ -294,13 +328,21 @@ def _run_edge(args: argparse.Namespace, tls: dict[str, str]) -> int:
         print(f"metadata: curl -s {url}/v2/models/{names[0]}{_bearer(given)}")
         print(f"infer:    {_curl_example(url, names[0], loaded[0])}{_bearer(given)}")
         print(f"metrics:  curl -s {url}/metrics{_bearer(given)}")
+        _print_grpc(args)
         _announce_auth(given, tls)
         sys.stdout.flush()
 
     serve_edge(settings, host=args.host, port=args.port, announce=announce, policies=loaded,
-               tls_cert=tls.get("ssl_certfile"), tls_key=tls.get("ssl_keyfile"))  # fmt: skip
+               tls_cert=tls.get("ssl_certfile"), tls_key=tls.get("ssl_keyfile"),
+               grpc_port=args.grpc_port)  # fmt: skip
     print("stopped")
     return 0
+
+
+def _print_grpc(args: argparse.Namespace) -> None:
+    if args.grpc_port is not None:
+        print(f"grpc:     {args.host}:{args.grpc_port}  (inference.GRPCInferenceService; "
+              "tritonclient.grpc.InferenceServerClient)")  # fmt: skip
 
 
 def run_reload(args: argparse.Namespace) -> int:

@@ -104,13 +104,17 @@ def serve_edge(
     policies: Sequence[PolicyFile] | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    grpc_port: int | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; SIGHUP re-reads the policy files (an invalid one is
     refused and reported in its model's metadata, the old one keeps serving).
 
-    ``announce(url)`` is called once the socket listens. ``tls_cert`` and ``tls_key``
+    ``announce(url)`` is called once the socket listens (and the gRPC one, with
+    ``grpc_port``: ``inference.GRPCInferenceService`` on ``host:grpc_port``, in this process
+    and event loop, stopped before the HTTP server at shutdown). ``tls_cert`` and ``tls_key``
     (PEM files, both or neither): HTTPS, by uvicorn's own TLS (``ssl_certfile``,
-    ``ssl_keyfile``); the certificate file may hold the chain after the server's own.
+    ``ssl_keyfile``); the certificate file may hold the chain after the server's own. gRPC
+    then uses the same certificate and key.
     """
     import uvicorn
 
@@ -140,21 +144,40 @@ def serve_edge(
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
     )
-    _server(config, on_listening=announce).run()
+    _server(config, on_listening=announce, grpc_port=grpc_port).run()
 
 
-def _server(config: Any, *, on_listening: Callable[[str], None] | None) -> Any:
+def _server(
+    config: Any, *, on_listening: Callable[[str], None] | None, grpc_port: int | None = None
+) -> Any:
     """uvicorn's server, announcing the URL once it listens (not merely once it starts), and
     ending its run normally after SIGINT/SIGTERM (uvicorn re-raises the signal, which would
-    kill the process before `cascade serve` reports "stopped" and exits 0)."""
+    kill the process before `cascade serve` reports "stopped" and exits 0). With
+    ``grpc_port``, the gRPC server starts after the HTTP one and stops before it (its calls
+    in flight finish while the app's models are still open)."""
     import uvicorn
 
     class Server(uvicorn.Server):
+        grpc: Any = None
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
+            if self.started and grpc_port is not None:
+                from cascade.edge._grpc import grpc_server
+
+                tls = (config.ssl_certfile, config.ssl_keyfile) if config.is_ssl else None
+                self.grpc = grpc_server(config.app, host=config.host, port=grpc_port, tls=tls)
+                await self.grpc.start()
             if self.started and on_listening is not None:
                 scheme = "https" if config.is_ssl else "http"
                 on_listening(f"{scheme}://{config.host}:{config.port}")
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            if self.grpc is not None:
+                from cascade.edge._grpc import GRPC_GRACE_S
+
+                await self.grpc.stop(GRPC_GRACE_S)
+            await super().shutdown(sockets)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

@@ -26,7 +26,7 @@ import math
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from google.protobuf.message import Message
@@ -35,7 +35,18 @@ from cascade.serving._oip import grpc_service_pb2 as pb
 from cascade.serving._profile import PROFILE_HEADER
 from cascade.serving._service import HttpReply, InferenceService
 
-__all__ = ["RPC_NAMES", "GrpcInference", "RpcFailure", "grpc_code", "pack_bytes", "unpack_bytes"]
+__all__ = [
+    "RPC_NAMES",
+    "GrpcInference",
+    "RpcFailure",
+    "empty_response",
+    "grpc_code",
+    "infer_http_request",
+    "infer_response",
+    "pack_bytes",
+    "rpc_methods",
+    "unpack_bytes",
+]
 
 _CODES = {
     400: "INVALID_ARGUMENT",
@@ -67,10 +78,54 @@ _LENGTH = struct.Struct("<I")
 # The HTTP service takes binary data for numeric inputs; BYTES inputs go as JSON strings.
 _BINARY_BYTES_INPUTS = False
 
-RPC_NAMES = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-             "ModelInfer")  # fmt: skip
+_RESPONSES: dict[str, type[Message]] = {
+    "ServerLive": pb.ServerLiveResponse,
+    "ServerReady": pb.ServerReadyResponse,
+    "ModelReady": pb.ModelReadyResponse,
+    "ServerMetadata": pb.ServerMetadataResponse,
+    "ModelMetadata": pb.ModelMetadataResponse,
+    "ModelInfer": pb.ModelInferResponse,
+}
+RPC_NAMES = tuple(_RESPONSES)
 """The RPCs served; the rest of Triton's service (streaming, statistics, repository,
 shared memory) answers UNIMPLEMENTED."""
+
+
+def empty_response(rpc: str) -> Message:
+    """The empty response message of ``rpc``: what a servicer returns with an error status
+    set on its context (Ray Serve's), where it cannot abort."""
+    return _RESPONSES[rpc]()
+
+
+_T = TypeVar("_T")
+
+
+def rpc_methods(cls: type[_T]) -> type[_T]:
+    """Give ``cls`` one method per RPC of :data:`RPC_NAMES`, ``Name(request, grpc_context)``,
+    each returning ``await self.answer_rpc("Name", request, grpc_context)``: the servicer
+    shape ``grpc.aio`` calls, and the ingress methods Ray Serve's gRPC proxy calls (Serve
+    passes its context to a parameter named ``grpc_context``). Each runtime writes
+    ``answer_rpc`` once.
+
+    Example::
+
+        @rpc_methods
+        class Servicer:
+            async def answer_rpc(self, rpc, request, grpc_context): ...
+    """
+
+    def method(rpc: str) -> Callable[..., Awaitable[Message]]:
+        async def answer(self: Any, request: Message, grpc_context: Any) -> Message:
+            response: Message = await self.answer_rpc(rpc, request, grpc_context)
+            return response
+
+        answer.__name__ = answer.__qualname__ = rpc
+        answer.__doc__ = f"The ``{rpc}`` RPC of ``inference.GRPCInferenceService``."
+        return answer
+
+    for rpc in RPC_NAMES:
+        setattr(cls, rpc, method(rpc))
+    return cls
 
 
 class RpcFailure(Exception):
