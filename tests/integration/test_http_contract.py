@@ -23,6 +23,12 @@ import httpx
 import numpy as np
 import pytest
 from cli_server import CliServer
+from grpc_contract import (  # noqa: F401  (the gRPC contract, run against these servers)
+    test_grpc_errors_carry_the_services_message,
+    test_grpc_health_and_metadata,
+    test_grpc_infer_answers_what_http_answers,
+    test_grpc_typed_contents_through_grpcio_stubs,
+)
 
 from cascade.backends import OnnxModel
 from cascade.edge.testing import free_port
@@ -150,6 +156,7 @@ class Server:
     runtime: str
     url: str
     metrics: Callable[[list[str]], str]  # the Prometheus text, once it has these names
+    grpc: str = ""  # host:port of its gRPC service (grpc_contract.py)
 
 
 GEARS = "gears:\n  - {name: swamped, queue_depth_at_least: 4, max_tier: tiny}\n"
@@ -181,7 +188,7 @@ def _listener(port: int) -> str:
 def _ray(served: list[str], port: int) -> Iterator[Server]:
     ray = pytest.importorskip("ray")
     serve = pytest.importorskip("ray.serve")
-    from cascade.cli.serve import ray_environment
+    from cascade.cli.serve import grpc_options, ray_environment
     from deployments.app import build_app
 
     metrics_port = free_port()
@@ -205,10 +212,12 @@ def _ray(served: list[str], port: int) -> Iterator[Server]:
         return text
 
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        grpc_port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port},
+                    grpc_options=grpc_options(grpc_port))  # fmt: skip
         serve.run(build_app({"policies": served}), name="cascade", route_prefix="/")
         assert _listener(port) == "haproxy"  # not Serve's Python proxy
-        yield Server("ray", f"http://127.0.0.1:{port}", metrics)
+        yield Server("ray", f"http://127.0.0.1:{port}", metrics, f"127.0.0.1:{grpc_port}")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -219,15 +228,18 @@ def _ray(served: list[str], port: int) -> Iterator[Server]:
 def _edge(served: list[str], port: int) -> Iterator[Server]:
     pytest.importorskip("uvicorn")
     cli = Path(sys.executable).with_name("cascade")
+    grpc_port = free_port()
     server = CliServer(
-        [str(cli), "serve", "--runtime", "edge", *served, "--port", str(port), "--no-progress"],
+        [str(cli), "serve", "--runtime", "edge", *served, "--port", str(port), "--no-progress",
+         "--grpc-port", str(grpc_port)],
         cwd=ROOT,
         ready_timeout_s=180,
         stop_timeout_s=60,
-    )
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with server:
-        yield Server("edge", url, lambda names: httpx.get(f"{url}/metrics", timeout=10).text)
+        yield Server("edge", url, lambda names: httpx.get(f"{url}/metrics", timeout=10).text,
+                     f"127.0.0.1:{grpc_port}")  # fmt: skip
     output = server.output
     assert server.returncode == 0, output
     assert "edge runtime, no Ray" in output and output.rstrip().endswith("stopped")
