@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-import struct
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,6 +32,7 @@ from google.protobuf.message import Message
 
 from cascade.serving._oip import grpc_service_pb2 as pb
 from cascade.serving._profile import PROFILE_HEADER
+from cascade.serving._protocol import bytes_elements
 from cascade.serving._service import HttpReply, InferenceService
 
 __all__ = [
@@ -43,9 +43,7 @@ __all__ = [
     "grpc_code",
     "infer_http_request",
     "infer_response",
-    "pack_bytes",
     "rpc_methods",
-    "unpack_bytes",
 ]
 
 _CODES = {
@@ -74,9 +72,6 @@ _CONTENTS: dict[str, tuple[str, str]] = {
     "FP64": ("fp64_contents", "<f8"),
 }
 _FP16 = "<f2"
-_LENGTH = struct.Struct("<I")
-# The HTTP service takes binary data for numeric inputs; BYTES inputs go as JSON strings.
-_BINARY_BYTES_INPUTS = False
 
 _RESPONSES: dict[str, type[Message]] = {
     "ServerLive": pb.ServerLiveResponse,
@@ -162,45 +157,6 @@ def _failure(reply: HttpReply) -> RpcFailure:
     return RpcFailure(grpc_code(reply.status), details, trailing)
 
 
-def pack_bytes(items: Iterable[bytes]) -> bytes:
-    """BYTES elements in the binary form: each a 4-byte little-endian length, then itself.
-
-    Example::
-
-        pack_bytes([b"ab", b""])   # b"\\x02\\x00\\x00\\x00ab\\x00\\x00\\x00\\x00"
-    """
-    return b"".join(_LENGTH.pack(len(item)) + item for item in items)
-
-
-def unpack_bytes(raw: bytes, *, where: str) -> list[bytes]:
-    """The elements of BYTES in the binary form; ``RpcFailure`` (INVALID_ARGUMENT) naming
-    ``where`` when a length runs past the end."""
-    items: list[bytes] = []
-    at = 0
-    while at < len(raw):
-        if at + 4 > len(raw):
-            raise RpcFailure("INVALID_ARGUMENT", f"{where}: BYTES data ends inside a length")
-        (size,) = _LENGTH.unpack_from(raw, at)
-        at += 4
-        if at + size > len(raw):
-            raise RpcFailure(
-                "INVALID_ARGUMENT",
-                f"{where}: a BYTES element of {size} bytes runs past the {len(raw)} sent",
-            )
-        items.append(raw[at : at + size])
-        at += size
-    return items
-
-
-def _texts(items: Sequence[bytes], where: str) -> list[str]:
-    try:
-        return [item.decode() for item in items]
-    except UnicodeDecodeError as exc:
-        raise RpcFailure(
-            "INVALID_ARGUMENT", f"{where}: BYTES element is not UTF-8: {exc}"
-        ) from None
-
-
 def _parameter(value: pb.InferParameter) -> Any:
     kind = value.WhichOneof("parameter_choice")
     return None if kind is None else getattr(value, kind)
@@ -233,21 +189,16 @@ def _request_parameters(request: pb.ModelInferRequest) -> dict[str, Any]:
     return {k: v for k, v in parameters.items() if v is not None}
 
 
-def _input_bytes(
-    tensor: pb.ModelInferRequest.InferInputTensor, where: str
-) -> tuple[bytes | None, list[str] | None]:
-    """A typed-contents input as the binary form's bytes, or (BYTES) as JSON strings."""
+def _input_bytes(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes:
+    """A typed-contents input as the binary form's bytes (BYTES: length-prefixed)."""
     contents = tensor.contents
     if tensor.datatype == "BYTES":
-        items = list(contents.bytes_contents)
-        if _BINARY_BYTES_INPUTS:
-            return pack_bytes(items), None
-        return None, _texts(items, where)
+        return bytes_elements(contents.bytes_contents)
     typed = _CONTENTS.get(tensor.datatype)
     if typed is None:  # FP16 or an unknown datatype: the service says what is allowed
-        return b"", None
+        return b""
     field, dtype = typed
-    return np.asarray(getattr(contents, field), dtype=np.dtype(dtype)).tobytes(), None
+    return np.asarray(getattr(contents, field), dtype=np.dtype(dtype)).tobytes()
 
 
 def infer_http_request(
@@ -270,23 +221,11 @@ def infer_http_request(
     inputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for i, tensor in enumerate(request.inputs):
-        where = f"input '{tensor.name}'"
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
-                                 "shape": list(tensor.shape)}  # fmt: skip
-        if request.raw_input_contents:
-            raw: bytes | None = request.raw_input_contents[i]
-            data = None
-            if tensor.datatype == "BYTES" and not _BINARY_BYTES_INPUTS:
-                raw, data = None, _texts(unpack_bytes(request.raw_input_contents[i], where=where),
-                                         where)  # fmt: skip
-        else:
-            raw, data = _input_bytes(tensor, where)
-        if raw is not None:
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = data
-        inputs.append(entry)
+        raw = request.raw_input_contents[i] if request.raw_input_contents else _input_bytes(tensor)
+        inputs.append({"name": tensor.name, "datatype": tensor.datatype,
+                       "shape": list(tensor.shape),
+                       "parameters": {"binary_data_size": len(raw)}})  # fmt: skip
+        chunks.append(raw)
     document: dict[str, Any] = {"inputs": inputs}
     if request.id:
         document["id"] = request.id
@@ -302,10 +241,8 @@ def infer_http_request(
                 output["parameters"] = {"binary_data": True}
         document["outputs"] = outputs
     header = json.dumps(document).encode()
-    headers = {"content-type": "application/json"}
-    if chunks:
-        headers = {"content-type": "application/octet-stream",
-                   "inference-header-content-length": str(len(header))}  # fmt: skip
+    headers = {"content-type": "application/octet-stream",
+               "inference-header-content-length": str(len(header))}  # fmt: skip
     return header + b"".join(chunks), headers
 
 
@@ -314,7 +251,7 @@ def _output_bytes(tensor: Mapping[str, Any]) -> bytes:
     datatype = tensor.get("datatype")
     data = tensor.get("data", [])
     if datatype == "BYTES":
-        return pack_bytes(str(item).encode() for item in np.ravel(np.asarray(data, dtype=object)))
+        return bytes_elements([str(item) for item in np.ravel(np.asarray(data, dtype=object))])
     if datatype == "FP16":
         return np.asarray(data, dtype=np.dtype(_FP16)).tobytes()
     typed = _CONTENTS.get(str(datatype))
@@ -376,8 +313,9 @@ Metadata = Iterable[tuple[str, str | bytes]]
 class GrpcInference:
     """``inference.GRPCInferenceService`` answered by ``service``, its RPCs by name.
 
-    ``binary_outputs``: ask the HTTP service for outputs in binary form, sliced into
-    ``raw_output_contents`` as they come (needs a service that writes them).
+    ``binary_outputs`` (default): ask the HTTP service for every output in binary form,
+    sliced into ``raw_output_contents`` as they come, never re-encoded; without it outputs
+    come as JSON ``data`` and are packed here.
 
     Example::
 
@@ -387,7 +325,7 @@ class GrpcInference:
     """
 
     service: InferenceService
-    binary_outputs: bool = False
+    binary_outputs: bool = True
 
     async def call(
         self,
@@ -463,7 +401,8 @@ class GrpcInference:
 
     async def _ModelInfer(self, request: pb.ModelInferRequest, headers: dict[str, str]) -> Message:
         body, extra = infer_http_request(request, binary_outputs=self.binary_outputs)
-        headers.pop("inference-header-content-length", None)  # the body's own, or none
+        for name in ("content-encoding", "content-length", "inference-header-content-length"):
+            headers.pop(name, None)  # the body is ours: metadata does not describe it
         headers.update(extra)
 
         async def read() -> bytes:

@@ -13,14 +13,9 @@ import pytest
 from google.protobuf.message import Message
 
 from cascade.serving import InferenceService, PolicyText
-from cascade.serving._grpc import (
-    GrpcInference,
-    RpcFailure,
-    infer_http_request,
-    pack_bytes,
-    unpack_bytes,
-)
+from cascade.serving._grpc import GrpcInference, RpcFailure, infer_http_request
 from cascade.serving._oip import grpc_service_pb2 as pb
+from cascade.serving._protocol import bytes_elements
 from cascade.zoo import read_dataset
 
 ROWS = np.asarray(read_dataset("digits").test.X[:5], dtype=np.float32)
@@ -41,8 +36,27 @@ def service(digits_policy_models: Path, tmp_path: Path) -> InferenceService:
     return svc
 
 
-def _call(svc: InferenceService, rpc: str, request: Message, metadata: Any = (), **kw: Any) -> Any:
-    return asyncio.run(GrpcInference(svc).call(rpc, request, metadata, **kw))
+def _call(
+    svc: InferenceService,
+    rpc: str,
+    request: Message,
+    metadata: Any = (),
+    *,
+    binary_outputs: bool = True,
+    **kw: Any,
+) -> Any:
+    rpcs = GrpcInference(svc, binary_outputs=binary_outputs)
+    return asyncio.run(rpcs.call(rpc, request, metadata, **kw))
+
+
+def _elements(raw: bytes) -> list[str]:
+    """BYTES in the binary form: a 4-byte little-endian length, then the element."""
+    items, at = [], 0
+    while at < len(raw):
+        size = int.from_bytes(raw[at : at + 4], "little")
+        items.append(raw[at + 4 : at + 4 + size].decode())
+        at += 4 + size
+    return items
 
 
 def _http(svc: InferenceService, body: dict[str, Any]) -> dict[str, Any]:
@@ -73,27 +87,35 @@ def _outputs(response: pb.ModelInferResponse) -> dict[str, Any]:
     decoded: dict[str, Any] = {}
     for out, raw in zip(response.outputs, response.raw_output_contents, strict=True):
         if out.datatype == "BYTES":
-            decoded[out.name] = [b.decode() for b in unpack_bytes(raw, where=out.name)]
+            decoded[out.name] = _elements(raw)
         else:
-            dtype = {"FP32": "<f4", "INT64": "<i8"}[out.datatype]
+            dtype = {"FP32": "<f4", "INT64": "<i8", "BOOL": "|b1"}[out.datatype]
             decoded[out.name] = np.frombuffer(raw, dtype).reshape(list(out.shape)).tolist()
     return decoded
 
 
-@pytest.mark.parametrize("raw", [True, False], ids=["raw_input_contents", "fp32_contents"])
-def test_model_infer_answers_what_http_answers(service: InferenceService, raw: bool) -> None:
-    response = _call(service, "ModelInfer", _request(ROWS, raw=raw))
+@pytest.mark.parametrize(
+    ("raw", "binary_outputs"),
+    [(True, True), (False, True), (True, False)],
+    ids=["raw_input_contents", "fp32_contents", "json_outputs"],
+)
+def test_model_infer_answers_what_http_answers(
+    service: InferenceService, raw: bool, binary_outputs: bool
+) -> None:
+    request = _request(ROWS, raw=raw)
+    response = _call(service, "ModelInfer", request, binary_outputs=binary_outputs)
     assert (response.model_name, response.id) == ("digits", "r1")
     outputs = _outputs(response)
     http = _http(service, {"inputs": [{"name": "input", "shape": [5, 64], "datatype": "FP32",
                                        "data": ROWS.ravel().tolist()}]})  # fmt: skip
-    by_name = {o["name"]: o for o in http["outputs"]}
-    assert outputs["label"] == by_name["label"]["data"]
-    np.testing.assert_allclose(
-        outputs["probabilities"], np.reshape(by_name["probabilities"]["data"], (5, 10))
-    )
+    assert [o.name for o in response.outputs] == [o["name"] for o in http["outputs"]]
+    for tensor in http["outputs"]:
+        expected = np.reshape(tensor["data"], tensor["shape"]).tolist()
+        if tensor["datatype"] == "FP32":
+            np.testing.assert_allclose(outputs[tensor["name"]], expected, rtol=1e-6)
+        else:
+            assert outputs[tensor["name"]] == expected, tensor["name"]
     assert response.parameters["gear"].string_param == "normal"
-    assert "decisions" not in response.parameters  # not a scalar: left out
 
 
 def test_requested_outputs_and_parameters_pass_through(service: InferenceService) -> None:
@@ -165,7 +187,7 @@ def test_health_and_metadata(service: InferenceService) -> None:
     assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [
         ("input", "FP32", [-1, 64])
     ]
-    assert [t.name for t in model.outputs] == ["probabilities", "label"]
+    assert [t.name for t in model.outputs][:2] == ["probabilities", "label"]
     with pytest.raises(RpcFailure, match="unknown model 'x'") as failure:
         _call(service, "ModelMetadata", pb.ModelMetadataRequest(name="x"))
     assert failure.value.code == "NOT_FOUND"
@@ -177,25 +199,19 @@ def test_a_server_without_models_is_live_but_not_ready() -> None:
     assert not _call(empty, "ServerReady", pb.ServerReadyRequest()).ready
 
 
-def test_bytes_inputs_travel_as_strings_and_typed_contents_as_little_endian_bytes() -> None:
+def test_typed_contents_become_the_binary_extensions_little_endian_bytes() -> None:
     request = pb.ModelInferRequest(model_name="m")
     text = request.inputs.add(name="text", datatype="BYTES", shape=[2])
     text.contents.bytes_contents.extend([b"hello", "h\u00e9".encode()])
     ints = request.inputs.add(name="ids", datatype="INT64", shape=[2])
     ints.contents.int64_contents.extend([1, -2])
-    body, headers = infer_http_request(request)
+    body, headers = infer_http_request(request, binary_outputs=True)
     length = int(headers["inference-header-content-length"])
     document = json.loads(body[:length])
-    assert document["inputs"][0]["data"] == ["hello", "h\u00e9"]
-    assert document["inputs"][1]["parameters"] == {"binary_data_size": 16}
-    assert np.frombuffer(body[length:], "<i8").tolist() == [1, -2]
-    # the same BYTES in raw form: 4-byte little-endian lengths
-    raw = pb.ModelInferRequest(model_name="m", raw_input_contents=[pack_bytes([b"a", b"bc"])])
-    raw.inputs.add(name="text", datatype="BYTES", shape=[2])
-    body, headers = infer_http_request(raw)
-    assert json.loads(body)["inputs"][0]["data"] == ["a", "bc"]
-    assert headers == {"content-type": "application/json"}
-    broken = pb.ModelInferRequest(model_name="m", raw_input_contents=[b"\x09\x00\x00\x00ab"])
-    broken.inputs.add(name="text", datatype="BYTES", shape=[1])
-    with pytest.raises(RpcFailure, match="runs past the 6 sent"):
-        infer_http_request(broken)
+    texts = bytes_elements(["hello", "h\u00e9"])  # 4-byte little-endian lengths
+    assert [t["parameters"] for t in document["inputs"]] == [
+        {"binary_data_size": len(texts)},
+        {"binary_data_size": 16},
+    ]
+    assert body[length:] == texts + np.array([1, -2], "<i8").tobytes()
+    assert document["parameters"] == {"binary_data_output": True}
