@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 from cli_server import CliServer
 from grpc_contract import (  # noqa: F401  (the gRPC contract, run against these servers)
+    test_an_unmodified_tritonclient_grpc_talks_to_it,
     test_grpc_errors_carry_the_services_message,
     test_grpc_health_and_metadata,
     test_grpc_infer_answers_what_http_answers,
-    test_grpc_typed_contents_through_grpcio_stubs,
 )
 
 from cascade.backends import OnnxModel
