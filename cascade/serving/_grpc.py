@@ -294,7 +294,10 @@ def infer_response(reply: HttpReply) -> pb.ModelInferResponse:
     return response
 
 
-def _headers(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+Metadata = Iterable[tuple[str, str | bytes]]
+
+
+def _headers(metadata: Metadata) -> dict[str, str]:
     """Invocation metadata as request headers (lower-case keys; binary ``-bin`` ones left
     out: no HTTP header carries them)."""
     return {k.lower(): v for k, v in metadata if isinstance(v, str) and not k.endswith("-bin")}
@@ -304,9 +307,6 @@ def _timeout_header(seconds: float) -> str:
     """gRPC's own ``grpc-timeout`` form (at most 8 digits) for ``seconds`` left."""
     micros = max(0, math.floor(seconds * 1e6))
     return f"{micros}u" if micros < 10**8 else f"{min(micros // 1000, 10**8 - 1)}m"
-
-
-Metadata = Iterable[tuple[str, str | bytes]]
 
 
 @dataclass
@@ -357,7 +357,9 @@ class GrpcInference:
     def _model_path(name: str, version: str) -> str:
         return f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
 
-    async def _json(self, path: str, headers: Mapping[str, str], *ok: int) -> Any:
+    async def _json(self, path: str, headers: Mapping[str, str], *ok: int) -> tuple[int, Any]:
+        """The status and JSON document of GET ``path``; ``RpcFailure`` unless the status is
+        200 or one of ``ok``."""
         reply = await self._get(path, headers)
         if reply.status not in (200, *ok):
             raise _failure(reply)
