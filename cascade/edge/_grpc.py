@@ -15,7 +15,13 @@ from typing import Any
 
 from cascade.edge._asgi import EdgeApp
 from cascade.errors import CascadeError
-from cascade.serving._grpc import GrpcInference, RpcFailure, rpc_methods
+from cascade.serving._grpc import (
+    GrpcInference,
+    RpcFailure,
+    failure_of,
+    grpc_headers,
+    rpc_methods,
+)
 
 __all__ = ["GRPC_GRACE_S", "EdgeServicer", "grpc_server"]
 
@@ -36,7 +42,9 @@ def _grpc() -> Any:
 @rpc_methods
 class EdgeServicer:
     """The RPCs of ``inference.GRPCInferenceService`` over ``app``'s service, sharing its
-    bound on requests held at once (past it: UNAVAILABLE with ``retry-after``)."""
+    bound on requests held at once (past it: UNAVAILABLE with ``retry-after``). With a
+    token, as over HTTP, it is checked first: a caller without it learns nothing, not even
+    that the server is busy."""
 
     def __init__(self, app: EdgeApp) -> None:
         self.app = app
@@ -45,6 +53,13 @@ class EdgeServicer:
     async def answer_rpc(self, rpc: str, request: Any, grpc_context: Any) -> Any:
         grpc = _grpc()
         app = self.app
+        metadata = grpc_context.invocation_metadata() or ()
+        if app.service.auth is not None:
+            path = GrpcInference.path_of(rpc, request)
+            refused = app.service.authorize(path, grpc_headers(metadata))
+            if refused is not None:
+                failure = failure_of(refused)
+                await grpc_context.abort(grpc.StatusCode[failure.code], failure.details)
         if app.held >= app.max_requests:
             if rpc == "ModelInfer":
                 app.service.metrics.shed(request.model_name, "backpressure")
@@ -58,7 +73,7 @@ class EdgeServicer:
             return await self.rpcs.call(
                 rpc,
                 request,
-                grpc_context.invocation_metadata() or (),
+                metadata,
                 time_remaining_s=grpc_context.time_remaining(),
             )
         except RpcFailure as failure:

@@ -40,7 +40,9 @@ __all__ = [
     "GrpcInference",
     "RpcFailure",
     "empty_response",
+    "failure_of",
     "grpc_code",
+    "grpc_headers",
     "infer_http_request",
     "infer_response",
     "rpc_methods",
@@ -145,7 +147,9 @@ def grpc_code(status: int) -> str:
     return _CODES.get(status, "INTERNAL")
 
 
-def _failure(reply: HttpReply) -> RpcFailure:
+def failure_of(reply: HttpReply) -> RpcFailure:
+    """The gRPC status for an HTTP error reply: the code of its status, its ``{"error"}``
+    message as details, ``retry-after`` as trailing metadata."""
     try:
         details = str(json.loads(reply.body)["error"])
     except (ValueError, KeyError, TypeError):
@@ -295,9 +299,15 @@ def infer_response(reply: HttpReply) -> pb.ModelInferResponse:
 
 
 Metadata = Iterable[tuple[str, str | bytes]]
+_FIXED_PATHS = {"ServerLive": "/v2/health/live", "ServerReady": "/v2/health/ready",
+                "ServerMetadata": "/v2"}  # fmt: skip
 
 
-def _headers(metadata: Metadata) -> dict[str, str]:
+def _model_path(name: str, version: str) -> str:
+    return f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
+
+
+def grpc_headers(metadata: Metadata) -> dict[str, str]:
     """Invocation metadata as request headers (lower-case keys; binary ``-bin`` ones left
     out: no HTTP header carries them)."""
     return {k.lower(): v for k, v in metadata if isinstance(v, str) and not k.endswith("-bin")}
@@ -341,11 +351,28 @@ class GrpcInference:
         headers); ``time_remaining_s``: what is left of the call's gRPC deadline, which
         becomes the request's budget (the tightest of all its deadlines counts).
         """
-        headers = _headers(metadata)
+        headers = grpc_headers(metadata)
         if time_remaining_s is not None:
             headers["grpc-timeout"] = _timeout_header(time_remaining_s)
         handler: Callable[[Any, dict[str, str]], Awaitable[Message]] = getattr(self, f"_{rpc}")
         return await handler(request, headers)
+
+    @staticmethod
+    def path_of(rpc: str, request: Any) -> str:
+        """The HTTP route RPC ``rpc`` stands for: a host that checks the token before
+        anything else (:meth:`InferenceService.authorize`) asks it about this path.
+
+        Example::
+
+            GrpcInference.path_of("ModelInfer", pb.ModelInferRequest(model_name="digits"))
+            # "/v2/models/digits/infer"
+        """
+        if rpc in _FIXED_PATHS:
+            return _FIXED_PATHS[rpc]
+        if rpc == "ModelInfer":
+            return _model_path(request.model_name, request.model_version) + "/infer"
+        suffix = "/ready" if rpc == "ModelReady" else ""
+        return _model_path(request.name, request.version) + suffix
 
     async def _get(self, path: str, headers: Mapping[str, str]) -> HttpReply:
         async def empty() -> bytes:
@@ -353,35 +380,32 @@ class GrpcInference:
 
         return await self.service.handle("GET", path, headers, empty)
 
-    @staticmethod
-    def _model_path(name: str, version: str) -> str:
-        return f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
-
     async def _json(self, path: str, headers: Mapping[str, str], *ok: int) -> tuple[int, Any]:
         """The status and JSON document of GET ``path``; ``RpcFailure`` unless the status is
         200 or one of ``ok``."""
         reply = await self._get(path, headers)
         if reply.status not in (200, *ok):
-            raise _failure(reply)
+            raise failure_of(reply)
         return reply.status, json.loads(reply.body)
 
     async def _ServerLive(self, request: Message, headers: Mapping[str, str]) -> Message:
-        _, document = await self._json("/v2/health/live", headers)
+        _, document = await self._json(self.path_of("ServerLive", request), headers)
         return pb.ServerLiveResponse(live=bool(document.get("live", True)))
 
     async def _ServerReady(self, request: Message, headers: Mapping[str, str]) -> Message:
-        status, _ = await self._json("/v2/health/ready", headers, 400)  # 400: not ready
+        path = self.path_of("ServerReady", request)
+        status, _ = await self._json(path, headers, 400)  # 400: not ready
         return pb.ServerReadyResponse(ready=status == 200)
 
     async def _ModelReady(
         self, request: pb.ModelReadyRequest, headers: Mapping[str, str]
     ) -> Message:
-        path = self._model_path(request.name, request.version) + "/ready"
+        path = self.path_of("ModelReady", request)
         status, document = await self._json(path, headers, 400)
         return pb.ModelReadyResponse(ready=status == 200 and bool(document.get("ready", True)))
 
     async def _ServerMetadata(self, request: Message, headers: Mapping[str, str]) -> Message:
-        _, document = await self._json("/v2", headers)
+        _, document = await self._json(self.path_of("ServerMetadata", request), headers)
         return pb.ServerMetadataResponse(name=document.get("name", ""),
                                          version=str(document.get("version", "")),
                                          extensions=document.get("extensions", []))  # fmt: skip
@@ -389,7 +413,7 @@ class GrpcInference:
     async def _ModelMetadata(
         self, request: pb.ModelMetadataRequest, headers: Mapping[str, str]
     ) -> Message:
-        _, document = await self._json(self._model_path(request.name, request.version), headers)
+        _, document = await self._json(self.path_of("ModelMetadata", request), headers)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=document.get("name", ""),
@@ -410,9 +434,9 @@ class GrpcInference:
         async def read() -> bytes:
             return body
 
-        path = self._model_path(request.model_name, request.model_version) + "/infer"
+        path = self.path_of("ModelInfer", request)
         received_s = self.service.clock() if PROFILE_HEADER in headers else None
         reply = await self.service.handle("POST", path, headers, read, received_s=received_s)
         if reply.status != 200:
-            raise _failure(reply)
+            raise failure_of(reply)
         return infer_response(reply)

@@ -215,3 +215,53 @@ def test_typed_contents_become_the_binary_extensions_little_endian_bytes() -> No
     ]
     assert body[length:] == texts + np.array([1, -2], "<i8").tobytes()
     assert document["parameters"] == {"binary_data_output": True}
+
+
+def test_the_token_is_the_authorization_metadata(
+    digits_policy_models: Path, tmp_path: Path
+) -> None:
+    from cascade.serving._auth import BearerAuth
+
+    path = tmp_path / "digits.yaml"
+    path.write_text(
+        "name: digits\nallow_outside_paths: true\ntiers:\n"
+        f"  tiny: {{model: {digits_policy_models / 'tiny.onnx'}}}\n"
+        "routing:\n  kind: confidence\n  chain:\n    - {tier: tiny}\n"
+    )
+    svc = InferenceService(auth=BearerAuth("s3cret"))
+    svc.apply_policies([PolicyText(str(path), path.read_text())], remote=lambda name: {})
+    with pytest.raises(RpcFailure, match="Authorization: Bearer <token>") as failure:
+        _call(svc, "ModelInfer", _request(ROWS))
+    assert failure.value.code == "UNAUTHENTICATED"
+    with pytest.raises(RpcFailure, match="not valid"):
+        _call(svc, "ModelMetadata", pb.ModelMetadataRequest(name="digits"),
+              [("authorization", "Bearer wrong")])  # fmt: skip
+    token = [("authorization", "Bearer s3cret")]
+    assert _call(svc, "ModelInfer", _request(ROWS), token).outputs
+    assert _call(svc, "ServerReady", pb.ServerReadyRequest()).ready  # open for probes
+
+
+@pytest.mark.parametrize(
+    ("rpc", "request_", "path"),
+    [
+        ("ServerLive", pb.ServerLiveRequest(), "/v2/health/live"),
+        ("ServerMetadata", pb.ServerMetadataRequest(), "/v2"),
+        ("ModelReady", pb.ModelReadyRequest(name="m", version="ab"),
+         "/v2/models/m/versions/ab/ready"),
+        ("ModelMetadata", pb.ModelMetadataRequest(name="m"), "/v2/models/m"),
+        ("ModelInfer", pb.ModelInferRequest(model_name="m"), "/v2/models/m/infer"),
+    ],
+)  # fmt: skip
+def test_each_rpc_is_the_route_it_stands_for(rpc: str, request_: Message, path: str) -> None:
+    assert GrpcInference.path_of(rpc, request_) == path
+
+
+def test_a_versioned_call_reaches_the_versioned_route(service: InferenceService) -> None:
+    version = _call(service, "ModelMetadata", pb.ModelMetadataRequest(name="digits")).versions[0]
+    request = _request(ROWS)
+    request.model_version = version
+    assert _call(service, "ModelInfer", request).model_version == version
+    request.model_version = "0000"
+    with pytest.raises(RpcFailure) as failure:
+        _call(service, "ModelInfer", request)
+    assert failure.value.code == "NOT_FOUND"
