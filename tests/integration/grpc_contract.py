@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,13 +36,33 @@ class _Server:  # what test_http_contract's Server gives these tests
 
 
 @contextmanager
-def _stub(server: _Server) -> Iterator[Any]:
+def grpc_stub(target: str, *, ca: Path | None = None) -> Iterator[Any]:
+    """Our stubs on a channel to ``target`` (``host:port``); over TLS trusting ``ca``."""
     import grpc
 
     from cascade.serving._oip.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 
-    with grpc.insecure_channel(server.grpc) as channel:
+    if ca is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca.read_bytes()))
+    with channel:
         yield GRPCInferenceServiceStub(channel)
+
+
+def grpc_status(call: Any, *args: Any, **kwargs: Any) -> tuple[str, str]:
+    """The status code name and details an RPC ends with (``OK``, ``""`` when it answers)."""
+    import grpc
+
+    try:
+        call(*args, timeout=60, **kwargs)
+    except grpc.RpcError as exc:
+        return exc.code().name, exc.details()
+    return "OK", ""
+
+
+def _stub(server: _Server) -> Any:
+    return grpc_stub(server.grpc)
 
 
 def _http_answer(server: _Server, rows: np.ndarray) -> dict[str, list[Any]]:

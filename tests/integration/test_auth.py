@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from cli_server import CliServer
+from grpc_contract import grpc_status, grpc_stub
 from tls_files import TlsFiles, make_tls
 
 from cascade.edge import EdgeSettings, build_edge_app
@@ -168,20 +169,29 @@ def test_split_inference_sends_the_remote_token_over_verified_tls(edge: str, tls
 def test_the_edge_cli_serves_https_with_the_token_from_a_file(
     tls: TlsFiles, digits_policy_models: Path, tmp_path: Path
 ) -> None:
+    from cascade.serving._oip import grpc_service_pb2 as pb
+
     token = tmp_path / "token"
     token.write_text(EDGE_TOKEN + "\n")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     cli = Path(sys.executable).with_name("cascade")
     env = {k: v for k, v in os.environ.items() if k != "CASCADE_TOKEN"}
     argv = [str(cli), "serve", "--runtime", "edge", "policies/digits.yaml", "--port", str(port),
             "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--no-progress",
-            "--token-file", str(token)]  # fmt: skip
+            "--token-file", str(token), "--grpc-port", str(grpc_port)]  # fmt: skip
     server = CliServer(argv, cwd=ROOT, ready_timeout_s=120, stop_timeout_s=60, env=env)
     url = f"https://127.0.0.1:{port}"
     with server, httpx.Client(base_url=url, verify=_trust(tls), timeout=30) as client:
         assert client.get("/v2/health/ready").status_code == 200
         assert client.get("/v2/models/digits").status_code == 401
         assert client.get("/v2/models/digits", headers=bearer_header(EDGE_TOKEN)).is_success
+        # gRPC: the same certificate, the token as metadata, health open as its routes are
+        with grpc_stub(f"127.0.0.1:{grpc_port}", ca=tls.ca) as stub:
+            assert stub.ServerReady(pb.ServerReadyRequest(), timeout=60).ready
+            metadata = pb.ModelMetadataRequest(name="digits")
+            assert grpc_status(stub.ModelMetadata, metadata)[0] == "UNAUTHENTICATED"
+            bearer = [("authorization", f"Bearer {EDGE_TOKEN}")]
+            assert grpc_status(stub.ModelMetadata, metadata, metadata=bearer) == ("OK", "")
     assert server.returncode == 0, server.output
     assert f"serving digits at {url}/v2/models/<name>/infer" in server.output
     assert f"Authorization: Bearer <the token in {token}> (health routes open)" in server.output
@@ -221,12 +231,14 @@ def test_the_ray_runtime_serves_https_and_asks_every_route_but_health_for_the_to
     ingress replica reads from the environment it inherits (never from the app's config),
     and --auth-health closing the health routes too."""
     pytest.importorskip("ray.serve")
-    port = free_port()
+    from cascade.serving._oip import grpc_service_pb2 as pb
+
+    port, grpc_port = free_port(), free_port()
     cli = Path(sys.executable).with_name("cascade")
     env = {**os.environ, "CASCADE_TOKEN": EDGE_TOKEN}
     argv = [str(cli), "serve", "policies/digits.yaml", "--port", str(port), "--num-cpus", "2",
             "--no-progress", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
-            "--auth-health"]  # fmt: skip
+            "--auth-health", "--grpc-port", str(grpc_port)]  # fmt: skip
     server = CliServer(argv, cwd=ROOT, ready_timeout_s=180, stop_timeout_s=90, env=env)
     url = f"https://127.0.0.1:{port}"
     with server, httpx.Client(base_url=url, verify=_trust(tls), timeout=30) as client:
@@ -243,6 +255,12 @@ def test_the_ray_runtime_serves_https_and_asks_every_route_but_health_for_the_to
         body = {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
                             "data": ROWS[:2].ravel().tolist()}]}  # fmt: skip
         assert client.post("/v2/models/digits/infer", json=body).status_code == 200
+        # gRPC through Serve's gRPC proxy (plaintext: Serve's TLS is its HTTP proxy's)
+        with grpc_stub(f"127.0.0.1:{grpc_port}") as stub:
+            live = pb.ServerLiveRequest()
+            assert grpc_status(stub.ServerLive, live)[0] == "UNAUTHENTICATED"
+            bearer = [("authorization", f"Bearer {EDGE_TOKEN}")]
+            assert grpc_status(stub.ServerLive, live, metadata=bearer) == ("OK", "")
     assert server.returncode == 0, server.output
     assert f"serving digits at {url}/v2/models/<name>/infer" in server.output
     assert "request path: Ray Serve's Python proxy" in server.output
