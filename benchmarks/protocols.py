@@ -1,12 +1,13 @@
 """HTTP JSON, HTTP binary and gRPC side by side, on the edge runtime and on Ray, one run.
 
-    python benchmarks/protocols.py [--rounds 3] [--requests 300] [--seconds 4]
+    python benchmarks/protocols.py [--rounds 3] [--requests 300] [--seconds 4] [--rows 1]
 
 The digits policy (policies/digits.yaml) served by `cascade serve --grpc-port` pinned to
 core 0 (edge, then Ray through its default HAProxy ingress), this client pinned to core 1.
-Single-row requests from the digits test split, trace off, over loopback:
+Requests of ``--rows`` rows (1: single rows) from the digits test split, trace off, over
+loopback:
 
-- ``http-json``: ``POST /v2/models/digits/infer``, the input as JSON ``data`` (httpx);
+- ``http-json``: ``POST /v2/models/digits/infer``, the input as JSON ``data`` (aiohttp);
 - ``http-binary``: the same route with the binary tensor data extension (raw float32 after a
   JSON header; the outputs still JSON);
 - ``grpc``: ``ModelInfer`` with ``raw_input_contents`` (Triton's default) on one grpc.aio
@@ -15,7 +16,7 @@ Single-row requests from the digits test split, trace off, over loopback:
 p50/p99 at concurrency 1 (the protocols take turns request by request) and throughput at
 concurrency 16 (one-second slices taking turns), over ``--rounds``; a throughput figure is
 the median over rounds. The client's own CPU counts: it is one core, as the server is.
-Writes ``benchmarks/results/protocols.json``.
+Writes ``benchmarks/results/protocols.json`` (``protocols-{rows}rows.json`` for more rows).
 """
 
 from __future__ import annotations
@@ -51,14 +52,14 @@ Call = Callable[[np.ndarray], Awaitable[bool]]
 
 
 def _json_body(row: np.ndarray) -> bytes:
-    return json.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
-                                   "data": row.tolist()}],
+    return json.dumps({"inputs": [{"name": "input", "shape": list(row.shape), "datatype": "FP32",
+                                   "data": row.ravel().tolist()}],
                        "parameters": {"trace": False}}).encode()  # fmt: skip
 
 
 def _binary_body(row: np.ndarray) -> tuple[bytes, dict[str, str]]:
     raw = row.astype("<f4").tobytes()
-    header = json.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
+    header = json.dumps({"inputs": [{"name": "input", "shape": list(row.shape), "datatype": "FP32",
                                      "parameters": {"binary_data_size": len(raw)}}],
                          "parameters": {"trace": False}}).encode()  # fmt: skip
     headers = {"content-type": "application/octet-stream",
@@ -70,7 +71,7 @@ def _grpc_request(row: np.ndarray) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(
         model_name="digits", raw_input_contents=[row.astype("<f4").tobytes()]
     )
-    request.inputs.add(name="input", datatype="FP32", shape=[1, len(row)])
+    request.inputs.add(name="input", datatype="FP32", shape=list(row.shape))
     request.parameters["trace"].bool_param = False
     return request
 
@@ -207,11 +208,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests at concurrency 1")
     parser.add_argument("--seconds", type=float, default=4.0, help="per throughput run")
     parser.add_argument("--runtimes", default="edge,ray")
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     args = parser.parse_args()
 
     ensure_models(read_policy(POLICY), progress=True)
-    rows = np.asarray(read_dataset("digits").test.X, dtype=np.float32)
+    test = np.asarray(read_dataset("digits").test.X, dtype=np.float32)
+    # each "row" below is one request's block of --rows rows, shape [rows, 64]
+    rows = np.stack([np.take(test, range(i, i + args.rows), axis=0, mode="wrap")
+                     for i in range(0, len(test), args.rows)])  # fmt: skip
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})  # the client on core 1; the server gets core 0
     results: dict[str, Any] = {}
@@ -243,8 +248,8 @@ def main() -> None:
     print(table(headers, body))
     print("ratios: vs http-json on the same runtime")
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "protocols.json"
-    out.write_text(json.dumps({"results": results, "rounds": args.rounds,
+    out = args.out / ("protocols.json" if args.rows == 1 else f"protocols-{args.rows}rows.json")
+    out.write_text(json.dumps({"results": results, "rounds": args.rounds, "rows": args.rows,
                                "concurrency": CONCURRENCY}, indent=2) + "\n")  # fmt: skip
     print(f"\nwrote {out}")
 
