@@ -14,6 +14,13 @@ from cascade.evaluate._calibrate import (
     calibration_provenance,
 )
 from cascade.evaluate._data import LabelledRows, labelled_rows, labelled_split, model_classes
+from cascade.evaluate._deferral import (
+    Certified,
+    Oracle,
+    certified_threshold,
+    oracle,
+    train_deferral,
+)
 from cascade.evaluate._ensure import ensure_models
 from cascade.evaluate._fit import MAX_ISOTONIC_KNOTS, fit_isotonic, fit_temperature
 from cascade.evaluate._frontier import Point, format_frontier, pareto_front, plot_frontier
@@ -25,15 +32,18 @@ from cascade.evaluate._report import format_rows
 __all__ = [
     "MAX_ISOTONIC_KNOTS",
     "CalibrationResult",
+    "Certified",
     "EvalRow",
     "Evaluator",
     "GearCandidate",
     "GearPlan",
     "LabelledRows",
+    "Oracle",
     "Point",
     "Target",
     "calibrate_policy",
     "calibration_provenance",
+    "certified_threshold",
     "edit_policy_file",
     "ensure_models",
     "fit_isotonic",
@@ -44,7 +54,9 @@ __all__ = [
     "labelled_split",
     "loss_upper_bound",
     "model_classes",
+    "oracle",
     "pareto_front",
     "plan_gears",
     "plot_frontier",
+    "train_deferral",
 ]

@@ -50,7 +50,14 @@ from cascade.policy import (
 from cascade.routing import calibrate as apply_calibration
 from cascade.routing import confidence as measure_confidence
 
-__all__ = ["CalibrationResult", "Target", "calibrate_policy", "calibration_provenance"]
+__all__ = [
+    "CalibrationResult",
+    "Target",
+    "calibrate_policy",
+    "calibration_provenance",
+    "select_certified",
+    "threshold_grid",
+]
 
 ConfidenceCalibration = Literal["none", "temperature", "isotonic"]
 _GRID_2 = 60  # threshold candidates for one threshold
@@ -100,7 +107,7 @@ class CalibrationResult:
     extra_files: list[Path] = field(default_factory=list)
 
 
-def _grid(values: np.ndarray, size: int) -> np.ndarray:
+def threshold_grid(values: np.ndarray, size: int) -> np.ndarray:
     """Threshold candidates: midpoints just below ~``size`` quantiles of the confidences.
 
     Midpoints between neighbouring distinct values, not the values themselves, so that
@@ -182,7 +189,7 @@ def _fit_confidences(
     return confidences, calibrations
 
 
-def _select(
+def select_certified(
     candidates: list[Candidate],
     reference_correct: np.ndarray,
     target: Target,
@@ -242,7 +249,7 @@ def _chain_search(
     chain = _Chain(tiers, probabilities, confidences, evaluator.costs, y, routing.max_escalations)
     open_tiers = tiers[: chain.depth - 1]
     size = _GRID_2 if len(open_tiers) <= 1 else _GRID_3
-    grids = [_grid(confidences[t], size) for t in open_tiers]
+    grids = [threshold_grid(confidences[t], size) for t in open_tiers]
     candidates = [chain.simulate(list(combo)) for combo in itertools.product(*grids)]
     if not open_tiers:
         candidates = [chain.simulate([])]
@@ -306,7 +313,7 @@ def calibrate_policy(
         for c in candidates:
             c.cost = cost_model.relative(c.reach)[1] * reference_cost
 
-    chosen, bound, allowed, notes = _select(candidates, selection_rows, target)
+    chosen, bound, allowed, notes = select_certified(candidates, selection_rows, target)
     points = _points(candidates, selection_rows, reference_cost)
     frontier = pareto_front(points)
     chosen_point = None
@@ -363,7 +370,7 @@ def _speculative_search(
     costs = evaluator.costs
     correct = {t: probabilities[t].argmax(axis=1) == y for t in (cheap, expensive)}
     candidates = []
-    for threshold in _grid(confidences[cheap], _GRID_2):
+    for threshold in threshold_grid(confidences[cheap], _GRID_2):
         won = confidences[cheap] >= threshold
         cost = costs[cheap] + costs[expensive] * np.where(won, share, 1.0)
         candidates.append(

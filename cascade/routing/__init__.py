@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from cascade.routing._confidence import calibrate, confidence
 from cascade.routing._decision import BatchResult, Decision, Reason, Step, TierCall
+from cascade.routing._deferral import deferral_features, deferral_width
 from cascade.routing._engine import Engine
 from cascade.routing._ranker import Ranker, Ranking, StageTrace
 from cascade.routing._scorers import SCORERS, FeatureScorer, OnnxScorer, Scorer, make_scorer
@@ -54,6 +55,8 @@ __all__ = [
     "TierCall",
     "calibrate",
     "confidence",
+    "deferral_features",
+    "deferral_width",
     "make_router",
     "make_scorer",
     "routed_tiers",
