@@ -10,7 +10,11 @@ Per dataset, on the TEST split, side by side:
   (the shipped chain's first tier races large), each calibrated here on the calibration
   split to the shipped policy's own target and confidence (its ``provenance``), then written
   as a policy file into a temporary directory and evaluated from that file;
-- always-tiny / always-small / always-large.
+- always-tiny / always-small / always-large;
+- the oracle (labels known: the shipped chain's first tier answers, and just enough of the
+  rows that large fixes escalate to reach the target), and per configuration the share of
+  the oracle's saving it captures, (1 − rel cost) / (1 − oracle rel cost), for those that
+  meet the target on test.
 
 Then one line per dataset against the issue's goal for the shipped cascade (relative
 accuracy and cost against always-large, both measured in this run). Tables and the summary
@@ -46,6 +50,7 @@ from cascade.evaluate import (
     ensure_models,
     format_rows,
     labelled_split,
+    oracle,
 )
 from cascade.policy import (
     ComplexityRouting,
@@ -283,6 +288,35 @@ def _variant_json(variant: Variant) -> dict[str, Any]:
     }
 
 
+def _share(row: EvalRow, oracle_cost: float, target: Target) -> float | None:
+    """The share of the oracle's saving a configuration captures; None when it misses the
+    target on test (a saving bought with accuracy is no share of the oracle's)."""
+    if target.relative_accuracy is not None and row.relative_accuracy < target.relative_accuracy:
+        return None
+    return (1 - row.relative_cost) / (1 - oracle_cost)
+
+
+def _oracle(
+    shipped: PolicyFile, evaluator: Evaluator, X: Any, y: Any, target: Target
+) -> dict[str, Any]:
+    """The label-aware oracle on the shipped chain's first tier -> the reference tier."""
+    routing = shipped.policy.routing
+    assert isinstance(routing, ConfidenceRouting) and target.relative_accuracy is not None
+    cheap, large = routing.chain[0].tier, evaluator.reference
+    cheap_ok = evaluator.probabilities(cheap, X).argmax(axis=1) == y
+    large_ok = evaluator.probabilities(large, X).argmax(axis=1) == y
+    found = oracle(cheap_ok, large_ok, relative_accuracy=target.relative_accuracy)
+    costs = evaluator.costs
+    return {
+        "tier": cheap,
+        "escalation": found.escalation,
+        "escalated_rows": found.escalated,
+        "fixable_rows": found.fixable,
+        "relative_accuracy": (int(cheap_ok.sum()) + found.escalated) / int(large_ok.sum()),
+        "relative_cost": found.relative_cost(costs[cheap], costs[large]),
+    }
+
+
 def run_dataset(dataset: str, out_dir: Path) -> tuple[dict[str, Any], str]:
     """Everything for one dataset: the JSON section and the goal line."""
     began = time.perf_counter()
@@ -327,6 +361,8 @@ def run_dataset(dataset: str, out_dir: Path) -> tuple[dict[str, Any], str]:
             )
         )  # fmt: skip
     rows += [("baseline", row) for row in baselines]
+    oracle_section = _oracle(shipped, evaluator, X_test, y_test, target)
+    oracle_cost = oracle_section["relative_cost"]
 
     goal = GOALS[dataset]
     goal_line, met = _goal_line(dataset, goal, shipped_row)
@@ -339,6 +375,14 @@ def run_dataset(dataset: str, out_dir: Path) -> tuple[dict[str, Any], str]:
     )
     for variant in variants:
         print(_calibration_line(variant, calibration_rows=len(y_cal)))
+    print(
+        f"\noracle ({oracle_section['tier']} -> {evaluator.reference}, labels known): escalates "
+        f"{oracle_section['escalation']:.1%}, rel cost {oracle_cost:.3f}; share of its saving "
+        "(1 - rel cost) / (1 - oracle rel cost):"
+    )
+    for _, row in rows:
+        share = _share(row, oracle_cost, target)
+        print(f"  {row.name:40} " + ("misses the target" if share is None else f"{share:6.3f}"))
 
     section = {
         "test_split": test_label,
@@ -347,7 +391,11 @@ def run_dataset(dataset: str, out_dir: Path) -> tuple[dict[str, Any], str]:
         "calibration_rows": len(y_cal),
         "shipped_policy": str(POLICIES.relative_to(POLICIES.parent) / f"{dataset}.yaml"),
         "target": {**target.as_dict(), "confidence": target.confidence},
-        "rows": [{"role": role, **row.to_dict()} for role, row in rows],
+        "rows": [
+            {"role": role, **row.to_dict(), "oracle_share": _share(row, oracle_cost, target)}
+            for role, row in rows
+        ],
+        "oracle": oracle_section,
         "variants": {variant.name: _variant_json(variant) for variant in variants},
         "goal": {
             "relative_accuracy_at_least": goal.relative_accuracy,
