@@ -5,7 +5,7 @@
 On the shipped policy's two-tier step (``policies/DATASET.yaml``: cheap tier -> large), each
 rule is fitted and thresholded on the CALIBRATION split only, with the margin of `cascade
 calibrate` (the shipped target and confidence, from the policy's provenance), then scored on
-the TEST split:
+the TEST split (JSON: ``OUT/deferral_DATASET.json``):
 
 - the shipped policy, replayed through the engine as `cascade evaluate` does;
 - max_prob, margin, entropy (temperature-scaled, T fitted on the calibration split);
@@ -13,8 +13,10 @@ the TEST split:
   right" (fitted on half A), one threshold on it (certified on half B);
 - learned: logistic regression or small gradient boosting of "the cheap tier is wrong" on
   the deferral features (probability vector, max, margin, entropy, predicted class; with
-  ``+tiny``: the tiny tier's top probability and agreement too, tiny's cost charged), fitted
-  on half A, exported to ONNX (its measured cost charged), certified on half B;
+  ``+tiny``: the tiers cheaper than the step's (tiny) too, their top probability and
+  agreement, their cost charged; with ``+inputs``: the row's input features too, for
+  numeric datasets), fitted on half A, exported to ONNX (its measured cost charged),
+  certified on half B;
 - max_prob certified on half B alone, to show what halving the certification rows costs;
 - the oracle (labels known: escalate just enough rows that large fixes).
 
@@ -191,7 +193,8 @@ def main() -> None:
     inputs = {"cal": X_cal, "test": X_test}
     feature_sets = [("", False, False), (f" +{'+'.join(earlier)}", True, False)] if earlier else []
     feature_sets = feature_sets or [("", False, False)]
-    feature_sets.append((f"{feature_sets[-1][0]} +inputs", bool(earlier), True))
+    if X_cal.ndim == 2 and np.issubdtype(X_cal.dtype, np.number):  # text rows: no such features
+        feature_sets.append((f"{feature_sets[-1][0]} +inputs", bool(earlier), True))
     with tempfile.TemporaryDirectory(prefix="cascade-deferral-") as tmp:
         for number, (suffix, with_earlier, with_inputs) in enumerate(feature_sets):
             features = {
@@ -269,7 +272,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - began, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "deferral.json"
+    path = args.out / f"deferral_{args.dataset}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {path}")
 
