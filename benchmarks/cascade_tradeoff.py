@@ -6,8 +6,10 @@ Per dataset, on the TEST split, side by side:
 
 - the shipped calibrated confidence policy ``policies/DATASET.yaml``, loaded as is;
 - complexity routing (a trained "the cheapest tier will be wrong" scorer picks the tier up
-  front; bands tiny/small/large, and small/large for covertype) and speculative routing
-  (the shipped chain's first tier races large), each calibrated here on the calibration
+  front; bands tiny/small/large, and small/large for covertype), a three-tier confidence
+  chain tiny -> small -> large with both thresholds fitted jointly (where the shipped chain
+  has two tiers) and speculative routing (the shipped chain's first tier races large),
+  each calibrated here on the calibration
   split to the shipped policy's own target and confidence (its ``provenance``), then written
   as a policy file into a temporary directory and evaluated from that file;
 - always-tiny / always-small / always-large;
@@ -131,6 +133,18 @@ def _variant_routings(shipped: Policy) -> list[tuple[str, str, dict[str, Any]]]:
     variants = [(f"{name}-complexity", "complexity", complexity(["tiny", "small", "large"]))]
     if shipped.name == "covertype":
         variants.append((f"{name}-complexity2", "complexity", complexity(["small", "large"])))
+    # three tiers calibrated jointly (issue 19): does a tier in front of the shipped pair pay?
+    chain3 = [t for t in ("tiny", "small", "large") if t in shipped.tiers]
+    if len(chain3) == 3 and len(routing.chain) == 2:
+        steps: list[dict[str, Any]] = [{"tier": t, "threshold": 0.9} for t in chain3[:-1]]
+        variants.append(
+            (
+                f"{name}-chain3",
+                "confidence",
+                {"kind": "confidence", "measure": routing.measure,
+                 "chain": [*steps, {"tier": chain3[-1]}]},
+            )
+        )  # fmt: skip
     variants.append(
         (
             f"{name}-speculative",
