@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -278,14 +278,16 @@ def run_serve(args: argparse.Namespace) -> int:
         grpc = grpc_options(args.grpc_port)
     loaded = _read_and_build(args)
     names = [item.policy.name for item in loaded]
-    stop = threading.Event()
+    # a signal handler that takes no lock: Event.set from a handler deadlocks when a second
+    # signal lands while the first handler holds the Event's lock (seen: SIGINT then SIGTERM)
+    signals: list[int] = []
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": args.host, "port": args.port, **tls}, grpc_options=grpc)
         serve.run(app_for(loaded, app_args), name=APP_NAME, route_prefix="/")
         # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+            signal.signal(signum, lambda number, _: signals.append(number))
         url = f"{'https' if tls else 'http'}://{args.host}:{args.port}"
         print(f"serving {', '.join(names)} at {url}/v2/models/<name>/infer  (Ctrl-C stops)")
         print(f"metadata: curl -s {url}/v2/models/{names[0]}{_bearer(given)}")
@@ -294,7 +296,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(_PATHS[proxy])
         _announce_auth(given, tls)
         sys.stdout.flush()
-        stop.wait()
+        while not signals:
+            time.sleep(0.2)
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
