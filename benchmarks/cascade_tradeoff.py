@@ -355,7 +355,7 @@ def run_dataset(dataset: str, out_dir: Path) -> tuple[dict[str, Any], str]:
 
     _say(dataset, f"evaluating the shipped policy and the baselines on {test_label}")
     evaluator = Evaluator(shipped)
-    shipped_row, *baselines = evaluator.evaluate(X_test, y_test)
+    shipped_row, *baselines = evaluator.evaluate(X_test, y_test, with_oracle=False)
     reference = next(r for r in baselines if r.name == f"always-{evaluator.reference}")
     rows: list[tuple[str, EvalRow]] = [("shipped confidence", shipped_row)]
     for variant in variants:

@@ -85,7 +85,31 @@ def test_evaluate_agrees_with_a_direct_numpy_cascade(policy_dir: Path) -> None:
     assert row.tier_rates == pytest.approx({"tiny": 1.0, "large": float((~sure).mean())})
     assert rows["always-large"].relative_accuracy == 1.0
     assert rows["always-large"].relative_cost == pytest.approx(1.0)
-    assert [r for r in rows] == ["d", "always-tiny", "always-small", "always-large"]
+    assert [r for r in rows] == [
+        "d",
+        "oracle (labels known)",
+        "always-tiny",
+        "always-small",
+        "always-large",
+    ]
+    # the oracle by hand: tiny answers, and just enough rows large fixes escalate to reach
+    # the policy's accuracy; each row's share of its saving at the row's own accuracy
+    tiny_ok, large_ok = tiny.argmax(axis=1) == test.y, large.argmax(axis=1) == test.y
+    need = int(np.ceil(row.relative_accuracy * large_ok.sum() - tiny_ok.sum() - 1e-9))
+    floor = rows["oracle (labels known)"]
+    assert floor.escalation_rate == pytest.approx(max(need, 0) / len(test.y))
+    assert floor.relative_cost == pytest.approx(costs["tiny"] + floor.escalation_rate)
+    assert floor.relative_accuracy == pytest.approx(row.relative_accuracy, abs=1 / len(test.y))
+    assert floor.relative_cost <= row.relative_cost
+    assert row.oracle_share == pytest.approx((1 - row.relative_cost) / (1 - floor.relative_cost))
+    assert rows["always-large"].oracle_share == pytest.approx(0.0)
+    assert rows["always-tiny"].oracle_share == pytest.approx(1.0)  # its own accuracy: the floor
+    assert [r.name for r in evaluator.evaluate(test.X, test.y, with_oracle=False)] == [
+        "d",
+        "always-tiny",
+        "always-small",
+        "always-large",
+    ]
 
 
 def _card(name: str, directory: Path) -> ModelCard:
@@ -290,11 +314,16 @@ def test_cli_evaluate_json_and_users_own_table(
 ) -> None:
     argv = [str(wine.policy), "--data", str(wine.table), "--label-column", "target"]
     rows = _evaluate_json(argv, capsys)
-    assert [r["name"] for r in rows] == ["wine", "always-tiny", "always-small", "always-large"]
+    assert [r["name"] for r in rows] == [
+        "wine",
+        "oracle (labels known)",
+        "always-tiny",
+        "always-small",
+        "always-large",
+    ]
     for row in rows:
-        assert {"name", "accuracy", "relative_accuracy", "relative_cost", "escalation_rate"} <= set(
-            row
-        )
+        assert {"name", "accuracy", "relative_accuracy", "relative_cost", "escalation_rate",
+                "oracle_share"} <= set(row)  # fmt: skip
     assert main(["evaluate", str(wine.policy)]) == 1
     assert "the policy names no `dataset`" in capsys.readouterr().err
 
