@@ -39,6 +39,7 @@ from cascade.evaluate._replay import Evaluator
 from cascade.evaluate._served_cost import CostModel
 from cascade.policy import (
     Calibration,
+    ChainStep,
     ComplexityRouting,
     ConfidenceRouting,
     Policy,
@@ -314,6 +315,15 @@ def calibrate_policy(
             c.cost = cost_model.relative(c.reach)[1] * reference_cost
 
     chosen, bound, allowed, notes = select_certified(candidates, selection_rows, target)
+    if isinstance(routing, ComplexityRouting):
+        say("calibrating a confidence chain over the same tiers, to compare")
+        notes.append(
+            _complexity_verdict(
+                evaluator, routing, X, y, method=method, target=target,
+                reference_correct=reference_correct,
+                complexity_cost=None if chosen is None else chosen.cost / reference_cost,
+            )
+        )  # fmt: skip
     points = _points(candidates, selection_rows, reference_cost)
     frontier = pareto_front(points)
     chosen_point = None
@@ -342,6 +352,42 @@ def calibrate_policy(
         _write(loaded, result, target=target, data_label=data_label, evaluator=evaluator,
                cost=cost_objective(cost_model))  # fmt: skip
     return result
+
+
+def _complexity_verdict(
+    evaluator: Evaluator,
+    routing: ComplexityRouting,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    method: ConfidenceCalibration,
+    target: Target,
+    reference_correct: np.ndarray,
+    complexity_cost: float | None,
+) -> str:
+    """Whether confidence routing over the complexity bands' tiers certifies the same target
+    more cheaply: said plainly, so that a user is not led to the dominated strategy."""
+    tiers = [band.tier for band in routing.bands]
+    chain = [ChainStep(tier=t, threshold=0.5) for t in tiers[:-1]] + [ChainStep(tier=tiers[-1])]
+    confidence = ConfidenceRouting(kind="confidence", chain=chain)
+    candidates, _ = _chain_search(evaluator, confidence, X, y, method)
+    chosen, _, _, _ = select_certified(candidates, reference_correct, target)
+    reference_cost = evaluator.costs[evaluator.reference]
+    alternative = None if chosen is None else chosen.cost / reference_cost
+    over = " -> ".join(tiers)
+    if alternative is None:
+        return f"a confidence chain {over} certifies nothing here either; complexity routing stands"
+    if complexity_cost is None or alternative <= complexity_cost:
+        this = "certifies nothing" if complexity_cost is None else f"costs {complexity_cost:.3f}"
+        return (
+            f"complexity routing is DOMINATED here: a confidence chain {over} (max_prob, "
+            f"{method} calibration) certifies the same target at relative cost "
+            f"{alternative:.3f}, and this complexity routing {this}; use `kind: confidence`"
+        )
+    return (
+        f"complexity routing earns its place here: relative cost {complexity_cost:.3f} against "
+        f"{alternative:.3f} for a confidence chain {over} at the same target"
+    )
 
 
 def cost_objective(cost_model: CostModel | None) -> str:

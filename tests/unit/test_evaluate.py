@@ -206,6 +206,33 @@ routing:
     assert all(b is not None for b in bounds) and bounds == sorted(bounds)
     row = Evaluator(reloaded).evaluate(cal.X, cal.y)[0]
     assert row.relative_cost > 0 and 0 < row.accuracy <= 1
+    # calibrate says plainly whether a confidence chain over the same tiers does better
+    (verdict,) = [n for n in result.notes if "confidence chain tiny -> small -> large" in n]
+    chain = _write(policy_dir, CHAIN3, name="chain.yaml")
+    alternative = calibrate_policy(
+        read_policy(chain), cal.X, cal.y, data_label="digits", write=False,
+        target=Target(relative_accuracy=0.95, confidence=0.8),
+    )  # fmt: skip
+    assert alternative.chosen is not None and result.chosen is not None
+    assert f"{alternative.chosen.relative_cost:.3f}" in verdict
+    dominated = alternative.chosen.relative_cost <= result.chosen.relative_cost
+    assert ("DOMINATED" in verdict) == dominated, verdict
+    assert ("earns its place" in verdict) == (not dominated), verdict
+
+
+CHAIN3 = """\
+name: chain
+tiers:
+  tiny: {model: tiny.onnx}
+  small: {model: small.onnx}
+  large: {model: large.onnx}
+routing:
+  kind: confidence
+  chain:
+    - {tier: tiny, threshold: 0.5}
+    - {tier: small, threshold: 0.5}
+    - {tier: large}
+"""
 
 
 def test_speculative_policy_evaluates_and_calibrates(policy_dir: Path) -> None:
