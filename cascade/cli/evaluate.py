@@ -392,7 +392,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     png = args.png or args.policy.with_name(f"{args.policy.stem}.frontier.png")
     baselines = []
-    for row in evaluator.evaluate(X, y, cost_model=cost_model, with_oracle=False)[1:]:
+    for row in evaluator.evaluate(X, y, cost_model=cost_model, with_policy=False):
         cost = row.served_relative_cost if args.cost == "served" else row.relative_cost
         baselines.append(Point(cost or 0.0, row.relative_accuracy, label=row.name))
     plot_frontier(

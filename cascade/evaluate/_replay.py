@@ -102,6 +102,7 @@ class Evaluator:
         }
         self.reference = max(self.tiers, key=lambda name: self.tiers[name].cost)
         self._scorer_cost: float | None = None
+        self._rule_costs: dict[Path, float] = {}
 
     @property
     def costs(self) -> dict[str, float]:
@@ -214,8 +215,24 @@ class Evaluator:
                 self._scorer_cost = self.scorer_cost(policy)
             scorer = self._scorer_cost
             costs = costs + scorer
+        rules = self.rule_costs(policy)
+        if rules:  # a learned rule runs on every row that reaches its step
+            costs = costs + np.array([sum(rules.get(s.tier, 0.0) for s in d.steps)
+                                      for d in decisions])  # fmt: skip
         lat = np.array([sum(latency[s.tier] for s in d.steps) for d in decisions])
         return costs, lat
+
+    def rule_costs(self, policy: Policy) -> dict[str, float]:
+        """Cost units per row of each chain step's learned deferral rule, by tier."""
+        steps = getattr(policy.routing, "chain", [])[:-1]
+        found = {}
+        for step in steps:
+            if step.deferral is not None and step.deferral.model is not None:
+                path = self.loaded.base_dir / step.deferral.model
+                if path not in self._rule_costs:
+                    self._rule_costs[path] = self.model_cost(path)
+                found[step.tier] = self._rule_costs[path]
+        return found
 
     def evaluate(
         self,
@@ -224,6 +241,7 @@ class Evaluator:
         *,
         cost_model: CostModel | None = None,
         with_oracle: bool = True,
+        with_policy: bool = True,
     ) -> list[EvalRow]:
         """The policy beside always-<tier> for every tier, cheapest first after the policy;
         with ``cost_model``, each row's served cost too.
@@ -231,7 +249,9 @@ class Evaluator:
         ``with_oracle``: right after the policy, the label-aware oracle at the policy's own
         accuracy (its entry tier escalating to the reference tier only the rows that tier
         fixes; see :mod:`cascade.evaluate._oracle`), and every row's share of the oracle's
-        saving at its accuracy. Skipped when the policy enters at the reference tier."""
+        saving at its accuracy. Skipped when the policy enters at the reference tier.
+        ``with_policy=False``: the always-<tier> rows alone (a policy that cannot run yet,
+        such as one whose deferral rules are still to be trained, still has baselines)."""
         policy = self.loaded.policy
         reference_accuracy, reference_cost = 0.0, self.costs[self.reference]
         results: dict[str, BatchResult] = {}
@@ -246,8 +266,10 @@ class Evaluator:
                 cost_model=cost_model,
             )  # fmt: skip
 
-        rows = [summary(policy.name, policy, self.replay(policy, X))]
-        rows += [summary(f"always-{t}", _always(policy, t), r) for t, r in results.items()]
+        always = [summary(f"always-{t}", _always(policy, t), r) for t, r in results.items()]
+        if not with_policy:
+            return always
+        rows = [summary(policy.name, policy, self.replay(policy, X)), *always]
         entry = _entry_tier(policy)
         if not with_oracle or entry == self.reference:
             return rows
