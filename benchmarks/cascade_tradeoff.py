@@ -262,6 +262,8 @@ def _calibration_line(variant: Variant, *, calibration_rows: int) -> str:
         f"  {variant.name}: {setting} — calibration ({rows} of {calibration_rows} rows) "
         f"rel acc {result.chosen.relative_accuracy:.4f}, rel cost "
         f"{result.chosen.relative_cost:.3f}{bound}"
+        # calibrate's own verdict on a complexity policy against a confidence chain
+        + "".join(f"\n    {n}" for n in result.notes if "complexity routing" in n)
     )
 
 
