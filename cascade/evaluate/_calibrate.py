@@ -372,28 +372,36 @@ def _complexity_verdict(
     reference_correct: np.ndarray,
     complexity_cost: float | None,
 ) -> str:
-    """Whether confidence routing over the complexity bands' tiers certifies the same target
-    more cheaply: said plainly, so that a user is not led to the dominated strategy."""
+    """Whether a confidence chain over the complexity bands' tiers (any of them, in order,
+    ending at the last) certifies the same target more cheaply: said plainly, so that a user
+    is not led to the dominated strategy."""
     tiers = [band.tier for band in routing.bands]
-    chain = [ChainStep(tier=t, threshold=0.5) for t in tiers[:-1]] + [ChainStep(tier=tiers[-1])]
-    confidence = ConfidenceRouting(kind="confidence", chain=chain)
-    candidates, _ = _chain_search(evaluator, confidence, X, y, method)
-    chosen, _, _, _ = select_certified(candidates, reference_correct, target)
     reference_cost = evaluator.costs[evaluator.reference]
-    alternative = None if chosen is None else chosen.cost / reference_cost
-    over = " -> ".join(tiers)
-    if alternative is None:
-        return f"a confidence chain {over} certifies nothing here either; complexity routing stands"
+    best: tuple[float, list[str]] | None = None
+    for size in range(2, len(tiers) + 1):
+        for head in itertools.combinations(tiers[:-1], size - 1):
+            over = [*head, tiers[-1]]
+            chain = [ChainStep(tier=t, threshold=0.5) for t in head] + [ChainStep(tier=over[-1])]
+            candidates, _ = _chain_search(
+                evaluator, ConfidenceRouting(kind="confidence", chain=chain), X, y, method
+            )
+            chosen, _, _, _ = select_certified(candidates, reference_correct, target)
+            if chosen is not None and (best is None or chosen.cost / reference_cost < best[0]):
+                best = (chosen.cost / reference_cost, over)
+    if best is None:
+        return "no confidence chain over these tiers certifies the target either; complexity stands"
+    alternative, path = best[0], " -> ".join(best[1])
     if complexity_cost is None or alternative <= complexity_cost:
         this = "certifies nothing" if complexity_cost is None else f"costs {complexity_cost:.3f}"
         return (
-            f"complexity routing is DOMINATED here: a confidence chain {over} (max_prob, "
+            f"complexity routing is DOMINATED here: a confidence chain {path} (max_prob, "
             f"{method} calibration) certifies the same target at relative cost "
             f"{alternative:.3f}, and this complexity routing {this}; use `kind: confidence`"
         )
     return (
         f"complexity routing earns its place here: relative cost {complexity_cost:.3f} against "
-        f"{alternative:.3f} for a confidence chain {over} at the same target"
+        f"{alternative:.3f} for the best confidence chain over its tiers ({path}) at the "
+        "same target"
     )
 
 

@@ -207,15 +207,21 @@ routing:
     row = Evaluator(reloaded).evaluate(cal.X, cal.y)[0]
     assert row.relative_cost > 0 and 0 < row.accuracy <= 1
     # calibrate says plainly whether a confidence chain over the same tiers does better
-    (verdict,) = [n for n in result.notes if "confidence chain tiny -> small -> large" in n]
-    chain = _write(policy_dir, CHAIN3, name="chain.yaml")
-    alternative = calibrate_policy(
-        read_policy(chain), cal.X, cal.y, data_label="digits", write=False,
-        target=Target(relative_accuracy=0.95, confidence=0.8),
-    )  # fmt: skip
-    assert alternative.chosen is not None and result.chosen is not None
-    assert f"{alternative.chosen.relative_cost:.3f}" in verdict
-    dominated = alternative.chosen.relative_cost <= result.chosen.relative_cost
+    (verdict,) = [n for n in result.notes if "complexity routing" in n]
+    costs = []  # every confidence chain over the bands' tiers that ends at large
+    for chain in (["tiny", "small"], ["tiny"], ["small"]):
+        steps = "".join(f"    - {{tier: {t}, threshold: 0.5}}\n" for t in chain)
+        path = _write(policy_dir, CHAIN3.format(steps=steps), name="chain.yaml")
+        alternative = calibrate_policy(
+            read_policy(path), cal.X, cal.y, data_label="digits", write=False,
+            target=Target(relative_accuracy=0.95, confidence=0.8),
+        )  # fmt: skip
+        if alternative.chosen is not None:
+            costs.append((alternative.chosen.relative_cost, " -> ".join([*chain, "large"])))
+    assert costs and result.chosen is not None
+    cheapest, over = min(costs)
+    assert f"{cheapest:.3f}" in verdict and over in verdict, (verdict, costs)
+    dominated = cheapest <= result.chosen.relative_cost
     assert ("DOMINATED" in verdict) == dominated, verdict
     assert ("earns its place" in verdict) == (not dominated), verdict
 
@@ -223,15 +229,13 @@ routing:
 CHAIN3 = """\
 name: chain
 tiers:
-  tiny: {model: tiny.onnx}
-  small: {model: small.onnx}
-  large: {model: large.onnx}
+  tiny: {{model: tiny.onnx}}
+  small: {{model: small.onnx}}
+  large: {{model: large.onnx}}
 routing:
   kind: confidence
   chain:
-    - {tier: tiny, threshold: 0.5}
-    - {tier: small, threshold: 0.5}
-    - {tier: large}
+{steps}    - {{tier: large}}
 """
 
 
