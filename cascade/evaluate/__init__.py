@@ -14,7 +14,7 @@ from cascade.evaluate._calibrate import (
     calibration_provenance,
 )
 from cascade.evaluate._data import LabelledRows, labelled_rows, labelled_split, model_classes
-from cascade.evaluate._deferral import Certified, certified_threshold, train_deferral
+from cascade.evaluate._deferral import Certified, certified_threshold
 from cascade.evaluate._ensure import ensure_models
 from cascade.evaluate._fit import MAX_ISOTONIC_KNOTS, fit_isotonic, fit_temperature
 from cascade.evaluate._frontier import Point, format_frontier, pareto_front, plot_frontier
@@ -23,6 +23,7 @@ from cascade.evaluate._oracle import Oracle, oracle, oracle_curve, oracle_share
 from cascade.evaluate._policy_edit import edit_policy_file
 from cascade.evaluate._replay import EvalRow, Evaluator
 from cascade.evaluate._report import format_rows
+from cascade.evaluate._rule_training import train_deferral
 
 __all__ = [
     "MAX_ISOTONIC_KNOTS",

@@ -433,7 +433,7 @@ def _learned_chain_search(
     is fitted on half A of (X, y); thresholds are searched and certified on half B, rows no
     rule has seen. Returns the candidates, the calibrations, half B's indices and the rules'
     files (beside their tiers' models)."""
-    from cascade.evaluate._deferral import train_deferral
+    from cascade.evaluate._rule_training import train_deferral
     from cascade.routing import deferral_features
 
     order = np.random.default_rng(0).permutation(len(y))
