@@ -380,9 +380,10 @@ def _calibrate_ranking(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     if args.from_log:
-        from cascade.cli.from_log import run_calibrate_from_log
+        from cascade.cli.from_log import refuse_other_options, run_calibrate_from_log
 
-        return run_calibrate_from_log(args)
+        refuse_other_options(args)
+        return run_calibrate_from_log(args, _prepare(args))
     if args.confidence is None:
         args.confidence = 0.95
     if args.gears:

@@ -9,7 +9,7 @@ from typing import Any
 
 from cascade.errors import InputError
 
-__all__ = ["run_calibrate_from_log"]
+__all__ = ["refuse_other_options", "run_calibrate_from_log"]
 
 
 def _target(args: argparse.Namespace, loaded: Any) -> Any:
@@ -32,7 +32,7 @@ def _target(args: argparse.Namespace, loaded: Any) -> Any:
     )
 
 
-def _refuse_other_options(args: argparse.Namespace) -> None:
+def refuse_other_options(args: argparse.Namespace) -> None:
     given = [
         flag
         for flag, on in (
@@ -47,13 +47,10 @@ def _refuse_other_options(args: argparse.Namespace) -> None:
         raise InputError(f"--from-log calibrates on the log's rows; it takes no {', '.join(given)}")
 
 
-def run_calibrate_from_log(args: argparse.Namespace) -> int:
-    from cascade.cli.evaluate import _prepare
-    from cascade.evaluate import format_frontier, format_rows
-    from cascade.evaluate._log import calibrate_from_log
+def run_calibrate_from_log(args: argparse.Namespace, loaded: Any) -> int:
+    """``loaded``: the policy, its missing model files built."""
+    from cascade.evaluate import calibrate_from_log, format_frontier, format_rows
 
-    _refuse_other_options(args)
-    loaded = _prepare(args)
     if loaded.policy.stages:
         raise InputError("--from-log recalibrates classification policies (routing), not stages")
     target = _target(args, loaded)

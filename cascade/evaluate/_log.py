@@ -31,8 +31,8 @@ from cascade.evaluate._calibrate import (
     Target,
     calibrate_policy,
 )
-from cascade.evaluate._replay import EvalRow, Evaluator, _always
-from cascade.policy import Policy, PolicyFile
+from cascade.evaluate._replay import EvalRow, Evaluator
+from cascade.policy import ChainStep, ConfidenceRouting, Policy, PolicyFile
 from cascade.routing import BatchResult
 
 __all__ = [
@@ -294,7 +294,8 @@ def calibrate_from_log(
     )  # fmt: skip
     held = split.held_back
     X_held, y_held = rows.X[held], y[held]
-    reference_policy = _always(loaded.policy, top)
+    always = ConfidenceRouting(kind="confidence", chain=[ChainStep(tier=top)])
+    reference_policy = loaded.policy.model_copy(update={"routing": always, "provenance": None})
     reference = evaluator.replay(reference_policy, X_held)
     reference_accuracy = float((reference.labels == y_held).mean())
     reference_cost = evaluator.costs[top]

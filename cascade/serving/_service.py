@@ -245,9 +245,11 @@ class InferenceService:
 
     def close_logs(self) -> None:
         """Write what every answer log holds and close it (a runtime's shutdown; blocks)."""
-        for served in self.models.values():
-            if isinstance(served, ServedModel):
+        for name, served in self.models.items():
+            log = served.answer_log if isinstance(served, ServedModel) else None
+            if isinstance(served, ServedModel) and log is not None:
                 served.close_log()
+                self._log_counts(name, log)  # its last writes
 
     # ---- dispatch ----------------------------------------------------------------------
 
