@@ -26,10 +26,15 @@ pytest.importorskip("uvicorn")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def logged_digits_policy(directory: Path, models: Path, log: str = "{path: logs}") -> Path:
-    """The shipped digits policy, its models by absolute path, with a ``log`` section."""
+def logged_digits_policy(
+    directory: Path, models: Path, log: str = "{path: logs}", *, deployment: bool = False
+) -> Path:
+    """The shipped digits policy, its models by absolute path, with a ``log`` section; its
+    large tier inline unless ``deployment`` (the edge has no deployments)."""
     text = (ROOT / "policies" / "digits.yaml").read_text()
-    text = text.replace("models/digits/", f"{models}/").replace("placement: deployment", "")
+    text = text.replace("models/digits/", f"{models}/")
+    if not deployment:
+        text = text.replace("placement: deployment", "placement: inline")
     path = directory / "digits.yaml"
     path.write_text(text + f"allow_outside_paths: true\nlog: {log}\n")
     return path
