@@ -423,13 +423,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     png = args.png or args.policy.with_name(f"{args.policy.stem}.frontier.png")
     baselines = []
-    for row in evaluator.evaluate(X, y, cost_model=cost_model)[1:]:
+    for row in evaluator.evaluate(X, y, cost_model=cost_model, with_policy=False):
         cost = row.served_relative_cost if args.cost == "served" else row.relative_cost
         baselines.append(Point(cost or 0.0, row.relative_accuracy, label=row.name))
     plot_frontier(
         png, points=result.points, front=result.frontier, chosen=result.chosen,
         baselines=baselines, target=target.relative_accuracy,
         title=f"{loaded.policy.name}: {loaded.policy.routing.kind} routing on {data.label}",
+        # the oracle's line is in model cost; a served-cost plot has no such straight line
+        oracle=evaluator.oracle_curve(X, y) if args.cost != "served" else (),
     )  # fmt: skip
     if args.json:
         print(json.dumps({

@@ -14,18 +14,13 @@ from cascade.evaluate._calibrate import (
     calibration_provenance,
 )
 from cascade.evaluate._data import LabelledRows, labelled_rows, labelled_split, model_classes
-from cascade.evaluate._deferral import (
-    Certified,
-    Oracle,
-    certified_threshold,
-    oracle,
-    train_deferral,
-)
+from cascade.evaluate._deferral import Certified, certified_threshold, train_deferral
 from cascade.evaluate._ensure import ensure_models
 from cascade.evaluate._fit import MAX_ISOTONIC_KNOTS, fit_isotonic, fit_temperature
 from cascade.evaluate._frontier import Point, format_frontier, pareto_front, plot_frontier
 from cascade.evaluate._gears import GearCandidate, GearPlan, plan_gears
 from cascade.evaluate._log import FromLogResult, LogRows, calibrate_from_log, read_answer_log
+from cascade.evaluate._oracle import Oracle, oracle, oracle_curve, oracle_share
 from cascade.evaluate._policy_edit import edit_policy_file
 from cascade.evaluate._replay import EvalRow, Evaluator
 from cascade.evaluate._report import format_rows
@@ -59,6 +54,8 @@ __all__ = [
     "loss_upper_bound",
     "model_classes",
     "oracle",
+    "oracle_curve",
+    "oracle_share",
     "pareto_front",
     "plan_gears",
     "plot_frontier",

@@ -15,7 +15,6 @@ an upper confidence bound on the accuracy lost against the expensive tier).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,51 +23,9 @@ import numpy as np
 from cascade.evaluate._calibrate import Target, select_certified, threshold_grid
 from cascade.evaluate._candidate import Candidate
 
-__all__ = ["Certified", "Oracle", "certified_threshold", "oracle", "train_deferral"]
+__all__ = ["Certified", "certified_threshold", "train_deferral"]
 
 _GRID = 200
-
-
-@dataclass(frozen=True)
-class Oracle:
-    """What the label-aware oracle does on some rows: ``escalated`` of ``n`` rows go to the
-    expensive tier, out of ``fixable`` (cheap wrong, expensive right). Escalating every
-    fixable row reaches always-expensive's accuracy or more, so any target up to 1 is met."""
-
-    n: int
-    escalated: int
-    fixable: int
-
-    @property
-    def escalation(self) -> float:
-        return self.escalated / self.n if self.n else 0.0
-
-    def relative_cost(self, cheap_cost: float, expensive_cost: float) -> float:
-        """Cost per row relative to always-expensive: every row runs the cheap tier."""
-        return (cheap_cost + self.escalation * expensive_cost) / expensive_cost
-
-
-def oracle(
-    cheap_correct: np.ndarray, expensive_correct: np.ndarray, *, relative_accuracy: float
-) -> Oracle:
-    """The fewest escalations of fixable rows that reach ``relative_accuracy`` of always-expensive.
-
-    Example::
-
-        >>> o = oracle(np.array([1, 0, 0, 1, 1], bool), np.array([1, 1, 0, 1, 0], bool),
-        ...            relative_accuracy=1.0)
-        >>> o.escalated, o.fixable
-        (1, 1)
-    """
-    cheap = np.asarray(cheap_correct, dtype=bool)
-    expensive = np.asarray(expensive_correct, dtype=bool)
-    if cheap.shape != expensive.shape or cheap.ndim != 1:
-        raise ValueError(f"need two equal 1-d arrays, got {cheap.shape} and {expensive.shape}")
-    fixable = int(np.count_nonzero(expensive & ~cheap))
-    # cheap_right + k >= r * expensive_right, in whole rows (a tiny tolerance keeps an exact
-    # product such as 0.995 * 200 from rounding up to one row too many)
-    need = max(0, math.ceil(relative_accuracy * int(expensive.sum()) - int(cheap.sum()) - 1e-9))
-    return Oracle(len(cheap), min(need, fixable), fixable)
 
 
 @dataclass(frozen=True)

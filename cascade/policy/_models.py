@@ -297,6 +297,35 @@ class Calibration(_Strict):
         return self
 
 
+class LearnedDeferral(_Strict):
+    """A learned escalation rule for one chain step: an ONNX classifier of "this tier's answer
+    is wrong", read from the tier's whole output (probabilities, max_prob, margin, entropy,
+    predicted class), earlier tiers' outputs and optionally the row's inputs; never a label.
+
+    Example (YAML)::
+
+        chain:
+          - tier: small
+            threshold: 0.5      # `cascade calibrate` fits it, on 1 - the rule's score,
+            deferral: {}        # and trains the rule and writes its `model` here
+          - tier: large
+    """
+
+    model: str | None = Field(
+        None,
+        description="the rule's ONNX file, relative to the policy's folder; its probability of "
+        "class 1 is the score. Written by `cascade calibrate` (trained on half of the "
+        "calibration split, the threshold certified on the other half); omit it before the "
+        "first calibration (such a policy cannot serve)",
+    )
+    earlier: list[TierName] = Field(
+        default_factory=list,
+        description="tiers run before this step in the chain whose outputs the rule also "
+        "reads (each tier's max_prob and whether it agrees with this tier)",
+    )
+    inputs: bool = Field(False, description="the rule also reads the row's input features")
+
+
 class ChainStep(_Strict):
     """One step of a confidence chain: a tier, and when its answer is accepted."""
 
@@ -311,6 +340,20 @@ class ChainStep(_Strict):
     calibration: Calibration | None = Field(
         None, description="calibration applied to this tier's confidence before the threshold"
     )
+    deferral: LearnedDeferral | None = Field(
+        None,
+        description="a learned escalation rule (measure 'learned' for this step): the step's "
+        "confidence is 1 - the rule's score instead of the routing's measure; no calibration",
+    )
+
+    @model_validator(mode="after")
+    def _one_confidence(self) -> ChainStep:
+        if self.deferral is not None and self.calibration is not None:
+            raise ValueError(
+                f"chain step '{self.tier}': a learned deferral rule takes no `calibration` "
+                "(its score is already fitted to the calibration split)"
+            )
+        return self
 
 
 def _check_chain(chain: list[ChainStep]) -> None:
@@ -318,6 +361,20 @@ def _check_chain(chain: list[ChainStep]) -> None:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"a tier may appear once in the chain, repeated: {repeated}")
+    if chain[-1].deferral is not None:
+        raise ValueError(
+            f"the last chain step '{chain[-1].tier}' cannot have a deferral rule: nothing "
+            "follows it to escalate to"
+        )
+    for k, step in enumerate(chain):
+        if step.deferral is None:
+            continue
+        late = [t for t in step.deferral.earlier if t not in names[:k]]
+        if late:
+            raise ValueError(
+                f"chain step '{step.tier}': deferral.earlier names {late}, which do not run "
+                f"before it (allowed: {names[:k]})"
+            )
     for step in chain[:-1]:
         if step.threshold is None:
             raise ValueError(
