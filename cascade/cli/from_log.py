@@ -98,8 +98,12 @@ def run_calibrate_from_log(args: argparse.Namespace, loaded: Any) -> int:
     if rows.skipped:
         left = ", ".join(f"{why} {count:,}" for why, count in sorted(rows.skipped.items()))
         print(f"left out of the log: {left}")
-    if len(rows.versions) > 1:
-        print(f"note: the log holds answers of {len(rows.versions)} policy versions")
+    from cascade.serving import policy_hash
+
+    current = policy_hash(loaded.policy)
+    if rows.versions != (current,):
+        print(f"note: the log's answers came from policy version(s) {', '.join(rows.versions)}; "
+              f"the file is version {current} now, and its row below is the file's")  # fmt: skip
     print(f"\nPareto frontier on the {result.split_label}; * = chosen")
     print(format_frontier(calibration.frontier, chosen=calibration.chosen))
     for note in calibration.notes:
