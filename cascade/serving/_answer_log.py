@@ -237,8 +237,9 @@ class AnswerLog:
 
     :meth:`answers` and :meth:`feedback` never block: they put one item on a queue of
     ``queue_size`` items, or count it dropped. The thread writes what arrived within
-    ``linger_s`` of an item in one batch (at 50 ms, a queue of 1,024 items drops nothing
-    below some 20,000 requests/s). It starts with the first item and opens the file then
+    ``linger_s`` of an item in one batch (1,024 items hold 50 ms of 20,000 requests/s);
+    traffic beyond what it can encode is dropped, never waited for. It starts with the
+    first item and opens the file then
     (``sink``: a factory of the :class:`Sink`, default :class:`LogFile` in ``directory``).
     Counters (rows): ``written``, ``dropped``, ``failed``.
 
