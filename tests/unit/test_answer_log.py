@@ -494,3 +494,46 @@ def test_the_log_split_is_seeded_and_disjoint() -> None:
     assert not np.array_equal(split.held_back, split_log_rows(1001, holdout=0.3, seed=5).held_back)
     with pytest.raises(InputError, match="both parts need rows"):
         split_log_rows(1, holdout=0.5, seed=0)
+
+
+def test_from_log_calibration_uses_feedback_over_the_top_tier(
+    digits_policy_models: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    from cascade.evaluate import Target, calibrate_from_log
+    from cascade.policy import read_policy
+    from cascade.zoo import read_dataset
+
+    policy = tmp_path / "digits.yaml"
+    policy.write_text(_policy_text(digits_policy_models, "{path: logs}"))
+    dataset = read_dataset("digits")
+    X = np.concatenate([dataset.calibration.X, dataset.test.X]).astype(np.float32)
+    y = np.concatenate([dataset.calibration.y, dataset.test.y])
+    log = AnswerLog(tmp_path / "logs", "digits", LogSection(path="logs"), classes=CLASSES,
+                    queue_size=4096)  # fmt: skip
+    for i, row in enumerate(X):
+        log.answers(version="v", request_id=f"r{i}", rows=row[None, :],
+                    probabilities=_probabilities([0]), decisions=_decisions(1))  # fmt: skip
+    wrong = (y[:40] + 1) % 10  # feedback that contradicts every right answer
+    for i, label in enumerate(wrong.tolist()):
+        log.feedback(Feedback(f"r{i}", [label]))
+    log.close()
+    assert log.dropped == 0
+
+    result = calibrate_from_log(read_policy(policy), [tmp_path / "logs"],
+                                target=Target(relative_accuracy=0.95, confidence=0.8),
+                                holdout=0.4, seed=3)  # fmt: skip
+    assert result.rows.labelled == 40 and result.top == "large"
+    assert result.top_agreement is not None and result.top_agreement < 0.2
+    assert len(result.split.held_back) == round(len(X) * 0.4)
+    assert result.data_label == (
+        f"live log {tmp_path / 'logs'} ({len(X):,} rows, 40 labelled by feedback, the rest "
+        "by tier large)"
+    )
+    assert result.calibration.met and result.after is not None
+    assert result.before.n == result.after.n == result.reference.n == len(result.split.held_back)
+    written = yaml.safe_load(policy.read_text())["provenance"]
+    assert written["dataset"] == result.data_label
+    assert written["split"] == result.split_label
+    assert written["split"].startswith(f"calibration (log): {len(X) - round(len(X) * 0.4):,} of")
