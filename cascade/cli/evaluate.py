@@ -148,8 +148,9 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     calibrate.add_argument(
         "--confidence",
         type=float,
-        default=0.95,
-        help="confidence of the statistical margin (default 0.95)",
+        default=None,
+        help="confidence of the statistical margin (default 0.95; with --from-log and no "
+        "target given: the policy's provenance's)",
     )
     calibrate.add_argument(
         "--calibration",
@@ -188,6 +189,29 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     gears.add_argument("--deadline-ms", type=_positive, metavar="MS",
                        help="the deadline requests carry")  # fmt: skip
+    live = calibrate.add_argument_group(
+        "live traffic (--from-log: recalibrate on the policy's answer log)"
+    )
+    live.add_argument(
+        "--from-log",
+        type=Path,
+        nargs="+",
+        metavar="LOG",
+        help="answer log files or folders (the policy's `log` section): rows are labelled by "
+        "feedback, else by the top tier's answer run here on the logged input; thresholds "
+        "are fitted on part of them and checked on the rest. Without a target, the policy's "
+        "provenance's is kept",
+    )
+    live.add_argument(
+        "--holdout",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="share of the logged rows held back for the check (default 0.5)",
+    )
+    live.add_argument(
+        "--seed", type=int, default=0, help="seed of the calibration / held-back split (default 0)"
+    )
     calibrate.set_defaults(subparser=calibrate, run=run_calibrate)
 
 
@@ -355,6 +379,13 @@ def _calibrate_ranking(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    if args.from_log:
+        from cascade.cli.from_log import refuse_other_options, run_calibrate_from_log
+
+        refuse_other_options(args)
+        return run_calibrate_from_log(args, _prepare(args))
+    if args.confidence is None:
+        args.confidence = 0.95
     if args.gears:
         return run_gears(args)
 

@@ -19,6 +19,7 @@ from cascade.evaluate._ensure import ensure_models
 from cascade.evaluate._fit import MAX_ISOTONIC_KNOTS, fit_isotonic, fit_temperature
 from cascade.evaluate._frontier import Point, format_frontier, pareto_front, plot_frontier
 from cascade.evaluate._gears import GearCandidate, GearPlan, plan_gears
+from cascade.evaluate._log import FromLogResult, LogRows, calibrate_from_log, read_answer_log
 from cascade.evaluate._oracle import Oracle, oracle, oracle_curve, oracle_share
 from cascade.evaluate._policy_edit import edit_policy_file
 from cascade.evaluate._replay import EvalRow, Evaluator
@@ -31,12 +32,15 @@ __all__ = [
     "Certified",
     "EvalRow",
     "Evaluator",
+    "FromLogResult",
     "GearCandidate",
     "GearPlan",
     "LabelledRows",
+    "LogRows",
     "Oracle",
     "Point",
     "Target",
+    "calibrate_from_log",
     "calibrate_policy",
     "calibration_provenance",
     "certified_threshold",
@@ -56,5 +60,6 @@ __all__ = [
     "pareto_front",
     "plan_gears",
     "plot_frontier",
+    "read_answer_log",
     "train_deferral",
 ]

@@ -269,8 +269,12 @@ def calibrate_policy(
     write: bool = True,
     progress: Callable[[str], None] | None = None,
     cost_model: CostModel | None = None,
+    split_label: str = "calibration",
 ) -> CalibrationResult:
     """Fit ``loaded``'s thresholds on (X, y) — the calibration split — and write them back.
+
+    ``data_label`` and ``split_label`` are what the provenance records as ``dataset`` and
+    ``split``.
 
     Relative cost is the model cost at batch 256 (the cards' figure) unless ``cost_model``
     is given: then it is the served cost of requests of that model's size on that runtime
@@ -357,7 +361,7 @@ def calibrate_policy(
     )
     if write and chosen is not None and loaded.path is not None:
         _write(loaded, result, target=target, data_label=data_label, evaluator=evaluator,
-               cost=cost_objective(cost_model))  # fmt: skip
+               cost=cost_objective(cost_model), split_label=split_label)  # fmt: skip
     return result
 
 
@@ -577,6 +581,7 @@ def _write(
     data_label: str,
     evaluator: Evaluator,
     cost: str,
+    split_label: str = "calibration",
 ) -> None:
     from cascade.evaluate._policy_edit import plain
 
@@ -584,8 +589,9 @@ def _write(
     policy = result.policy
     routing = policy.chain_routing
     provenance = calibration_provenance(
-        result, target=target, data_label=data_label, evaluator=evaluator, cost=cost
-    )
+        result, target=target, data_label=data_label, evaluator=evaluator, cost=cost,
+        split_label=split_label,
+    )  # fmt: skip
 
     def _calibration(value: Calibration | None) -> dict[str, Any] | None:
         return None if value is None else value.model_dump(exclude_none=True)
@@ -623,6 +629,7 @@ def calibration_provenance(
     data_label: str,
     evaluator: Evaluator,
     cost: str | None = None,
+    split_label: str = "calibration",
 ) -> dict[str, Any]:
     """The policy's ``provenance`` section for a calibration result (see ``Provenance``)."""
     if result.chosen is None:
@@ -636,7 +643,7 @@ def calibration_provenance(
         achieved["loss_allowed"] = round(result.allowed_loss, 6)
     return {
         "dataset": data_label,
-        "split": "calibration",
+        "split": split_label,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "target": target.as_dict(),
         "achieved": achieved,

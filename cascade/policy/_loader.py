@@ -107,6 +107,25 @@ class PolicyFile:
             raise PolicyError(f"tiers.{tier}.{key}: {_LEAVES}")
         return resolved
 
+    def log_dir(self) -> Path | None:
+        """The resolved folder of the policy's ``log`` section (``None``: no logging), under
+        the folder rule of model paths: a served policy must not make its server write
+        anywhere on its host unless it says so (``allow_outside_paths``).
+
+        Example::
+
+            loaded.log_dir()   # PosixPath('/.../policies/logs')
+        """
+        section = self.policy.log
+        if section is None:
+            return None
+        if _URL.match(section.path):
+            raise PolicyError(f"log.path: a folder on this machine, got {section.path}")
+        resolved, leaves = _resolve(section.path, self.base_dir)
+        if leaves and not self.policy.allow_outside_paths:
+            raise PolicyError(f"log.path: {_LEAVES}")
+        return resolved
+
 
 def read_policy(path: str | os.PathLike[str], *, check_files: bool = True) -> PolicyFile:
     """Read and validate a policy file; model paths are relative to the file's folder.
@@ -639,4 +658,10 @@ def _check_files(policy: Policy, root: yaml.MappingNode, base_dir: Path) -> list
         if isinstance(found, str):
             place = _locate(loc, root)
             problems.append(_Problem(place.line, place.path, found))
+    if policy.log is not None:  # a folder written to: the rule of files read holds for it
+        try:
+            PolicyFile(policy=policy, path=None, base_dir=base_dir).log_dir()
+        except PolicyError as exc:
+            place = _locate(("log", "path"), root)
+            problems.append(_Problem(place.line, place.path, str(exc).split(": ", 1)[1]))
     return problems

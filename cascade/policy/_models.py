@@ -28,6 +28,7 @@ __all__ = [
     "ConfidenceMeasure",
     "ConfidenceRouting",
     "Gear",
+    "LogSection",
     "Policy",
     "ProfileSection",
     "Provenance",
@@ -585,6 +586,55 @@ class ProfileSection(_Strict):
     )
 
 
+class LogSection(_Strict):
+    """Request/answer logging: a sampled share of the rows answered, one JSON line each.
+
+    Written off the request path (a bounded queue and a writer thread: when the queue is
+    full, records are dropped and counted, never waited for), rotated by size, and fed back
+    to ``cascade calibrate POLICY --from-log DIR``. Labels posted to
+    ``POST /v2/models/{name}/feedback`` go to the same files. File names and the record
+    format: ``cascade.serving._answer_log``.
+    """
+
+    path: str = Field(
+        min_length=1,
+        description="folder the log files go to, relative to the policy file (the folder "
+        "rule of model paths applies: allow_outside_paths for one elsewhere); created if "
+        "missing. Files: NAME.jsonl (NAME: the policy's), rotated to NAME.1.jsonl, ...; a "
+        "second process sharing the folder writes NAME.p1.jsonl, and so on",
+    )
+    sample_rate: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of requests whose rows are logged (all rows of a request, or "
+        "none). Default 1: feedback can only label a request that was logged",
+    )
+    inputs: Literal["full", "hash", "omit"] = Field(
+        "full",
+        description="full: the row's values (or text), which --from-log needs; hash: their "
+        "sha256 only; omit: no input at all",
+    )
+    probabilities: bool = Field(
+        False,
+        description="also log the answering tier's probabilities (one number per class: "
+        "150 for clinc150)",
+    )
+    max_bytes: int = Field(
+        64 * 2**20,
+        ge=4096,
+        le=2**40,
+        description="bytes one file may reach before it is rotated",
+    )
+    keep: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="rotated files kept besides the current one: at most "
+        "max_bytes x (keep + 1) on disk per process",
+    )
+
+
 class OverloadSection(_Strict):
     """What the server does by itself under overload, when the policy has no ``gears``.
 
@@ -747,6 +797,11 @@ class Policy(_Strict):
         description="latency profiles of a sampled share of requests (classification "
         "policies), as a per-phase histogram metric; absent: only requests that ask",
     )
+    log: LogSection | None = Field(
+        None,
+        description="request/answer logging (classification policies), sampled, rotated, "
+        "bounded on disk; absent: off",
+    )
     stages: list[Stage] = Field(
         default_factory=list,
         description="ranking stages, filter -> coarse -> fine (ranking policies, instead of "
@@ -797,6 +852,8 @@ class Policy(_Strict):
             raise ValueError("cache applies to classification policies, not to ranking stages")
         if self.profile is not None:
             raise ValueError("profile applies to classification policies, not to ranking stages")
+        if self.log is not None:
+            raise ValueError("log applies to classification policies, not to ranking stages")
         return self
 
     @property

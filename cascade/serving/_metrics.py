@@ -77,6 +77,12 @@ METRICS: dict[str, MetricSpec] = {
         ("model", "phase"),
         PHASE_BUCKETS_MS,
     ),
+    "cascade_log_records_total": MetricSpec(
+        "counter",
+        "rows of the answer log (and feedback labels), by outcome: written, dropped (its "
+        "queue full) or failed (a write error)",
+        ("model", "outcome"),
+    ),
 }
 
 
@@ -89,7 +95,9 @@ class RecordingMetrics(ABC):
     503s (``admission``: a deadline out of reach on arrival, ``late``: an answer past its
     deadline, ``body``, ``backpressure``); ``cascade_cache_false_hit_rate``, the audited
     similarity hits (see ``audit_rate``); ``cascade_phase_latency_ms{phase}``, one observation
-    per phase of each request the policy sampled (phases: ``cascade.serving._profile``).
+    per phase of each request the policy sampled (phases: ``cascade.serving._profile``);
+    ``cascade_log_records_total{outcome}``, the answer log's rows (``written``, ``dropped``,
+    ``failed``), reported as requests pass, so it trails the writer by a request.
     """
 
     @abstractmethod
@@ -162,3 +170,7 @@ class RecordingMetrics(ABC):
 
     def gear(self, model: str, index: int) -> None:
         self.set("cascade_gear", index, {"model": model})
+
+    def answer_log(self, model: str, rows: dict[str, int]) -> None:
+        for outcome, count in rows.items():
+            self.inc("cascade_log_records_total", count, {"model": model, "outcome": outcome})
