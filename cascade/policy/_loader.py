@@ -107,6 +107,21 @@ class PolicyFile:
             raise PolicyError(f"tiers.{tier}.{key}: {_LEAVES}")
         return resolved
 
+    def shadow_file(self) -> Path | None:
+        """The resolved candidate file of the ``shadow`` section (``None``: no section),
+        under the folder rule of model paths.
+
+        Example::
+
+            loaded.shadow_file()   # PosixPath('/.../policies/digits-candidate.yaml')
+        """
+        if self.policy.shadow is None:
+            return None
+        resolved, leaves = _resolve(self.policy.shadow.policy, self.base_dir)
+        if leaves and not self.policy.allow_outside_paths:
+            raise PolicyError(f"shadow.policy: {_LEAVES}")
+        return resolved
+
 
 def read_policy(path: str | os.PathLike[str], *, check_files: bool = True) -> PolicyFile:
     """Read and validate a policy file; model paths are relative to the file's folder.

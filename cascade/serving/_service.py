@@ -10,6 +10,7 @@ version is the policy's hash, as model metadata lists it)::
     GET  /v2                GET /v2/health/live     GET /v2/health/ready    GET /openapi.json
     GET  /v2/models/{name}  GET /v2/models/{name}/ready  GET /v2/models/{name}/config
     POST /v2/models/{name}/infer
+    PUT|GET|DELETE /v2/models/{name}/shadow    POST /v2/models/{name}/shadow/promote
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from cascade.errors import CascadeError, CircuitOpen, InputError, OverloadedError
 from cascade.policy import PolicyFile, parse_policy
@@ -41,7 +42,14 @@ from cascade.serving._protocol import (
     scalar_parameters,
 )
 from cascade.serving._ranking import build_rank_response, parse_rank_request
-from cascade.serving._served import RemoteFactory, ServedModel, ServedRanker, serve_policy
+from cascade.serving._served import (
+    RemoteFactory,
+    ServedModel,
+    ServedRanker,
+    serve_policy,
+)
+from cascade.serving._shadow import follow_reload, read_candidate
+from cascade.serving._shadow_routes import Answer, ShadowRoutes
 
 __all__ = ["HttpReply", "InferenceService", "PolicyText", "ServiceMetrics", "unavailable"]
 
@@ -89,6 +97,10 @@ class ServiceMetrics(Protocol):
     def profile(self, model: str, phases: dict[str, float]) -> None:
         """One request the policy sampled for profiling: ms per phase."""
 
+    def shadow(self, model: str, outcome: str, rows: int, figures: Any = None) -> None:
+        """Rows of a shadow policy (``compared``, ``dropped``, ``skipped``, ``failed``);
+        after a comparison, the side-by-side ``figures`` (``cascade.serving._shadow``)."""
+
 
 class _NoMetrics:
     def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
@@ -107,6 +119,9 @@ class _NoMetrics:
         pass
 
     def profile(self, model: str, phases: dict[str, float]) -> None:
+        pass
+
+    def shadow(self, model: str, outcome: str, rows: int, figures: Any = None) -> None:
         pass
 
 
@@ -163,8 +178,12 @@ class InferenceService:
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
         auth: BearerAuth | None = None,
+        promote: Literal["apply", "reload"] = "apply",
     ) -> None:
         self.auth = auth
+        # how a shadow policy goes live: applied here (one process serves), or by `cascade
+        # promote` through `cascade reload` (Ray Serve: every ingress replica must take it)
+        self.promote = promote
         self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
         self.coalesce_ms = coalesce_ms
@@ -173,6 +192,10 @@ class InferenceService:
         self.wall_clock = wall_clock
         self.models: dict[str, ServedModel | ServedRanker] = {}
         self.reload_errors: dict[str, str] = {}
+        # per model: the key (file) and the policy it serves, the remote tiers' factories
+        self.files: dict[str, tuple[str, PolicyFile]] = {}
+        # the remote tiers' factories of the last apply (a promotion applies with them)
+        self.remote: Callable[[str], Mapping[str, RemoteFactory]] = lambda name: {}
         self._shed_log = _ShedLog(time.monotonic)
         self._routes: list[tuple[str, re.Pattern[str], _Handler]] = [
             ("GET", re.compile(r"/v2"), self._server_metadata),
@@ -190,6 +213,10 @@ class InferenceService:
                 (method, re.compile(prefix + suffix), handler)
                 for method, suffix, handler in model_routes
             ]
+        self._routes += [
+            (method, re.compile(_MODEL + suffix), _replying(handler))
+            for method, suffix, handler in ShadowRoutes(self).routes()
+        ]
         self._routes.append(("GET", re.compile(r"/openapi\.json"), self._openapi))
 
     # ---- policies ----------------------------------------------------------------------
@@ -209,6 +236,7 @@ class InferenceService:
         error is reported in that model's metadata. Never raises: a failed reload must not
         take down the good policies this service answers for.
         """
+        self.remote = remote
         for item in policies:
             key = item.path if isinstance(item, PolicyText) else str(item.path or item.policy.name)
             try:
@@ -216,6 +244,7 @@ class InferenceService:
                     item = parse_policy(
                         item.text, source=key, base_dir=Path(key).parent, check_files=True
                     )
+                candidate = read_candidate(item)  # a bad shadow candidate refuses the policy
                 name = item.policy.name
                 current = self.models.get(name)
                 if current is not None and current.same_tiers(item.policy):
@@ -224,6 +253,9 @@ class InferenceService:
                     self.models[name] = serve_policy(
                         item, remote=remote(name), coalesce_ms=self.coalesce_ms
                     )
+                self.files[name] = (key, item)
+                follow_reload(name, self.models[name], current, item, candidate,
+                              metrics=self.metrics)  # fmt: skip
                 self.reload_errors.pop(key, None)
                 _LOG.info("policy applied model=%s version=%s file=%s", name,
                           self.models[name].version, key)  # fmt: skip
@@ -288,6 +320,9 @@ class InferenceService:
         model and cause (a shed storm would otherwise flood the log it is read in)."""
         self.metrics.shed(name, why)
         self._shed_log(name, why, reason)
+        served = self.models.get(name)
+        if served is not None and served.shadow is not None:
+            served.shadow.shed()
 
     def _model(
         self, name: str, version: str | None = None
@@ -356,6 +391,7 @@ class InferenceService:
                 "classes": classes,
                 "load": served.load(),
                 "reload_errors": sorted(self.reload_errors.values()),
+                "shadow": None if served.shadow is None else served.shadow.report(),
             }
         )
 
@@ -575,12 +611,13 @@ class InferenceService:
             self.metrics.cache(name, outcomes, rate)
         if profile is not None:
             profile.mark("metrics")
+        labels = probabilities.argmax(axis=1)
         document = build_infer_response(
             model_name=name,
             model_version=served.version,
             request_id=parsed.id,
             probabilities=probabilities,
-            labels=probabilities.argmax(axis=1),
+            labels=labels,
             classes=served.classes,
             output_names=parsed.output_names,
             answered_by=[d.answered_by for d in decisions],
@@ -589,6 +626,8 @@ class InferenceService:
             parameters={"gear": decisions[0].gear or "normal"},
             binary_outputs=parsed.binary_outputs,
         )
+        if served.shadow is not None:  # the answer is built: the candidate sees it after
+            served.shadow.offer(parsed.rows, labels, decisions)
         if profile is None:
             return HttpReply(200, *encode_response(document))
         return self._profiled_reply(name, document, profile)
@@ -687,6 +726,18 @@ def _triton_tensor(tensor: dict[str, Any]) -> dict[str, Any]:
         "dims": tensor["shape"][1:] or [1],
         **({"optional": True} if tensor.get("optional") else {}),
     }
+
+
+def _replying(route: Callable[..., Awaitable[Answer]]) -> _Handler:
+    """A route answering ``(status, document or error message)`` as an :class:`HttpReply`."""
+
+    async def handler(*args: Any, **kwargs: Any) -> HttpReply:
+        status, document = await route(*args, **kwargs)
+        if isinstance(document, str):
+            return HttpReply.error(document, status)
+        return HttpReply.json(document, status)
+
+    return handler
 
 
 def _failed(model: str, exc: TimeoutError | CascadeError) -> HttpReply:
