@@ -190,6 +190,7 @@ class CandidatePolicy(BaseModel):
     version: str = Field(description="the candidate's policy hash")
     file: str | None = Field(description="its file (a shadow: section's), or none (HTTP)")
     origin: Literal["policy", "http"]
+    text: str = Field(description="its policy text (YAML)")
 
 
 class ShadowReport(BaseModel):

@@ -396,6 +396,7 @@ class Shadow:
                 "version": self.version,
                 "file": None if self.candidate.path is None else str(self.candidate.path),
                 "origin": self.origin,
+                "text": self.candidate.text,
             },
             "sample_rate": self.sample_rate,
             "since": self.since,
