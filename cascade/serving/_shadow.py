@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import random
@@ -321,8 +322,10 @@ class Shadow:
             return
         self._pending += 1
         if self._task is None or self._task.done():
+            # a context of its own: not the one of the request that happened to start it
+            # (its deadline, its profile, the host's request context)
             self._task = asyncio.get_running_loop().create_task(
-                self._drain(), name=f"cascade-shadow-{self.model}"
+                self._drain(), name=f"cascade-shadow-{self.model}", context=contextvars.Context()
             )
 
     # ---- the background --------------------------------------------------------------------
