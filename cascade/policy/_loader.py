@@ -218,7 +218,10 @@ def _read(text: str, *, source: str, path: Path | None, base_dir: Path, check: b
 def _read_yaml(text: str, source: str) -> tuple[yaml.MappingNode, dict[str, Any], list[_Problem]]:
     """Compose the node tree (for lines) and construct it with safe_load's semantics; the
     problems are duplicate keys, found before construction inlines ``<<`` merge keys."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters already
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}:{_yaml_problem(exc)}") from exc
     duplicates: list[_Problem] = []
     try:
         node = loader.get_single_node()

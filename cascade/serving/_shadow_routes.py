@@ -86,10 +86,11 @@ class ShadowRoutes:
         return served
 
     def _shadow(self, name: str) -> Shadow | Answer:
-        served = self._served(name)
-        if not isinstance(served, ServedModel):
-            return served
-        if not isinstance(served.shadow, Shadow):
+        served = self.service.models.get(name)
+        if served is None:
+            known = ", ".join(sorted(self.service.models))
+            return 404, f"unknown model '{name}' (models: {known})"
+        if not isinstance(served.shadow, Shadow):  # a ranking policy never has one
             return 404, (
                 f"model '{name}' has no shadow policy (PUT /v2/models/{name}/shadow with a "
                 "candidate, or a shadow: section in its policy file, starts one)"

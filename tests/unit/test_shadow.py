@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 
@@ -174,6 +175,7 @@ def test_a_candidate_with_other_tiers_is_refused_naming_the_tier(
             {"policy": _policy(models), "sample_rate": 0},
             {"policy": _policy(models), "sample_rate": "0.5"},
             {"policy": _policy(models), "extra": 1},
+            {"policy": "\u0096\u00e5"},  # YAML's reader refuses it before parsing
         ):
             reply, document = await _call(svc, "PUT", "/v2/models/digits/shadow", body)
             answers.append((reply.status, document["error"]))
@@ -193,6 +195,7 @@ def test_a_candidate_with_other_tiers_is_refused_naming_the_tier(
     assert "tiers" in answers[3][1]
     assert "sample_rate" in answers[4][1] and "sample_rate" in answers[5][1]
     assert "extra" in answers[6][1]
+    assert "invalid YAML: unacceptable character #x0096" in answers[7][1]
 
 
 def test_sampling_stops_under_a_gear_and_after_a_shed(models: Path, tmp_path: Path) -> None:
@@ -252,6 +255,10 @@ def test_the_report_matches_a_hand_computation(models: Path, tmp_path: Path) -> 
         config = (await _call(svc, "GET", "/v2/models/digits/config"))[1]
         report = (await _call(svc, "GET", "/v2/models/digits/shadow"))[1]
         assert config["shadow"]["rows"] == report["rows"]
+        # the report is what the OpenAPI document says it is
+        schemas = (await _call(svc, "GET", "/openapi.json"))[1]["components"]["schemas"]
+        schema = {"$ref": "#/components/schemas/ShadowReport", "components": {"schemas": schemas}}
+        jsonschema.validate(report, schema, cls=jsonschema.Draft202012Validator)
         return dict(report)
 
     report = asyncio.run(run())
