@@ -109,9 +109,10 @@ def check_candidate(serving: PolicyFile, candidate: PolicyFile) -> None:
 def parse_candidate(text: str, serving: PolicyFile, *, source: str) -> PolicyFile:
     """The candidate policy ``text`` (sent to the server), checked against ``serving``; its
     model paths are relative to the serving policy's folder."""
-    candidate = parse_policy(text, source=source, base_dir=serving.base_dir, check_files=True)
-    check_candidate(serving, candidate)
-    return candidate
+    # its tiers first: a caller must not make the server open files other than the serving
+    # policy's (the file checks read them)
+    check_candidate(serving, parse_policy(text, source=source, base_dir=serving.base_dir))
+    return parse_policy(text, source=source, base_dir=serving.base_dir, check_files=True)
 
 
 def read_candidate(serving: PolicyFile) -> PolicyFile | None:
