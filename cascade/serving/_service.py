@@ -42,12 +42,7 @@ from cascade.serving._protocol import (
     scalar_parameters,
 )
 from cascade.serving._ranking import build_rank_response, parse_rank_request
-from cascade.serving._served import (
-    RemoteFactory,
-    ServedModel,
-    ServedRanker,
-    serve_policy,
-)
+from cascade.serving._served import RemoteFactory, ServedModel, ServedRanker, serve_policy
 from cascade.serving._shadow import follow_reload, read_candidate
 from cascade.serving._shadow_routes import Answer, ShadowRoutes
 
@@ -192,7 +187,7 @@ class InferenceService:
         self.wall_clock = wall_clock
         self.models: dict[str, ServedModel | ServedRanker] = {}
         self.reload_errors: dict[str, str] = {}
-        # per model: the key (file) and the policy it serves, the remote tiers' factories
+        # per model: the key (its file) and the policy it serves
         self.files: dict[str, tuple[str, PolicyFile]] = {}
         # the remote tiers' factories of the last apply (a promotion applies with them)
         self.remote: Callable[[str], Mapping[str, RemoteFactory]] = lambda name: {}
