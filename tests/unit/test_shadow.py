@@ -456,3 +456,33 @@ def test_the_shadow_routes_need_the_token(models: Path, tmp_path: Path) -> None:
         return statuses
 
     assert asyncio.run(run()) == [401, 401, 401, 401, 404]
+
+
+def test_the_cli_prints_the_report_side_by_side(
+    models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cascade.cli import main
+    from cascade.cli.shadow import print_report
+
+    path = tmp_path / "digits.yaml"
+    path.write_text(_policy(models, threshold=0.9))
+
+    async def run() -> dict[str, Any]:
+        svc = _service(path, _Tiers())
+        candidate = _policy(models, chain="    - {tier: tiny}\n")
+        await _call(svc, "PUT", "/v2/models/digits/shadow", {"policy": candidate, "sample_rate": 1})
+        await _call(svc, "POST", "/v2/models/digits/infer", _infer_body(_rows(8)))
+        shadow = svc.models["digits"].shadow
+        assert isinstance(shadow, Shadow)
+        await shadow.idle()
+        return shadow.report()
+
+    report = asyncio.run(run())
+    print_report(report)
+    printed = capsys.readouterr().out
+    assert "8 rows compared (1 requests)" in printed
+    lines = {line.split()[0]: line.split() for line in printed.splitlines() if line}
+    assert lines["candidate"][1] == f"{report['candidate']['relative_cost']:.4f}"
+    assert lines["serving"][2] == f"{report['serving']['escalation_rate']:.4f}"
+    assert main(["shadow", "http://127.0.0.1:9"]) == 1  # which model: refused before any call
+    assert "--model NAME" in capsys.readouterr().err
