@@ -31,6 +31,7 @@ from cascade.serving import (
     RecordingMetrics,
     RemoteFactory,
     ingress_options,
+    read_candidate,
     sends_its_time,
     tier_options,
 )
@@ -203,6 +204,8 @@ class Ingress:
             metrics=_Metrics(),
             # the token from the replica's own file or environment, never from the config
             auth=self.args.auth(),
+            # a shadow policy goes live on every replica through `cascade promote`
+            promote="reload",
         )
         self.rpcs = GrpcInference(self.service)
 
@@ -292,6 +295,7 @@ def app_for(loaded: list[PolicyFile], args: AppArgs) -> serve.Application:
                 f"({args.max_ongoing_requests}), a queue depth the replica never reaches"
             )
         require_model_files(item)
+        read_candidate(item)  # a shadow: section's candidate, checked before it ships
         # the text read above goes to the replica: what was checked here is what it parses
         texts.append({"path": str(item.path), "text": item.text})
         bound: dict[str, Any] = {}

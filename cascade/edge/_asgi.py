@@ -84,6 +84,9 @@ class EdgeApp:
             model = _MODEL.fullmatch(scope["path"])
             if model is not None:
                 self.service.metrics.shed(model.group(1), "backpressure")
+                served = self.service.models.get(model.group(1))
+                if served is not None and served.shadow is not None:
+                    served.shadow.shed()  # a shadow policy waits for spare capacity
             await _respond(send, reply)
             return
         self.held += 1

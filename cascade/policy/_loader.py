@@ -126,6 +126,21 @@ class PolicyFile:
             raise PolicyError(f"log.path: {_LEAVES}")
         return resolved
 
+    def shadow_file(self) -> Path | None:
+        """The resolved candidate file of the ``shadow`` section (``None``: no section),
+        under the folder rule of model paths.
+
+        Example::
+
+            loaded.shadow_file()   # PosixPath('/.../policies/digits-candidate.yaml')
+        """
+        if self.policy.shadow is None:
+            return None
+        resolved, leaves = _resolve(self.policy.shadow.policy, self.base_dir)
+        if leaves and not self.policy.allow_outside_paths:
+            raise PolicyError(f"shadow.policy: {_LEAVES}")
+        return resolved
+
 
 def read_policy(path: str | os.PathLike[str], *, check_files: bool = True) -> PolicyFile:
     """Read and validate a policy file; model paths are relative to the file's folder.
@@ -223,7 +238,10 @@ def _read(text: str, *, source: str, path: Path | None, base_dir: Path, check: b
 def _read_yaml(text: str, source: str) -> tuple[yaml.MappingNode, dict[str, Any], list[_Problem]]:
     """Compose the node tree (for lines) and construct it with safe_load's semantics; the
     problems are duplicate keys, found before construction inlines ``<<`` merge keys."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters already
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}:{_yaml_problem(exc)}") from exc
     duplicates: list[_Problem] = []
     try:
         node = loader.get_single_node()

@@ -635,6 +635,37 @@ class LogSection(_Strict):
     )
 
 
+class ShadowSection(_Strict):
+    """A candidate policy run beside this one on a sample of live requests, off the
+    request path: its answers are compared, never served (``cascade shadow``, README
+    "Shadow policies"). The candidate routes over this policy's tiers (a subset, the same
+    model files); its gears, cache, profile and shadow sections are not used.
+
+    Example (YAML)::
+
+        shadow: {policy: digits-candidate.yaml, sample_rate: 0.1}
+    """
+
+    policy: str = Field(
+        min_length=1,
+        description="the candidate policy file, relative to this one (same folder rule as "
+        "model paths); same name, tiers among this policy's",
+    )
+    sample_rate: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="share of requests whose rows the candidate also answers (in the "
+        "background, only while no gear is engaged and nothing was shed lately)",
+    )
+    max_queued: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="sampled requests waiting for the candidate; more are dropped (counted)",
+    )
+
+
 class OverloadSection(_Strict):
     """What the server does by itself under overload, when the policy has no ``gears``.
 
@@ -802,6 +833,11 @@ class Policy(_Strict):
         description="request/answer logging (classification policies), sampled, rotated, "
         "bounded on disk; absent: off",
     )
+    shadow: ShadowSection | None = Field(
+        None,
+        description="a candidate policy answering a sample of live requests beside this one, "
+        "for comparison only (classification policies); absent: none",
+    )
     stages: list[Stage] = Field(
         default_factory=list,
         description="ranking stages, filter -> coarse -> fine (ranking policies, instead of "
@@ -854,6 +890,8 @@ class Policy(_Strict):
             raise ValueError("profile applies to classification policies, not to ranking stages")
         if self.log is not None:
             raise ValueError("log applies to classification policies, not to ranking stages")
+        if self.shadow is not None:
+            raise ValueError("shadow applies to classification policies, not to ranking stages")
         return self
 
     @property

@@ -54,6 +54,7 @@ from cascade.serving._settings import (
     ingress_options,
     tier_options,
 )
+from cascade.serving._shadow import Shadow, check_candidate, read_candidate
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -79,9 +80,11 @@ __all__ = [
     "ServedModel",
     "ServiceMetrics",
     "ServingLimits",
+    "Shadow",
     "bearer_header",
     "build_infer_response",
     "bytes_elements",
+    "check_candidate",
     "deployment_name",
     "encode_response",
     "error_body",
@@ -91,6 +94,7 @@ __all__ = [
     "openapi_document",
     "parse_infer_request",
     "policy_hash",
+    "read_candidate",
     "request_budget_ms",
     "scalar_parameters",
     "sends_its_time",

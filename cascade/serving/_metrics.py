@@ -83,6 +83,35 @@ METRICS: dict[str, MetricSpec] = {
         "queue full) or failed (a write error)",
         ("model", "outcome"),
     ),
+    # a shadow policy (cascade.serving._shadow): its rows and the side-by-side figures;
+    # ``policy`` is serving or candidate
+    "cascade_shadow_rows_total": MetricSpec(
+        "counter",
+        "sampled rows of a shadow policy, by outcome (compared; dropped: queue full; "
+        "skipped: a gear or shedding; failed)",
+        ("model", "outcome"),
+    ),
+    "cascade_shadow_agreement": MetricSpec(
+        "gauge", "share of shadowed rows where the candidate's answer equals the served one"
+    ),
+    "cascade_shadow_top_agreement": MetricSpec(
+        "gauge",
+        "share of a policy's answers equal to the top tier's, over the shadowed rows the "
+        "other policy answered with the top tier",
+        ("model", "policy"),
+    ),
+    "cascade_shadow_relative_cost": MetricSpec(
+        "gauge", "cost per shadowed row over the top tier's", ("model", "policy")
+    ),
+    "cascade_shadow_escalation_rate": MetricSpec(
+        "gauge", "share of shadowed rows answered past their entry tier", ("model", "policy")
+    ),
+    "cascade_shadow_latency_ms": MetricSpec(
+        "histogram",
+        "engine time of a shadowed request (its slowest row)",
+        ("model", "policy"),
+        LATENCY_BUCKETS_MS,
+    ),
 }
 
 
@@ -174,3 +203,21 @@ class RecordingMetrics(ABC):
     def answer_log(self, model: str, rows: dict[str, int]) -> None:
         for outcome, count in rows.items():
             self.inc("cascade_log_records_total", count, {"model": model, "outcome": outcome})
+
+    def shadow(self, model: str, outcome: str, rows: int, figures: Any = None) -> None:
+        """``rows`` sampled rows of a shadow policy and their ``outcome``; after a
+        comparison, ``figures`` (a :class:`~cascade.serving._shadow.ShadowFigures`) sets
+        the gauges and the two latency histograms."""
+        tags = {"model": model}
+        self.inc("cascade_shadow_rows_total", rows, tags | {"outcome": outcome})
+        if figures is None:
+            return
+        if figures.agreement is not None:
+            self.set("cascade_shadow_agreement", figures.agreement, tags)
+        for policy, side in (("serving", figures.serving), ("candidate", figures.candidate)):
+            labels = tags | {"policy": policy}
+            self.set("cascade_shadow_relative_cost", side.relative_cost, labels)
+            self.set("cascade_shadow_escalation_rate", side.escalation_rate, labels)
+            if side.top_agreement is not None:
+                self.set("cascade_shadow_top_agreement", side.top_agreement, labels)
+            self.observe("cascade_shadow_latency_ms", side.latency_ms, labels)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-__all__ = ["openapi_document", "secure_document"]
+__all__ = ["ShadowRequest", "openapi_document", "secure_document"]
 
 Datatype = Literal[
     "BOOL", "FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64",
@@ -169,11 +169,84 @@ class Error(BaseModel):
     error: str = Field(description="what is wrong")
 
 
+class ShadowRequest(BaseModel):
+    """A candidate policy to run beside the serving one (``PUT .../shadow``); the server
+    parses the body with this model itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str = Field(
+        min_length=1,
+        description="the candidate policy file's text (YAML): same name, tiers among the "
+        "serving policy's with the same model files; relative paths from the serving "
+        "policy's folder",
+    )
+    sample_rate: float = Field(0.1, gt=0, le=1, description="share of requests shadowed")
+    max_queued: int = Field(
+        64, ge=1, le=100_000, description="sampled requests waiting; more are dropped"
+    )
+
+
+class TopAgreement(BaseModel):
+    rows: int = Field(description="rows the other policy answered with the top tier")
+    agreement: float | None = Field(description="share of them this policy answered the same")
+    of: str
+
+
+class Percentiles(BaseModel):
+    p50: float | None
+    p99: float | None
+
+
+class ShadowSide(BaseModel):
+    relative_cost: float | None = Field(description="cost per row over the top tier's")
+    escalation_rate: float | None = Field(description="share of rows past their entry tier")
+    top_agreement: TopAgreement
+    latency_ms: Percentiles = Field(description="engine time per row")
+
+
+class CandidatePolicy(BaseModel):
+    version: str = Field(description="the candidate's policy hash")
+    file: str | None = Field(description="its file (a shadow: section's), or none (HTTP)")
+    origin: Literal["policy", "http"]
+    text: str = Field(description="its policy text (YAML)")
+
+
+class ShadowReport(BaseModel):
+    model: str
+    serving_version: str
+    candidate_policy: CandidatePolicy
+    sample_rate: float
+    since: str = Field(description="when the comparison started, ISO 8601")
+    top_tier: str
+    rows: int = Field(description="rows both policies answered")
+    requests: int
+    agreement: float | None = Field(description="share of rows answered the same")
+    serving: ShadowSide
+    candidate: ShadowSide
+    dropped: int = Field(description="sampled rows dropped: the queue was full")
+    skipped: int = Field(description="sampled rows skipped: a gear, or shedding lately")
+    failed: int = Field(description="sampled rows the candidate failed on")
+    last_error: str | None
+    queued: int
+    note: str | None = None
+
+
+class Promoted(BaseModel):
+    model: str
+    previous_version: str
+    version: str = Field(description="the policy hash served now")
+    file: str = Field(description="the file a restart reads for this model")
+    policy: str = Field(description="the policy text now served: copy it into file")
+    restart: str
+
+
 _MODELS: list[type[BaseModel]] = [
     InferRequest, InferResponse, ModelMetadata, ServerMetadata, Live, Ready, ModelReady, Error,
     FeedbackRequest, FeedbackResponse,
+    ShadowRequest, ShadowReport, Promoted,
 ]  # fmt: skip
-_REQUESTS = (InferRequest, FeedbackRequest)
+_REQUESTS = (InferRequest, FeedbackRequest, ShadowRequest)
 
 
 def _schemas() -> dict[str, Any]:
@@ -311,6 +384,37 @@ def openapi_document(models: list[str], versions: list[str] | None = None) -> di
                 | {"parameters": parameters + (_INFER_HEADERS if suffix == "/infer" else [])}
                 for method, operation in operations.items()
             }
+    none = _json(_ref("Error"), "no such model, or it has no shadow policy")
+    report = _json(_ref("ShadowReport"), "the side-by-side report")
+    paths["/v2/models/{name}/shadow"] = {
+        "put": {
+            "summary": "run a candidate policy beside the serving one on a sample of requests",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("ShadowRequest")}}},
+            "responses": {"200": report, "400": _json(_ref("Error"), "the candidate is "
+                          "invalid or does not fit the serving policy's tiers"),
+                          "404": unknown},
+        },
+        "get": {"summary": "the shadow policy's side-by-side report",
+                "responses": {"200": report, "404": none}},
+        "delete": {"summary": "stop the shadow policy (its report up to now)",
+                   "responses": {"200": report, "404": none}},
+    }  # fmt: skip
+    paths["/v2/models/{name}/shadow/promote"] = {
+        "post": {
+            "summary": "make the candidate the serving policy (a hot reload)",
+            "responses": {"200": _json(_ref("Promoted"), "promoted"), "404": none,
+                          "409": _json(_ref("Error"), "not applied: the candidate was "
+                                       "refused, or the runtime promotes by `cascade "
+                                       "promote` (Ray Serve)")},
+        }
+    }  # fmt: skip
+    for operations in (
+        paths["/v2/models/{name}/shadow"],
+        paths["/v2/models/{name}/shadow/promote"],
+    ):
+        for operation in operations.values():
+            operation["parameters"] = [name]
     paths["/openapi.json"] = {
         "get": {"summary": "this document", "responses": {"200": _json({"type": "object"},
                                                                        "OpenAPI 3.1")}}

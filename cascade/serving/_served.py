@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,6 +44,23 @@ __all__ = ["RemoteFactory", "Served", "ServedModel", "ServedRanker", "serve_poli
 _LOG = logging.getLogger("cascade.serving")
 
 RemoteFactory = Callable[[InputSpec], Model]
+
+
+class Beside(Protocol):
+    """What the service asks of a policy run beside the served one
+    (:class:`~cascade.serving._shadow.Shadow`)."""
+
+    def offer(self, rows: Any, labels: Any, decisions: Any) -> None:
+        """A served request's rows, answers and decisions, once its reply is built."""
+
+    def shed(self) -> None:
+        """The service shed a request of this model."""
+
+    def stop(self) -> None:
+        """Stop running beside it."""
+
+    def report(self) -> dict[str, Any]:
+        """The side-by-side report."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +151,7 @@ class Served:
         self.in_flight = 0  # requests inside this process: the load the gears follow
         self.policy = policy
         self.version = policy_hash(policy)
+        self.shadow: Beside | None = None  # a candidate policy beside this one (_shadow)
 
     @property
     def tiers(self) -> list[str]:
@@ -226,6 +244,11 @@ class ServedModel(Served):
         self._base_dir = loaded.base_dir  # where a reloaded policy's log.path starts
         self.answer_log: AnswerLog | None = None
         self._take_log(loaded)
+
+    @property
+    def costs(self) -> dict[str, float]:
+        """Each tier's cost per row, from its card (or the policy)."""
+        return self._costs
 
     def _run_batch(
         self,

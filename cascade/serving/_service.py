@@ -10,6 +10,7 @@ version is the policy's hash, as model metadata lists it)::
     GET  /v2                GET /v2/health/live     GET /v2/health/ready    GET /openapi.json
     GET  /v2/models/{name}  GET /v2/models/{name}/ready  GET /v2/models/{name}/config
     POST /v2/models/{name}/infer    POST /v2/models/{name}/feedback
+    PUT|GET|DELETE /v2/models/{name}/shadow    POST /v2/models/{name}/shadow/promote
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from cascade.errors import CascadeError, CircuitOpen, InputError, OverloadedError
 from cascade.policy import PolicyFile, parse_policy
@@ -44,6 +45,8 @@ from cascade.serving._protocol import (
 )
 from cascade.serving._ranking import build_rank_response, parse_rank_request
 from cascade.serving._served import RemoteFactory, ServedModel, ServedRanker, serve_policy
+from cascade.serving._shadow import follow_reload, read_candidate
+from cascade.serving._shadow_routes import Answer, ShadowRoutes
 
 __all__ = ["HttpReply", "InferenceService", "PolicyText", "ServiceMetrics", "unavailable"]
 
@@ -95,6 +98,10 @@ class ServiceMetrics(Protocol):
         """Rows the answer log wrote, dropped (its queue full) and failed to write, since
         the last call (``{"written": 12}``)."""
 
+    def shadow(self, model: str, outcome: str, rows: int, figures: Any = None) -> None:
+        """Rows of a shadow policy (``compared``, ``dropped``, ``skipped``, ``failed``);
+        after a comparison, the side-by-side ``figures`` (``cascade.serving._shadow``)."""
+
 
 class _NoMetrics:
     def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
@@ -116,6 +123,9 @@ class _NoMetrics:
         pass
 
     def answer_log(self, model: str, rows: dict[str, int]) -> None:
+        pass
+
+    def shadow(self, model: str, outcome: str, rows: int, figures: Any = None) -> None:
         pass
 
 
@@ -172,8 +182,12 @@ class InferenceService:
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
         auth: BearerAuth | None = None,
+        promote: Literal["apply", "reload"] = "apply",
     ) -> None:
         self.auth = auth
+        # how a shadow policy goes live: applied here (one process serves), or by `cascade
+        # promote` through `cascade reload` (Ray Serve: every ingress replica must take it)
+        self.promote = promote
         self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
         self.coalesce_ms = coalesce_ms
@@ -182,6 +196,10 @@ class InferenceService:
         self.wall_clock = wall_clock
         self.models: dict[str, ServedModel | ServedRanker] = {}
         self.reload_errors: dict[str, str] = {}
+        # per model: the key (its file) and the policy it serves
+        self.files: dict[str, tuple[str, PolicyFile]] = {}
+        # the remote tiers' factories of the last apply (a promotion applies with them)
+        self.remote: Callable[[str], Mapping[str, RemoteFactory]] = lambda name: {}
         self._shed_log = _ShedLog(time.monotonic)
         self._routes: list[tuple[str, re.Pattern[str], _Handler]] = [
             ("GET", re.compile(r"/v2"), self._server_metadata),
@@ -200,6 +218,10 @@ class InferenceService:
                 (method, re.compile(prefix + suffix), handler)
                 for method, suffix, handler in model_routes
             ]
+        self._routes += [
+            (method, re.compile(_MODEL + suffix), _replying(handler))
+            for method, suffix, handler in ShadowRoutes(self).routes()
+        ]
         self._routes.append(("GET", re.compile(r"/openapi\.json"), self._openapi))
 
     # ---- policies ----------------------------------------------------------------------
@@ -219,6 +241,7 @@ class InferenceService:
         error is reported in that model's metadata. Never raises: a failed reload must not
         take down the good policies this service answers for.
         """
+        self.remote = remote
         for item in policies:
             key = item.path if isinstance(item, PolicyText) else str(item.path or item.policy.name)
             try:
@@ -226,6 +249,7 @@ class InferenceService:
                     item = parse_policy(
                         item.text, source=key, base_dir=Path(key).parent, check_files=True
                     )
+                candidate = read_candidate(item)  # a bad shadow candidate refuses the policy
                 name = item.policy.name
                 current = self.models.get(name)
                 if current is not None and current.same_tiers(item.policy):
@@ -236,6 +260,9 @@ class InferenceService:
                     )
                     if isinstance(current, ServedModel):
                         current.close_log()  # its slot and file go to the new one
+                self.files[name] = (key, item)
+                follow_reload(name, self.models[name], current, item, candidate,
+                              metrics=self.metrics)  # fmt: skip
                 self.reload_errors.pop(key, None)
                 _LOG.info("policy applied model=%s version=%s file=%s", name,
                           self.models[name].version, key)  # fmt: skip
@@ -308,6 +335,9 @@ class InferenceService:
         model and cause (a shed storm would otherwise flood the log it is read in)."""
         self.metrics.shed(name, why)
         self._shed_log(name, why, reason)
+        served = self.models.get(name)
+        if served is not None and served.shadow is not None:
+            served.shadow.shed()
 
     def _model(
         self, name: str, version: str | None = None
@@ -376,6 +406,7 @@ class InferenceService:
                 "classes": classes,
                 "load": served.load(),
                 "reload_errors": sorted(self.reload_errors.values()),
+                "shadow": None if served.shadow is None else served.shadow.report(),
             }
         )
 
@@ -601,12 +632,13 @@ class InferenceService:
             self._log_counts(name, log)
         if profile is not None:
             profile.mark("metrics")
+        labels = probabilities.argmax(axis=1)
         document = build_infer_response(
             model_name=name,
             model_version=served.version,
             request_id=parsed.id,
             probabilities=probabilities,
-            labels=probabilities.argmax(axis=1),
+            labels=labels,
             classes=served.classes,
             output_names=parsed.output_names,
             answered_by=[d.answered_by for d in decisions],
@@ -615,6 +647,8 @@ class InferenceService:
             parameters={"gear": decisions[0].gear or "normal"},
             binary_outputs=parsed.binary_outputs,
         )
+        if served.shadow is not None:  # the answer is built: the candidate sees it after
+            served.shadow.offer(parsed.rows, labels, decisions)
         if profile is None:
             return HttpReply(200, *encode_response(document))
         return self._profiled_reply(name, document, profile)
@@ -763,6 +797,18 @@ def _triton_tensor(tensor: dict[str, Any]) -> dict[str, Any]:
         "dims": tensor["shape"][1:] or [1],
         **({"optional": True} if tensor.get("optional") else {}),
     }
+
+
+def _replying(route: Callable[..., Awaitable[Answer]]) -> _Handler:
+    """A route answering ``(status, document or error message)`` as an :class:`HttpReply`."""
+
+    async def handler(*args: Any, **kwargs: Any) -> HttpReply:
+        status, document = await route(*args, **kwargs)
+        if isinstance(document, str):
+            return HttpReply.error(document, status)
+        return HttpReply.json(document, status)
+
+    return handler
 
 
 def _failed(model: str, exc: TimeoutError | CascadeError) -> HttpReply:

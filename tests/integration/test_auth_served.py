@@ -117,6 +117,10 @@ ROUTES = [
     ("GET", "/v2/models/split"),
     ("GET", "/v2/models/split/ready"),
     ("POST", "/v2/models/split/infer"),
+    ("PUT", "/v2/models/split/shadow"),  # the shadow routes change how a model is served
+    ("GET", "/v2/models/split/shadow"),
+    ("DELETE", "/v2/models/split/shadow"),
+    ("POST", "/v2/models/split/shadow/promote"),
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
     ("GET", "/no/such/route"),
