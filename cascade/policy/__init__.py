@@ -14,6 +14,7 @@ from cascade.policy._loader import PolicyFile, parse_policy, read_policy
 from cascade.policy._models import (
     BUNDLED_DATASETS,
     RANKING_DATASETS,
+    AuditSection,
     Autoscaling,
     Band,
     Batching,
@@ -28,6 +29,7 @@ from cascade.policy._models import (
     Policy,
     ProfileSection,
     Provenance,
+    ProvenanceReference,
     Resources,
     Routing,
     Scorer,
@@ -41,6 +43,7 @@ from cascade.policy._schema import policy_json_schema, write_schema
 __all__ = [
     "BUNDLED_DATASETS",
     "RANKING_DATASETS",
+    "AuditSection",
     "Autoscaling",
     "Band",
     "Batching",
@@ -56,6 +59,7 @@ __all__ = [
     "PolicyFile",
     "ProfileSection",
     "Provenance",
+    "ProvenanceReference",
     "Resources",
     "Routing",
     "Scorer",

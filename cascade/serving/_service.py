@@ -89,6 +89,10 @@ class ServiceMetrics(Protocol):
     def profile(self, model: str, phases: dict[str, float]) -> None:
         """One request the policy sampled for profiling: ms per phase."""
 
+    def audit(self, model: str, snapshot: dict[str, Any], rows: dict[tuple[str, str], int]) -> None:
+        """The live audit concluded (about once a second): its snapshot
+        (``cascade.serving._audit``) and the audited rows by ``(tier, outcome)`` since."""
+
 
 class _NoMetrics:
     def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
@@ -107,6 +111,9 @@ class _NoMetrics:
         pass
 
     def profile(self, model: str, phases: dict[str, float]) -> None:
+        pass
+
+    def audit(self, model: str, snapshot: dict[str, Any], rows: dict[tuple[str, str], int]) -> None:
         pass
 
 
@@ -224,12 +231,21 @@ class InferenceService:
                     self.models[name] = serve_policy(
                         item, remote=remote(name), coalesce_ms=self.coalesce_ms
                     )
+                self._wire_audit(name)
                 self.reload_errors.pop(key, None)
                 _LOG.info("policy applied model=%s version=%s file=%s", name,
                           self.models[name].version, key)  # fmt: skip
             except CascadeError as exc:
                 self.reload_errors[key] = str(exc)
                 _LOG.warning("policy refused file=%s (the one serving stays): %s", key, exc)
+
+    def _wire_audit(self, name: str) -> None:
+        """The model's live audit reports to this service's metrics."""
+        served = self.models[name]
+        audit = served.audit if isinstance(served, ServedModel) else None
+        if audit is not None and audit.sink is None:
+            metrics = self.metrics
+            audit.sink = lambda snapshot, rows: metrics.audit(name, snapshot, rows)
 
     # ---- dispatch ----------------------------------------------------------------------
 
@@ -288,6 +304,9 @@ class InferenceService:
         model and cause (a shed storm would otherwise flood the log it is read in)."""
         self.metrics.shed(name, why)
         self._shed_log(name, why, reason)
+        served = self.models.get(name)
+        if isinstance(served, ServedModel) and served.audit is not None:
+            served.audit.shed()  # the live audit pauses: no spare capacity now
 
     def _model(
         self, name: str, version: str | None = None
@@ -356,6 +375,7 @@ class InferenceService:
                 "classes": classes,
                 "load": served.load(),
                 "reload_errors": sorted(self.reload_errors.values()),
+                **({"audit": audit.snapshot()} if (audit := _audit_of(served)) else {}),
             }
         )
 
@@ -384,6 +404,7 @@ class InferenceService:
                 "tiers": served.tiers,
                 "reload_errors": sorted(self.reload_errors.values()),
                 "load": served.load(),
+                **({"audit": served.audit.snapshot()} if served.audit is not None else {}),
             },
         )
 
@@ -590,8 +611,12 @@ class InferenceService:
             binary_outputs=parsed.binary_outputs,
         )
         if profile is None:
-            return HttpReply(200, *encode_response(document))
-        return self._profiled_reply(name, document, profile)
+            reply = HttpReply(200, *encode_response(document))
+        else:
+            reply = self._profiled_reply(name, document, profile)
+        if served.audit is not None:  # after the reply is built; it never awaits
+            served.audit.observe(parsed.rows, probabilities, decisions)
+        return reply
 
     def _profile(
         self,
@@ -676,6 +701,11 @@ class _ShedLog:
                      model, why, self._counts[key], reason)  # fmt: skip
         self._counts[key] = 0
         self._last[key] = now
+
+
+def _audit_of(served: ServedModel | ServedRanker) -> Any:
+    """The live audit of ``served``, if it has one (ranking policies have none)."""
+    return served.audit if isinstance(served, ServedModel) else None
 
 
 def _triton_tensor(tensor: dict[str, Any]) -> dict[str, Any]:
