@@ -73,10 +73,17 @@ def reference_from(
     quantiles = np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1])
     # each cut point rounded as it is written to the policy; bins then counted with the
     # rounded edges, so the shares are exactly those a server computes from the file
-    edges = tuple(float(e) for e in np.unique(np.round(quantiles, 6)))
-    counts = np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1)
+    edges = [float(e) for e in np.unique(np.round(quantiles, 6))]
+    while True:
+        counts = np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1)
+        empty = np.flatnonzero(counts == 0)
+        if not len(empty):
+            break
+        # a rounded edge past every value (0.9999997 written as 1.0) leaves a bin empty:
+        # merge it into its neighbour, or a live row landing there would weigh as a shift
+        del edges[min(int(empty[0]), len(edges) - 1)]
     shares = tuple(round(float(c) / x.size, 6) for c in counts)
-    return DriftReference(tier, measure, edges, shares, int(x.size))
+    return DriftReference(tier, measure, tuple(edges), shares, int(x.size))
 
 
 def psi(live: Sequence[float], reference: Sequence[float]) -> float:

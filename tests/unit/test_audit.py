@@ -144,6 +144,9 @@ def test_reference_bins_merge_ties_and_shares_sum_to_one() -> None:
     assert sum(ref.shares) == pytest.approx(1.0, abs=1e-5)
     assert ref.shares[ref.bin(1.0)] == pytest.approx(0.7)
     assert psi(ref.shares, ref.shares) == 0.0
+    near_one = np.r_[np.full(150, 0.9999997), np.linspace(0.5, 0.99, 850)]
+    below_one = reference_from(near_one, tier="t", measure="max_prob")
+    assert min(below_one.shares) > 0  # an edge rounded up to 1.0 leaves no empty bin
 
 
 def test_sampling_stops_under_a_gear_and_after_a_shed() -> None:
