@@ -11,6 +11,7 @@ cascade config POLICY... [--package ZIP | --kuberay] [--ingress-replicas N] [-o 
 cascade plan POLICY --qps N [--json]               cascade footprint POLICY... [--budget-mb MB]
 cascade bench URL --model NAME [--rate RPS | --ramp START:END] [--duration S] [options]
 cascade profile URL --model NAME [--rows N] [--requests N] [--concurrency C] [--binary]
+cascade status URL [--model NAME] [--token-file PATH] [--json]
 
 One module per command group; each registers its parsers with the function that runs them
 (``set_defaults(run=...)``).
@@ -31,6 +32,7 @@ from cascade.cli.plan import add_plan_command
 from cascade.cli.policy import add_policy_commands
 from cascade.cli.profile import add_profile_command
 from cascade.cli.serve import add_serve_command
+from cascade.cli.status import add_status_command
 from cascade.errors import CascadeError
 
 __all__ = ["build_parser", "main"]
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_command(commands)
     add_profile_command(commands)
     add_policy_commands(commands)
+    add_status_command(commands)
     return parser
 
 

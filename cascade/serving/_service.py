@@ -8,8 +8,8 @@ Routes (each model route also under ``/v2/models/{name}/versions/{version}/...``
 version is the policy's hash, as model metadata lists it)::
 
     GET  /v2                GET /v2/health/live     GET /v2/health/ready    GET /openapi.json
-    GET  /v2/models/{name}  GET /v2/models/{name}/ready  GET /v2/models/{name}/config
-    POST /v2/models/{name}/infer
+    GET  /v2/models         GET /v2/models/{name}   GET /v2/models/{name}/ready
+    GET  /v2/models/{name}/config                   POST /v2/models/{name}/infer
 """
 
 from __future__ import annotations
@@ -185,6 +185,7 @@ class InferenceService:
             ("GET", re.compile(r"/v2"), self._server_metadata),
             ("GET", re.compile(r"/v2/health/live"), self._live),
             ("GET", re.compile(r"/v2/health/ready"), self._ready),
+            ("GET", re.compile(r"/v2/models"), self._list_models),
         ]
         model_routes: list[tuple[str, str, _Handler]] = [
             ("GET", "", self._metadata),
@@ -343,6 +344,21 @@ class InferenceService:
         # and so do Kubernetes probes and tritonclient.is_server_ready()
         ready = bool(self.models)
         return HttpReply.json({"ready": ready}, 200 if ready else 400)
+
+    async def _list_models(self, **_: Any) -> HttpReply:
+        # what `cascade status` walks: every model served, its version and kind
+        return HttpReply.json(
+            {
+                "models": [
+                    {
+                        "name": name,
+                        "version": served.version,
+                        "kind": "ranking" if isinstance(served, ServedRanker) else "classification",
+                    }
+                    for name, served in sorted(self.models.items())
+                ]
+            }
+        )
 
     async def _model_ready(self, name: str, version: str | None = None, **_: Any) -> HttpReply:
         served = self._model(name, version)
