@@ -51,7 +51,8 @@ class AuditLimits:
     window_audited: int = 5_000
     window_s: float = 3600.0
     quiet_after_shed_s: float = 5.0
-    min_audited_rows: int = 500
+    min_audited_rows: int = 2000
+    min_rows: int = 1000
     cost_alarm_factor: float = 1.25
     drift_threshold: float = 0.2
     drift_window: int = 1000
@@ -262,7 +263,11 @@ class LiveStats:
                 f"{'n/a' if worst[1] is None else f'{worst[1]:.4f}'})"
             )
         cost = window["relative_cost"]
-        if limits.calibrated_cost is not None and cost is not None:
+        if (
+            limits.calibrated_cost is not None
+            and cost is not None
+            and window["rows"] >= limits.min_rows
+        ):
             allowed = limits.calibrated_cost * limits.cost_alarm_factor
             if cost > allowed:
                 answered = {t: e["share"] for t, e in window["tiers"].items()}

@@ -609,11 +609,17 @@ class AuditSection(_Strict):
         5.0, ge=0, le=3600, description="no audit for this long after a request was shed"
     )
     min_audited_rows: int = Field(
-        500,
+        2000,
         ge=1,
         le=1_000_000,
         description="audited rows in the window before the accuracy alarm may fire (with "
-        "fewer, the bound says 'not enough data', not 'below target')",
+        "fewer, a low bound says 'not enough data yet', not 'below target')",
+    )
+    min_rows: int = Field(
+        1000,
+        ge=1,
+        le=10_000_000,
+        description="served rows in the window before the cost alarm may fire",
     )
     cost_alarm_factor: float = Field(
         1.25,

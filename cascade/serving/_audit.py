@@ -85,6 +85,7 @@ def audit_limits(
         window_s=section.window_s,
         quiet_after_shed_s=section.quiet_after_shed_s,
         min_audited_rows=section.min_audited_rows,
+        min_rows=section.min_rows,
         cost_alarm_factor=section.cost_alarm_factor,
         drift_threshold=section.drift_threshold,
         drift_window=section.drift_window,

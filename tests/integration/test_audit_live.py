@@ -147,7 +147,7 @@ def test_cascade_status_prints_the_live_table_of_a_real_edge(edge: str) -> None:
     assert out.startswith("model split (version ")
     assert "relative accuracy, lower bound (0.8)" in out and "target 0.995" in out
     assert "calibrated 0.14072" in out and "drift (PSI), tiny max_prob" in out
-    assert "gear: normal" in out and "breakers: large=closed" in out
+    assert "gear: normal" in out and "large=closed" in out, out
     missing = subprocess.run(
         [sys.executable, "-m", "cascade.cli", "status", edge, "--model", "nope"],
         capture_output=True, text=True, timeout=120, env=env,

@@ -40,6 +40,7 @@ def _limits(**overrides: object) -> AuditLimits:
         "max_rows_per_s": 1e6,
         "target": 0.99,
         "calibrated_cost": 0.2,
+        "min_rows": 1,
     }
     return AuditLimits(**(values | overrides))  # type: ignore[arg-type]
 
@@ -200,6 +201,14 @@ def test_conditions_name_the_tier_and_figures_and_wait_for_enough_audited_rows()
     assert "tier=tiny agreement=0.9000" in conditions["accuracy"]
     assert conditions["cost"] is None  # 0.11 against 0.2 x 1.25
     assert conditions["drift"] is None  # no reference: no drift alarm
+
+
+def test_cost_alarm_waits_for_min_rows() -> None:
+    stats = LiveStats(_limits(min_rows=200), clock=_Clock())
+    stats.served(answered={"large": 100}, rows=100, cost=101.0, escalated=100)
+    assert stats.conditions(stats.snapshot())["cost"] is None  # 100 < 200 rows
+    stats.served(answered={"large": 100}, rows=100, cost=101.0, escalated=100)
+    assert stats.conditions(stats.snapshot())["cost"] is not None
 
 
 def test_cost_alarm_uses_the_factor() -> None:
