@@ -274,3 +274,45 @@ def test_ranking_policies_refuse_an_audit_section() -> None:
     )
     with pytest.raises(PolicyError, match="audit applies to classification policies"):
         parse_policy(text, source="ltr.yaml")
+
+
+def test_models_route_lists_what_is_served(
+    digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path
+) -> None:
+    models, _ = digits_zoo
+    svc, _, _ = _service(tmp_path, _policy(models, audit=None))
+    reply = asyncio.run(svc.handle("GET", "/v2/models", {}, _no_body))
+    served = svc.models["digits"]
+    assert json.loads(reply.body) == {
+        "models": [{"name": "digits", "version": served.version, "kind": "classification"}]
+    }
+
+
+def test_status_table_shows_alarms_and_a_model_without_audit() -> None:
+    from cascade.cli.status import format_status
+
+    load = {"gear": "auto-large", "in_flight": 2, "breakers": {"large": "open"}}
+    assert format_status("m", {"versions": ["v1"], "load": load}) == (
+        "model m (version v1)\n"
+        "live audit: off (the policy has no `audit:` section with sample_rate > 0)\n"
+        "gear: auto-large    in flight: 2\nbreakers: large=open"
+    )
+    figures = {
+        "rows": 10, "audited": 4, "share_below_top": 0.8, "relative_cost": 0.3,
+        "escalation": 0.2, "relative_accuracy": {"estimate": 0.9, "lower": 0.7},
+        "tiers": {"tiny": {"share": 0.8, "audited": 4, "agreement": 0.875},
+                  "large": {"share": 0.2}},
+    }  # fmt: skip
+    audit = {
+        "top_tier": "large", "sample_rate": 0.5, "confidence": 0.95,
+        "target_relative_accuracy": 0.99, "calibrated_relative_cost": 0.2,
+        "window": figures, "total": figures, "outcomes": {"agreed": 3, "disagreed": 1},
+        "drift": {"score": 0.31, "threshold": 0.2, "tier": "tiny", "measure": "max_prob",
+                  "rows": 10},
+        "alarms": {"drift": "drift score 0.310 > 0.2"},
+    }  # fmt: skip
+    text = format_status("m", {"versions": ["v1"], "load": load, "audit": audit})
+    assert "relative accuracy, lower bound (0.95)  0.7000       0.7000     target 0.99" in text
+    assert "drift (PSI), tiny max_prob" in text and "threshold 0.2" in text
+    assert "tiny   0.800        4     0.8750" in text
+    assert text.endswith("ALARM drift: drift score 0.310 > 0.2")
