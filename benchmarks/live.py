@@ -194,7 +194,9 @@ def _replay(
                     latencies[name][phase].append((time.perf_counter() - t) * 1000)
                     assert reply.status_code == 200, reply.text
                     if name == "audited":
-                        served_labels[i] = int(reply.json()["outputs"][1]["data"][0])
+                        outputs = reply.json()["outputs"]
+                        probabilities = next(o for o in outputs if o["name"] == "probabilities")
+                        served_labels[i] = int(np.argmax(probabilities["data"]))
                         if (i + 1) % args.poll == 0:
                             snap = _audit(client, a, "audited")
                             polls.append({"request": i + 1, "phase": phase,

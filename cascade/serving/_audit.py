@@ -5,11 +5,16 @@ The hook (:meth:`LiveAudit.observe`) runs after the reply is built and never awa
 counts the request's rows into the windows, draws the rows to audit and queues them
 (bounded: a full queue drops and counts). The drain task, started with the first request,
 calls the top tier's backend (inline ONNX, a Ray deployment handle, a remote endpoint: the
-same backend the engine calls) in batches, outside the engine: no breaker counts an audit's
-failure, and no request waits for it. Before each call it checks again that the gear is
-normal and nothing was shed lately; failures are logged (at most once a minute) and counted,
-never raised. Once a second (and on every metadata read) it concludes: the snapshot the
-metadata shows, the metrics, and one log line per alarm raised or cleared.
+same backend the engine calls) in batches of ``batch_rows`` (or what is queued once a
+second), outside the engine: no breaker counts an audit's failure, and no request waits
+for it. An inline tier's graph runs in a thread of idle priority (Linux ``SCHED_IDLE``,
+else nice 19): it gets the CPU only when the requests leave it idle. Run in the event
+loop, a 1-row call of covertype's large tier after each reply delayed the next request:
+p50 1.35 ms against 1.15 ms without the audit, one core, concurrency 1. Before each call
+it checks again that the gear is normal and nothing was shed lately; failures are logged
+(at most once a minute) and counted, never raised. Once a second (and on every metadata
+read) it concludes: the snapshot the metadata shows, the metrics, and one log line per
+alarm raised or cleared.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -45,6 +53,25 @@ AuditSink = Callable[[dict[str, Any], dict[tuple[str, str], int]], None]
 last one (the service's metrics)."""
 
 _TOP_SHARE = 0.05  # of the top tier's capacity, when the policy gives no max_rows_per_s
+_IDLE_POOL: list[ThreadPoolExecutor] = []  # made on first use, shared by every audit
+
+
+def _idle_priority() -> None:
+    """Give the calling thread the CPU only when nothing else wants it."""
+    try:
+        idle = os.SCHED_IDLE  # type: ignore[attr-defined,unused-ignore]
+        os.sched_setscheduler(0, idle, os.sched_param(0))  # type: ignore[attr-defined,unused-ignore]
+    except (AttributeError, OSError):
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def _idle_pool() -> ThreadPoolExecutor:
+    if not _IDLE_POOL:
+        _IDLE_POOL.append(
+            ThreadPoolExecutor(1, thread_name_prefix="cascade-audit", initializer=_idle_priority)
+        )
+    return _IDLE_POOL[0]
 
 
 def audit_limits(
@@ -153,6 +180,7 @@ class LiveAudit:
         self._pending: dict[tuple[str, str], int] = {}
         self._failed_logged = -float("inf")
         self._refreshed = -float("inf")
+        self._queued_since = 0.0  # when the oldest queued row came
 
     # ---- the request path ----------------------------------------------------------------
 
@@ -198,13 +226,15 @@ class LiveAudit:
                 for j in picked[max(room, 0) :]:
                     self._count(decisions[below[j]].answered_by, "dropped")
                 picked = picked[: max(room, 0)]
+            if picked and not self._queue:
+                self._queued_since = self.clock()
             for j in picked:
                 i = below[j]
                 label = int(np.argmax(probabilities[i]))
                 self._queue.append((rows[i], decisions[i].answered_by, label))
         self._start()
-        if self._queue and self._wake is not None:
-            self._wake.set()
+        if len(self._queue) >= self.batch_rows and self._wake is not None:
+            self._wake.set()  # a full batch: else the drain takes what is queued each tick
 
     def shed(self) -> None:
         """A request was shed: the audit pauses (``quiet_after_shed_s``)."""
@@ -228,12 +258,15 @@ class LiveAudit:
         assert self._wake is not None
         wake = self._wake
         while True:
-            if not self._queue:
+            if len(self._queue) < self.batch_rows:
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=self.tick_s)
-            if self._queue:
+            if len(self._queue) >= self.batch_rows or (
+                self._queue and self.clock() - self._queued_since >= self.tick_s
+            ):
                 await self._audit_batch()
+                self._queued_since = self.clock()
             if self.clock() - self._refreshed >= self.tick_s:
                 self.refresh()
 
@@ -251,7 +284,12 @@ class LiveAudit:
         rows = np.array(items, dtype=object) if isinstance(items[0], str) else np.stack(items)
         try:
             async with asyncio.timeout(self.timeout_s):
-                output = await self.backend.predict(rows)
+                run = getattr(self.backend, "predict_sync", None)
+                if run is not None:  # an inline tier: its graph would hold up the loop
+                    loop = asyncio.get_running_loop()
+                    output = await loop.run_in_executor(_idle_pool(), run, rows)
+                else:
+                    output = await self.backend.predict(rows)
             labels = np.asarray(output).argmax(axis=1)
             if len(labels) != len(batch):
                 raise ValueError(f"{len(labels)} answers to {len(batch)} rows")

@@ -138,7 +138,7 @@ def test_a_blocked_top_tier_never_delays_an_answer_nor_changes_one(
         for chunk in np.split(digits_rows, 12):
             with_audit.append(await _infer(audited, chunk))
             without.append(await _infer(plain, chunk))
-        for _ in range(100):  # let the drain task reach the top tier
+        for _ in range(1000):  # let the drain task reach the top tier (within a tick)
             if tops[0].calls:
                 break
             await asyncio.sleep(0.005)
