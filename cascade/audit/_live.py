@@ -38,7 +38,8 @@ ALARM_KINDS: tuple[AlarmKind, ...] = ("accuracy", "cost", "drift")
 class AuditLimits:
     """What the audit is held to: the policy's ``audit`` section with its provenance.
 
-    ``target``: the relative accuracy the policy was calibrated for (none: no accuracy
+    ``target``: the relative accuracy the policy was calibrated for; ``floor``: the live
+    agreement with the top tier below which the accuracy alarm fires (none: no accuracy
     alarm); ``calibrated_cost``: the relative cost it was calibrated at (none: no cost
     alarm); ``confidence``: the level of the bound.
     """
@@ -58,6 +59,7 @@ class AuditLimits:
     drift_window: int = 1000
     drift_min_rows: int = 500
     target: float | None = None
+    floor: float | None = None
     calibrated_cost: float | None = None
     confidence: float = 0.95
     reference: DriftReference | None = None
@@ -228,6 +230,7 @@ class LiveStats:
             "max_rows_per_s": limits.max_rows_per_s,
             "confidence": limits.confidence,
             "target_relative_accuracy": limits.target,
+            "agreement_floor": limits.floor,
             "calibrated_relative_cost": limits.calibrated_cost,
             "window": window,
             "total": self._figures(self.total) | {"seconds": self.clock() - self.started},
@@ -242,10 +245,10 @@ class LiveStats:
         out: dict[AlarmKind, str | None] = dict.fromkeys(ALARM_KINDS)
         lower = window["relative_accuracy"]["lower"]
         if (
-            limits.target is not None
+            limits.floor is not None
             and lower is not None
             and window["audited"] >= limits.min_audited_rows
-            and lower < limits.target
+            and lower < limits.floor
         ):
             worst = min(
                 (
@@ -257,7 +260,8 @@ class LiveStats:
                 default=(limits.top, None),
             )
             out["accuracy"] = (
-                f"live relative accuracy lower bound {lower:.4f} < target {limits.target:g} "
+                f"live relative accuracy lower bound {lower:.4f} < floor {limits.floor:.4f} "
+                f"(target {limits.target}) "
                 f"(estimate {window['relative_accuracy']['estimate']:.4f}, "
                 f"{window['audited']} audited rows; tier={worst[0]} agreement="
                 f"{'n/a' if worst[1] is None else f'{worst[1]:.4f}'})"

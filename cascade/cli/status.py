@@ -116,13 +116,14 @@ def format_status(name: str, config: dict[str, Any]) -> str:
         window, total, drift = audit["window"], audit["total"], audit["drift"]
         accuracy = window["relative_accuracy"]
         target = audit.get("target_relative_accuracy")
+        floor = audit.get("agreement_floor")
         calibrated = audit.get("calibrated_relative_cost")
         rows = [
             ["relative accuracy, estimate", _num(accuracy["estimate"]),
              _num(total["relative_accuracy"]["estimate"]), ""],
             [f"relative accuracy, lower bound ({audit['confidence']:g})", _num(accuracy["lower"]),
              _num(total["relative_accuracy"]["lower"]),
-             "-" if target is None else f"target {target:g}"],
+             "-" if floor is None else f"floor {floor:.4f} (target {target:g})"],
             ["relative cost", _num(window["relative_cost"]), _num(total["relative_cost"]),
              "-" if calibrated is None else f"calibrated {calibrated:g}"],
             ["escalation", _num(window["escalation"]), _num(total["escalation"]), ""],

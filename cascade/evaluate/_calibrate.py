@@ -518,7 +518,9 @@ def confidence_reference(
     """The first tier's confidence on ``X`` (the calibration split) as the live audit's
     drift score reads it: the measure the policy routes on, calibration applied, exactly as
     the engine computes it, cut at ~10 quantiles (:func:`cascade.audit.reference_from`).
-    ``None`` for complexity routing (its first decision is a score, not a confidence).
+    ``agreement``: the share of ``X`` the policy answers as its top tier does (the live
+    audit's accuracy alarm starts from it). ``None`` for complexity routing (its first
+    decision is a score, not a confidence).
 
     Example::
 
@@ -536,12 +538,15 @@ def confidence_reference(
     raw = measure_confidence(p, routing.measure)
     values = apply_calibration(p, raw, calibration, routing.measure)
     ref = reference_from(values, tier=tier, measure=routing.measure)
+    top = evaluator.probabilities(evaluator.reference, X).argmax(axis=1)
+    agreement = float(np.mean(evaluator.replay(policy, X).labels == top))
     return {
         "tier": ref.tier,
         "measure": ref.measure,
         "edges": list(ref.edges),
         "shares": list(ref.shares),
         "rows": ref.rows,
+        "agreement": round(agreement, 6),
     }
 
 

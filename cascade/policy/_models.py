@@ -621,6 +621,14 @@ class AuditSection(_Strict):
         le=10_000_000,
         description="served rows in the window before the cost alarm may fire",
     )
+    min_agreement: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="alarm when the live lower bound on agreement with the top tier falls "
+        "below this; none: the target relative accuracy, less the disagreement the policy "
+        "already had on its calibration split (provenance.reference.agreement) when recorded",
+    )
     cost_alarm_factor: float = Field(
         1.25,
         gt=1,
@@ -692,6 +700,14 @@ class ProvenanceReference(_Strict):
     edges: list[float] = Field(min_length=1, max_length=100, description="inner bin edges")
     shares: list[float] = Field(min_length=2, max_length=101, description="share of each bin")
     rows: int = Field(ge=1, description="calibration rows counted")
+    agreement: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="share of the calibration rows the policy answered as its top tier does "
+        "(what the live audit measures; a target on accuracy relative to the top tier counts "
+        "the rows where only the cheaper tier is right as no loss, agreement does not)",
+    )
 
     @model_validator(mode="after")
     def _bins(self) -> ProvenanceReference:

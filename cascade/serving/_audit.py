@@ -90,18 +90,25 @@ def audit_limits(
     if rate is None:
         rate = _TOP_SHARE * 1000.0 / max(latency_ms.get(top, 1.0), 1e-3)
     provenance = policy.provenance
-    target = calibrated = reference = None
+    target = calibrated = reference = agreement = None
     confidence = 0.95
     if provenance is not None:
         target = provenance.target.get("relative_accuracy")
         calibrated = provenance.achieved.get("calibration_relative_cost")
         confidence = provenance.confidence or 0.95
         ref = provenance.reference
+        agreement = None if ref is None else ref.agreement
         measure = getattr(routing, "measure", None)
         if ref is not None and ref.tier == first and ref.measure == measure:
             reference = DriftReference(
                 ref.tier, ref.measure, tuple(ref.edges), tuple(ref.shares), ref.rows
             )
+    floor = section.min_agreement
+    if floor is None and target is not None:
+        # a target on accuracy relative to the top tier forgives the rows where only the
+        # cheaper tier is right; agreement counts them as misses: start from the agreement
+        # calibration saw, and allow the target's loss below it
+        floor = target if agreement is None else min(target, agreement - (1.0 - target))
     return AuditLimits(
         top=top,
         costs=dict(costs),
@@ -118,6 +125,7 @@ def audit_limits(
         drift_window=section.drift_window,
         drift_min_rows=section.drift_min_rows,
         target=target,
+        floor=floor,
         calibrated_cost=calibrated,
         confidence=confidence,
         reference=reference,

@@ -39,6 +39,7 @@ def _limits(**overrides: object) -> AuditLimits:
         "sample_rate": 1.0,
         "max_rows_per_s": 1e6,
         "target": 0.99,
+        "floor": 0.99,
         "calibrated_cost": 0.2,
         "min_rows": 1,
     }

@@ -263,7 +263,7 @@ def test_alarm_is_logged_once_when_raised_and_once_when_cleared(
     lines = [r.getMessage() for r in caplog.records if "audit alarm" in r.getMessage()]
     assert len(lines) == 2, lines
     assert lines[0].startswith("audit alarm raised model=digits kind=accuracy")
-    assert "tier=tiny" in lines[0] and "< target 0.5" in lines[0]
+    assert "tier=tiny" in lines[0] and "< floor 0.5000 (target 0.5)" in lines[0]
     assert lines[1] == "audit alarm cleared model=digits kind=accuracy"
 
 
@@ -305,14 +305,38 @@ def test_status_table_shows_alarms_and_a_model_without_audit() -> None:
     }  # fmt: skip
     audit = {
         "top_tier": "large", "sample_rate": 0.5, "confidence": 0.95,
-        "target_relative_accuracy": 0.99, "calibrated_relative_cost": 0.2,
+        "target_relative_accuracy": 0.99, "agreement_floor": 0.985,
+        "calibrated_relative_cost": 0.2,
         "window": figures, "total": figures, "outcomes": {"agreed": 3, "disagreed": 1},
         "drift": {"score": 0.31, "threshold": 0.2, "tier": "tiny", "measure": "max_prob",
                   "rows": 10},
         "alarms": {"drift": "drift score 0.310 > 0.2"},
     }  # fmt: skip
     text = format_status("m", {"versions": ["v1"], "load": load, "audit": audit})
-    assert "relative accuracy, lower bound (0.95)  0.7000       0.7000     target 0.99" in text
+    assert "lower bound (0.95)  0.7000       0.7000  floor 0.9850 (target 0.99)" in text
     assert "drift (PSI), tiny max_prob" in text and "threshold 0.2" in text
     assert "tiny   0.800        4     0.8750" in text
     assert text.endswith("ALARM drift: drift score 0.310 > 0.2")
+
+
+def test_the_accuracy_alarm_starts_from_the_agreement_calibration_saw(tmp_path: Path) -> None:
+    """A target on relative accuracy forgives rows where only the cheap tier is right;
+    agreement does not: the floor is the target less the disagreement the calibration split
+    already had (provenance.reference.agreement), unless the policy sets min_agreement."""
+    from cascade.serving import audit_limits
+
+    def floor(audit: str, reference: str) -> float | None:
+        text = _policy(Path("/m"), audit=audit, extra=(
+            "provenance: {dataset: d, split: calibration, date: '2026-12-02', "
+            "target: {relative_accuracy: 0.99}, achieved: {}" + reference + "}\n"
+        ))  # fmt: skip
+        policy = parse_policy(text, source="p.yaml").policy
+        limits = audit_limits(policy, {"tiny": 0.01, "large": 1.0}, {"tiny": 0.1, "large": 2})
+        assert limits is not None
+        return limits.floor
+
+    reference = (", reference: {tier: tiny, measure: max_prob, edges: [0.5], "
+                 "shares: [0.2, 0.8], rows: 100, agreement: 0.992}")  # fmt: skip
+    assert floor("{sample_rate: 0.1}", "") == 0.99
+    assert floor("{sample_rate: 0.1}", reference) == pytest.approx(0.982)
+    assert floor("{sample_rate: 0.1, min_agreement: 0.97}", reference) == 0.97
