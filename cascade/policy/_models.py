@@ -635,6 +635,13 @@ class AuditSection(_Strict):
         le=100,
         description="alarm when the live relative cost exceeds the calibrated one times this",
     )
+    alarm_after_rows: int = Field(
+        500,
+        ge=0,
+        le=10_000_000,
+        description="an alarm is raised once its condition has held over this many served "
+        "rows (a window tested again and again crosses its line by chance now and then)",
+    )
     drift_threshold: float = Field(
         0.2, gt=0, le=100, description="alarm when the drift score (PSI) exceeds this"
     )

@@ -121,6 +121,7 @@ def audit_limits(
         min_audited_rows=section.min_audited_rows,
         min_rows=section.min_rows,
         cost_alarm_factor=section.cost_alarm_factor,
+        alarm_after_rows=section.alarm_after_rows,
         drift_threshold=section.drift_threshold,
         drift_window=section.drift_window,
         drift_min_rows=section.drift_min_rows,
@@ -180,7 +181,7 @@ class LiveAudit:
             clock=clock,
             rng=rng,
         )
-        self.alarms = Alarms()
+        self.alarms = Alarms(after_rows=limits.alarm_after_rows)
         self.sink: AuditSink | None = None
         self._queue: deque[tuple[Any, str, int]] = deque()
         self._wake: asyncio.Event | None = None
@@ -325,7 +326,8 @@ class LiveAudit:
         metrics sink fed. Returns the snapshot."""
         self._refreshed = self.clock()
         snapshot = self.stats.snapshot()
-        for change in self.alarms.update(self.stats.conditions(snapshot)):
+        conditions = self.stats.conditions(snapshot)
+        for change in self.alarms.update(conditions, rows=snapshot["total"]["rows"]):
             if change.raised:
                 _LOG.warning("audit alarm raised model=%s kind=%s: %s", self.model,
                              change.kind, change.message)  # fmt: skip

@@ -179,6 +179,17 @@ def test_sampling_draws_at_the_rate_and_the_token_bucket_caps_rows_per_second() 
     assert capped.refused["rate_limited"] == 150 + 10 + 5
 
 
+def test_an_alarm_waits_until_its_condition_has_held_over_after_rows() -> None:
+    alarms = Alarms(after_rows=500)
+    assert alarms.update({"drift": "shifted"}, rows=1000) == []
+    assert alarms.update({}, rows=1200) == []  # a blip: never raised, nothing to clear
+    assert alarms.update({"drift": "shifted"}, rows=1300) == []
+    assert alarms.update({"drift": "shifted"}, rows=1700) == []
+    assert [(c.kind, c.raised) for c in alarms.update({"drift": "x"}, rows=1800)] == [
+        ("drift", True)
+    ]
+
+
 def test_alarms_change_once_when_raised_and_once_when_cleared() -> None:
     alarms = Alarms()
     assert [(c.kind, c.raised) for c in alarms.update({"cost": "too dear"})] == [("cost", True)]
