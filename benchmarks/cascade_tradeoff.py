@@ -262,6 +262,8 @@ def _calibration_line(variant: Variant, *, calibration_rows: int) -> str:
         f"  {variant.name}: {setting} — calibration ({rows} of {calibration_rows} rows) "
         f"rel acc {result.chosen.relative_accuracy:.4f}, rel cost "
         f"{result.chosen.relative_cost:.3f}{bound}"
+        # calibrate's own verdict on a complexity policy against a confidence chain
+        + "".join(f"\n    {n}" for n in result.notes if "complexity routing" in n)
     )
 
 
@@ -355,7 +357,7 @@ def run_dataset(dataset: str, out_dir: Path) -> tuple[dict[str, Any], str]:
 
     _say(dataset, f"evaluating the shipped policy and the baselines on {test_label}")
     evaluator = Evaluator(shipped)
-    shipped_row, *baselines = evaluator.evaluate(X_test, y_test)
+    shipped_row, *baselines = evaluator.evaluate(X_test, y_test, with_oracle=False)
     reference = next(r for r in baselines if r.name == f"always-{evaluator.reference}")
     rows: list[tuple[str, EvalRow]] = [("shipped confidence", shipped_row)]
     for variant in variants:

@@ -15,9 +15,11 @@ fall on all of them; the figure is the median over rounds.
 Per cell: capacity (requests/s), server CPU per request and per row (the server's whole
 process tree, Ray's background processes included). Per dataset and size: the served ratio
 (cascade capacity / always-large's) beside what the models alone predict — the offline
-``relative_cost`` (cards, batch 256) and the model time at the batches each tier sees at that
-request size (``cascade.evaluate.CostModel``) — and the served cost model with the overheads
-measured here. The overheads (server CPU per request beyond the models, per hop to a
+``relative_cost`` (cards, batch 256), the model time at the batches each tier sees at that
+request size (``cascade.evaluate.CostModel``, from the cards), and the models **timed**: each
+tier's graph run in process, on the server's core, on exactly the rows each request sends it
+(no serving work: the ceiling any server can reach) — and the served cost model with the
+overheads measured here. The overheads (server CPU per request beyond the models, per hop to a
 deployment tier) are fitted from always-cheap (no hop) and always-large (one hop) and written
 to ``benchmarks/results/served_cost.json`` under ``overheads``, where ``cascade evaluate``,
 ``calibrate --cost served`` and ``plan`` read them.
@@ -197,6 +199,49 @@ def _predictions(dataset: str, paths: dict[str, Path], rows: list[int]) -> dict[
     }
 
 
+def _chunks(dataset: str, rows: int, count: int) -> list[np.ndarray]:
+    """The rows of the first ``count`` requests ``_requests`` sends, in the same order."""
+    X = np.asarray(read_dataset(dataset).test.X)
+    order = np.random.default_rng(0).permutation(len(X))
+    starts = [(i * rows) % max(1, len(X) - rows) for i in range(count)]
+    return [X[order[s : s + rows]] for s in starts]
+
+
+def _timed_models(
+    dataset: str, paths: dict[str, Path], rows: list[int], *, requests: int = 16
+) -> dict[int, dict[str, float]]:
+    """The models' own time per request, measured: each tier's ONNX graph run in this process
+    on exactly the rows a request sends it (the cascade's escalated rows found by replaying
+    the request through the engine), no serving work at all. Best of three passes over
+    ``requests`` requests; ms per request by configuration."""
+    loaded = read_policy(paths["cascade"])
+    evaluator = Evaluator(loaded)
+    chain = [s.tier for s in loaded.policy.chain_routing.chain]  # type: ignore[union-attr]
+    cheap, large = chain[0], chain[-1]
+    models = evaluator.backends
+    out: dict[int, dict[str, float]] = {}
+    for size in rows:
+        work: dict[str, list[tuple[str, np.ndarray]]] = {c: [] for c in CONFIGS}
+        for chunk in _chunks(dataset, size, requests):
+            decisions = evaluator.replay(loaded.policy, chunk).decisions
+            reached = {t: np.array([any(s.tier == t for s in d.steps) for d in decisions])
+                       for t in chain}  # fmt: skip
+            work["always-large"].append((large, chunk))
+            work["always-cheap"].append((cheap, chunk))
+            work["cascade"] += [(t, chunk[reached[t]]) for t in chain if reached[t].any()]
+        timed: dict[str, float] = {}
+        for config, calls in work.items():
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                for tier, batch in calls:
+                    models[tier].predict_sync(batch)
+                best = min(best, time.perf_counter() - started)
+            timed[config] = best * 1000 / requests
+        out[size] = timed
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["covertype", "clinc150"])
@@ -213,6 +258,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="served-cost-"))
     paths = {d: _variants(d, work) for d in args.datasets}
     predicted = {d: _predictions(d, paths[d], args.rows) for d in args.datasets}
+    os.sched_setaffinity(0, {server_core})  # the models timed on the server's core, alone
+    print("timing the models alone on the server's core", file=sys.stderr)
+    timed = {d: _timed_models(d, paths[d], args.rows) for d in args.datasets}
     os.sched_setaffinity(0, client_cores)
     print(f"server on core {server_core}, client on {sorted(client_cores)}", file=sys.stderr)
     requests = {(d, r): _requests(d, r) for d in args.datasets for r in args.rows}
@@ -287,22 +335,25 @@ def main() -> None:
                 model = CostModel.for_policy(loaded, Evaluator(loaded).tiers,
                                              rows_per_request=rows, overheads=fitted)  # fmt: skip
                 predicted_served = 1 / model.relative(p["reach"]["cascade"])[1]
+                t = timed[dataset][rows]
+                timed_ratio = t["always-large"] / t["cascade"]
                 cells[key] = {"rps": rps, "cpu_ms_per_request": cpu, "served_ratio": served,
                               "model_ratio_at_256": 1 / p["relative_cost"],
                               "model_ratio_at_served_batches": at_batch,
+                              "model_ratio_timed": timed_ratio, "model_ms_timed": t,
                               "predicted_served_ratio": predicted_served}  # fmt: skip
                 body.append([
                     runtime, dataset, str(rows),
                     f"{rps['always-large']:.1f}", f"{rps['cascade']:.1f}",
                     f"{rps['always-cheap']:.1f}",
                     f"{served:.2f}x", f"{1 / p['relative_cost']:.2f}x", f"{at_batch:.2f}x",
-                    f"{predicted_served:.2f}x",
+                    f"{timed_ratio:.2f}x", f"{predicted_served:.2f}x",
                     f"{cpu['always-large']:.2f}", f"{cpu['cascade']:.2f}",
                     f"{cpu['cascade'] * 1000 / rows:.0f}",
                 ])  # fmt: skip
     print()
     header = ["runtime", "dataset", "rows", "large req/s", "cascade req/s", "cheap req/s",
-              "served ratio", "models @256", "models @batch", "cost model",
+              "served ratio", "models @256", "models @batch", "models timed", "cost model",
               "large ms CPU/req", "cascade ms CPU/req", "cascade µs CPU/row"]  # fmt: skip
     print(table(header, body))
     print("\noverheads fitted (µs of server CPU): " + "; ".join(

@@ -139,7 +139,7 @@ def main() -> None:
     X, y = np.asarray(data.test.X), np.asarray(data.test.y)
     oos = data.classes.index("oos")
     evaluator = Evaluator(loaded)
-    rows = evaluator.evaluate(X, y)
+    rows = evaluator.evaluate(X, y, with_oracle=False)
     result = evaluator.replay(loaded.policy, X)
     scopes = {loaded.policy.name: _scope_metrics(result.labels, y, oos)}
     for tier in loaded.policy.tiers:

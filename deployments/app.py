@@ -223,6 +223,12 @@ class Ingress:
 
         return {tier: factory(tier, h) for tier, h in self.handles.get(policy, {}).items()}
 
+    def __del__(self) -> None:
+        # Serve calls it at a graceful shutdown: the answer logs write what they still hold
+        service = getattr(self, "service", None)  # None: __init__ failed
+        if service is not None:
+            service.close_logs()
+
     def app_args(self) -> dict[str, Any]:
         """The arguments this app was built with: `cascade reload` rebuilds it with them."""
         return self.args.model_dump()

@@ -148,8 +148,9 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     calibrate.add_argument(
         "--confidence",
         type=float,
-        default=0.95,
-        help="confidence of the statistical margin (default 0.95)",
+        default=None,
+        help="confidence of the statistical margin (default 0.95; with --from-log and no "
+        "target given: the policy's provenance's)",
     )
     calibrate.add_argument(
         "--calibration",
@@ -191,6 +192,29 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     gears.add_argument("--deadline-ms", type=_positive, metavar="MS",
                        help="the deadline requests carry")  # fmt: skip
+    live = calibrate.add_argument_group(
+        "live traffic (--from-log: recalibrate on the policy's answer log)"
+    )
+    live.add_argument(
+        "--from-log",
+        type=Path,
+        nargs="+",
+        metavar="LOG",
+        help="answer log files or folders (the policy's `log` section): rows are labelled by "
+        "feedback, else by the top tier's answer run here on the logged input; thresholds "
+        "are fitted on part of them and checked on the rest. Without a target, the policy's "
+        "provenance's is kept",
+    )
+    live.add_argument(
+        "--holdout",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="share of the logged rows held back for the check (default 0.5)",
+    )
+    live.add_argument(
+        "--seed", type=int, default=0, help="seed of the calibration / held-back split (default 0)"
+    )
     calibrate.set_defaults(subparser=calibrate, run=run_calibrate)
 
 
@@ -376,6 +400,13 @@ def _write_reference(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    if args.from_log:
+        from cascade.cli.from_log import refuse_other_options, run_calibrate_from_log
+
+        refuse_other_options(args)
+        return run_calibrate_from_log(args, _prepare(args))
+    if args.confidence is None:
+        args.confidence = 0.95
     if args.gears:
         return run_gears(args)
     if args.reference_only:
@@ -415,13 +446,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     png = args.png or args.policy.with_name(f"{args.policy.stem}.frontier.png")
     baselines = []
-    for row in evaluator.evaluate(X, y, cost_model=cost_model)[1:]:
+    for row in evaluator.evaluate(X, y, cost_model=cost_model, with_policy=False):
         cost = row.served_relative_cost if args.cost == "served" else row.relative_cost
         baselines.append(Point(cost or 0.0, row.relative_accuracy, label=row.name))
     plot_frontier(
         png, points=result.points, front=result.frontier, chosen=result.chosen,
         baselines=baselines, target=target.relative_accuracy,
         title=f"{loaded.policy.name}: {loaded.policy.routing.kind} routing on {data.label}",
+        # the oracle's line is in model cost; a served-cost plot has no such straight line
+        oracle=evaluator.oracle_curve(X, y) if args.cost != "served" else (),
     )  # fmt: skip
     if args.json:
         print(json.dumps({

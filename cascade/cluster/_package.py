@@ -47,6 +47,9 @@ def _files(loaded: PolicyFile) -> Iterator[Path]:
     routing = loaded.policy.routing
     if isinstance(routing, ComplexityRouting) and routing.scorer.model is not None:
         yield from companions((loaded.base_dir / routing.scorer.model).resolve())
+    for step in getattr(routing, "chain", []):
+        if step.deferral is not None and step.deferral.model is not None:
+            yield from companions((loaded.base_dir / step.deferral.model).resolve())
 
 
 def build_package(

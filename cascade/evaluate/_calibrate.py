@@ -40,6 +40,7 @@ from cascade.evaluate._replay import Evaluator
 from cascade.evaluate._served_cost import CostModel
 from cascade.policy import (
     Calibration,
+    ChainStep,
     ComplexityRouting,
     ConfidenceRouting,
     Policy,
@@ -271,8 +272,12 @@ def calibrate_policy(
     write: bool = True,
     progress: Callable[[str], None] | None = None,
     cost_model: CostModel | None = None,
+    split_label: str = "calibration",
 ) -> CalibrationResult:
     """Fit ``loaded``'s thresholds on (X, y) — the calibration split — and write them back.
+
+    ``data_label`` and ``split_label`` are what the provenance records as ``dataset`` and
+    ``split``.
 
     Relative cost is the model cost at batch 256 (the cards' figure) unless ``cost_model``
     is given: then it is the served cost of requests of that model's size on that runtime
@@ -291,7 +296,14 @@ def calibrate_policy(
     extra_files: list[Path] = []
     calibrations: dict[str, Calibration | None] = {}
 
-    if isinstance(routing, ConfidenceRouting | SlaRouting):
+    if isinstance(routing, ConfidenceRouting | SlaRouting) and _has_rules(routing):
+        say("training the learned deferral rules on half of the calibration split")
+        candidates, calibrations, half_b, rule_files = _learned_chain_search(
+            evaluator, loaded, routing, X, y, method
+        )
+        selection_rows = reference_correct[half_b]
+        extra_files += list(rule_files.values())
+    elif isinstance(routing, ConfidenceRouting | SlaRouting):
         say(f"searching thresholds of {[s.tier for s in routing.chain]}")
         candidates, calibrations = _chain_search(evaluator, routing, X, y, method)
         selection_rows = reference_correct
@@ -317,6 +329,15 @@ def calibrate_policy(
             c.cost = cost_model.relative(c.reach)[1] * reference_cost
 
     chosen, bound, allowed, notes = select_certified(candidates, selection_rows, target)
+    if isinstance(routing, ComplexityRouting):
+        say("calibrating a confidence chain over the same tiers, to compare")
+        notes.append(
+            _complexity_verdict(
+                evaluator, routing, X, y, method=method, target=target,
+                reference_correct=reference_correct,
+                complexity_cost=None if chosen is None else chosen.cost / reference_cost,
+            )
+        )  # fmt: skip
     points = _points(candidates, selection_rows, reference_cost)
     frontier = pareto_front(points)
     chosen_point = None
@@ -344,8 +365,53 @@ def calibrate_policy(
     if write and chosen is not None and loaded.path is not None:
         reference = confidence_reference(policy, evaluator, X)
         _write(loaded, result, target=target, data_label=data_label, evaluator=evaluator,
-               cost=cost_objective(cost_model), reference=reference)  # fmt: skip
+               cost=cost_objective(cost_model), reference=reference,
+               split_label=split_label)  # fmt: skip
     return result
+
+
+def _complexity_verdict(
+    evaluator: Evaluator,
+    routing: ComplexityRouting,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    method: ConfidenceCalibration,
+    target: Target,
+    reference_correct: np.ndarray,
+    complexity_cost: float | None,
+) -> str:
+    """Whether a confidence chain over the complexity bands' tiers (any of them, in order,
+    ending at the last) certifies the same target more cheaply: said plainly, so that a user
+    is not led to the dominated strategy."""
+    tiers = [band.tier for band in routing.bands]
+    reference_cost = evaluator.costs[evaluator.reference]
+    best: tuple[float, list[str]] | None = None
+    for size in range(2, len(tiers) + 1):
+        for head in itertools.combinations(tiers[:-1], size - 1):
+            over = [*head, tiers[-1]]
+            chain = [ChainStep(tier=t, threshold=0.5) for t in head] + [ChainStep(tier=over[-1])]
+            candidates, _ = _chain_search(
+                evaluator, ConfidenceRouting(kind="confidence", chain=chain), X, y, method
+            )
+            chosen, _, _, _ = select_certified(candidates, reference_correct, target)
+            if chosen is not None and (best is None or chosen.cost / reference_cost < best[0]):
+                best = (chosen.cost / reference_cost, over)
+    if best is None:
+        return "no confidence chain over these tiers certifies the target either; complexity stands"
+    alternative, path = best[0], " -> ".join(best[1])
+    if complexity_cost is None or alternative <= complexity_cost:
+        this = "certifies nothing" if complexity_cost is None else f"costs {complexity_cost:.3f}"
+        return (
+            f"complexity routing is DOMINATED here: a confidence chain {path} (max_prob, "
+            f"{method} calibration) certifies the same target at relative cost "
+            f"{alternative:.3f}, and this complexity routing {this}; use `kind: confidence`"
+        )
+    return (
+        f"complexity routing earns its place here: relative cost {complexity_cost:.3f} against "
+        f"{alternative:.3f} for the best confidence chain over its tiers ({path}) at the "
+        "same target"
+    )
 
 
 def cost_objective(cost_model: CostModel | None) -> str:
@@ -358,6 +424,71 @@ def cost_objective(cost_model: CostModel | None) -> str:
         f"({o.request_us:.0f} + {o.request_us_per_row:.1f}/row µs per request, "
         f"{o.hop_us:.0f} + {o.hop_us_per_row:.1f}/row µs per hop; {o.source})"
     )
+
+
+def _has_rules(routing: ConfidenceRouting | SlaRouting) -> bool:
+    return any(step.deferral is not None for step in routing.chain[:-1])
+
+
+def _learned_chain_search(
+    evaluator: Evaluator,
+    loaded: PolicyFile,
+    routing: ConfidenceRouting | SlaRouting,
+    X: np.ndarray,
+    y: np.ndarray,
+    method: ConfidenceCalibration,
+) -> tuple[list[Candidate], dict[str, Calibration | None], np.ndarray, dict[str, Path]]:
+    """A chain with learned deferral rules: each rule (and every other step's calibration)
+    is fitted on half A of (X, y); thresholds are searched and certified on half B, rows no
+    rule has seen. Returns the candidates, the calibrations, half B's indices and the rules'
+    files (beside their tiers' models)."""
+    from cascade.evaluate._rule_training import train_deferral
+    from cascade.routing import deferral_features
+
+    order = np.random.default_rng(0).permutation(len(y))
+    half_a, half_b = np.sort(order[: len(y) // 2]), np.sort(order[len(y) // 2 :])
+    tiers = [step.tier for step in routing.chain]
+    p = {t: evaluator.probabilities(t, X) for t in tiers}
+    plain = [s.tier for s in routing.chain[:-1] if s.deferral is None]
+    _, calibrations = _fit_confidences(
+        routing, plain, {t: p[t][half_a] for t in plain}, y[half_a], method
+    )
+    confidences = {
+        t: apply_calibration(p[t][half_b], measure_confidence(p[t][half_b], routing.measure),
+                             calibrations[t], routing.measure)
+        for t in plain
+    }  # fmt: skip
+    files: dict[str, Path] = {}
+    rule_cost: dict[str, float] = {}
+    for step in routing.chain[:-1]:
+        if step.deferral is None:
+            continue
+        tier, spec = step.tier, step.deferral
+        features = deferral_features(
+            p[tier], earlier=[p[t] for t in spec.earlier], rows=X if spec.inputs else None
+        )
+        path = evaluator.tiers[tier].path.with_name(f"{loaded.policy.name}.{tier}.deferral.onnx")
+        wrong = p[tier][half_a].argmax(axis=1) != y[half_a]
+        try:
+            train_deferral(features[half_a], wrong, path, kind="boosting")
+        except ValueError as exc:
+            raise PolicyError(f"chain step '{tier}': {exc}") from None
+        from cascade.backends import OnnxModel
+
+        score = OnnxModel(path).predict_sync(features[half_b])[:, 1].astype(np.float64)
+        confidences[tier] = 1.0 - np.clip(score, 0.0, 1.0)
+        calibrations[tier] = None
+        files[tier] = path
+        rule_cost[tier] = evaluator.model_cost(path)
+    chain = _Chain(tiers, {t: p[t][half_b] for t in tiers}, confidences, evaluator.costs,
+                   y[half_b], routing.max_escalations)  # fmt: skip
+    open_tiers = tiers[: chain.depth - 1]
+    size = _GRID_2 if len(open_tiers) <= 1 else _GRID_3
+    grids = [threshold_grid(confidences[t], size) for t in open_tiers]
+    candidates = [chain.simulate(list(combo)) for combo in itertools.product(*grids)]
+    for c in candidates:  # each rule runs on the rows that reach its step
+        c.cost += sum(cost * c.reach.get(t, 0.0) for t, cost in rule_cost.items())
+    return candidates, calibrations, half_b, files
 
 
 def _speculative_search(
@@ -397,11 +528,26 @@ def _apply(
     routing = loaded.policy.chain_routing
     params = chosen.params
     if isinstance(routing, ConfidenceRouting | SlaRouting):
+        rules = {f.name: f for f in extra_files if f.name.endswith(".deferral.onnx")}
         chain = [
             step.model_copy(
                 update={
                     "threshold": round(params[step.tier], 6) if step.tier in params else None,
                     "calibration": calibrations.get(step.tier),
+                    **(
+                        {}
+                        if step.deferral is None
+                        else {
+                            "deferral": step.deferral.model_copy(
+                                update={
+                                    "model": _relative(
+                                        rules[f"{loaded.policy.name}.{step.tier}.deferral.onnx"],
+                                        loaded,
+                                    )
+                                }
+                            )
+                        }
+                    ),
                 }
             )
             for step in routing.chain
@@ -419,17 +565,17 @@ def _apply(
             band.model_copy(update={"below": params.get(f"band{i}")})
             for i, band in enumerate(routing.bands)
         ]
-        scorer_file = extra_files[0]
-        # Relative when the scorer lies in the policy's folder (the usual case); a policy
-        # whose tiers live elsewhere (allow_outside_paths) gets the absolute path.
-        model = (
-            scorer_file.relative_to(loaded.base_dir).as_posix()
-            if scorer_file.is_relative_to(loaded.base_dir)
-            else str(scorer_file)
-        )
-        scorer = routing.scorer.model_copy(update={"model": model})
+        scorer = routing.scorer.model_copy(update={"model": _relative(extra_files[0], loaded)})
         new_routing = routing.model_copy(update={"bands": bands, "scorer": scorer})
     return loaded.policy.model_copy(update={"routing": new_routing})
+
+
+def _relative(file: Path, loaded: PolicyFile) -> str:
+    """Relative when the file lies in the policy's folder (the usual case); a policy whose
+    tiers live elsewhere (allow_outside_paths) gets the absolute path."""
+    if file.is_relative_to(loaded.base_dir):
+        return file.relative_to(loaded.base_dir).as_posix()
+    return str(file)
 
 
 def _write(
@@ -441,6 +587,7 @@ def _write(
     evaluator: Evaluator,
     cost: str,
     reference: dict[str, Any] | None = None,
+    split_label: str = "calibration",
 ) -> None:
     from cascade.evaluate._policy_edit import plain
 
@@ -450,6 +597,7 @@ def _write(
     provenance = calibration_provenance(
         result, target=target, data_label=data_label, evaluator=evaluator, cost=cost,
         reference=reference,
+        split_label=split_label,
     )  # fmt: skip
 
     def _calibration(value: Calibration | None) -> dict[str, Any] | None:
@@ -461,6 +609,8 @@ def _write(
             for step_doc, step in zip(section["chain"], routing.chain, strict=True):
                 _set(step_doc, "threshold", step.threshold)
                 _set(step_doc, "calibration", _calibration(step.calibration))
+                if step.deferral is not None:
+                    step_doc["deferral"]["model"] = step.deferral.model
         elif isinstance(routing, SpeculativeRouting):
             _set(section, "threshold", routing.threshold)
             _set(section, "calibration", _calibration(routing.calibration))
@@ -487,6 +637,7 @@ def calibration_provenance(
     evaluator: Evaluator,
     cost: str | None = None,
     reference: dict[str, Any] | None = None,
+    split_label: str = "calibration",
 ) -> dict[str, Any]:
     """The policy's ``provenance`` section for a calibration result (see ``Provenance``);
     ``reference``: the drift score's (:func:`confidence_reference`)."""
@@ -501,7 +652,7 @@ def calibration_provenance(
         achieved["loss_allowed"] = round(result.allowed_loss, 6)
     return {
         "dataset": data_label,
-        "split": "calibration",
+        "split": split_label,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "target": target.as_dict(),
         "achieved": achieved,

@@ -15,60 +15,16 @@ an upper confidence bound on the accuracy lost against the expensive tier).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from cascade.evaluate._calibrate import Target, select_certified, threshold_grid
 from cascade.evaluate._candidate import Candidate
 
-__all__ = ["Certified", "Oracle", "certified_threshold", "oracle", "train_deferral"]
+__all__ = ["Certified", "certified_threshold"]
 
 _GRID = 200
-
-
-@dataclass(frozen=True)
-class Oracle:
-    """What the label-aware oracle does on some rows: ``escalated`` of ``n`` rows go to the
-    expensive tier, out of ``fixable`` (cheap wrong, expensive right). Escalating every
-    fixable row reaches always-expensive's accuracy or more, so any target up to 1 is met."""
-
-    n: int
-    escalated: int
-    fixable: int
-
-    @property
-    def escalation(self) -> float:
-        return self.escalated / self.n if self.n else 0.0
-
-    def relative_cost(self, cheap_cost: float, expensive_cost: float) -> float:
-        """Cost per row relative to always-expensive: every row runs the cheap tier."""
-        return (cheap_cost + self.escalation * expensive_cost) / expensive_cost
-
-
-def oracle(
-    cheap_correct: np.ndarray, expensive_correct: np.ndarray, *, relative_accuracy: float
-) -> Oracle:
-    """The fewest escalations of fixable rows that reach ``relative_accuracy`` of always-expensive.
-
-    Example::
-
-        >>> o = oracle(np.array([1, 0, 0, 1, 1], bool), np.array([1, 1, 0, 1, 0], bool),
-        ...            relative_accuracy=1.0)
-        >>> o.escalated, o.fixable
-        (1, 1)
-    """
-    cheap = np.asarray(cheap_correct, dtype=bool)
-    expensive = np.asarray(expensive_correct, dtype=bool)
-    if cheap.shape != expensive.shape or cheap.ndim != 1:
-        raise ValueError(f"need two equal 1-d arrays, got {cheap.shape} and {expensive.shape}")
-    fixable = int(np.count_nonzero(expensive & ~cheap))
-    # cheap_right + k >= r * expensive_right, in whole rows (a tiny tolerance keeps an exact
-    # product such as 0.995 * 200 from rounding up to one row too many)
-    need = max(0, math.ceil(relative_accuracy * int(expensive.sum()) - int(cheap.sum()) - 1e-9))
-    return Oracle(len(cheap), min(need, fixable), fixable)
 
 
 @dataclass(frozen=True)
@@ -109,49 +65,3 @@ def certified_threshold(
     if chosen is None:
         return Certified(None, None, allowed, None)
     return Certified(chosen.params["threshold"], bound, allowed, chosen.escalation)
-
-
-def train_deferral(
-    features: np.ndarray,
-    cheap_wrong: np.ndarray,
-    path: Path,
-    *,
-    kind: str = "logistic",
-    seed: int = 0,
-) -> Path:
-    """Fit a classifier of "the cheap tier is wrong" on deferral features; export it to ONNX.
-
-    ``kind``: ``logistic`` (standardised logistic regression) or ``boosting`` (a small
-    histogram gradient-boosting model). The ONNX graph's probability of class 1 is the score.
-    Its fidelity to scikit-learn is checked before the file is written; never a pickle.
-    """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from cascade.zoo.export import check_fidelity, onnx_probabilities, sklearn_to_onnx
-
-    labels = np.asarray(cheap_wrong, dtype=np.int64)
-    if labels.min() == labels.max():
-        raise ValueError("cannot train a deferral rule: the cheap tier is always or never wrong")
-    model: object
-    if kind == "logistic":
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    elif kind == "boosting":
-        model = HistGradientBoostingClassifier(
-            max_iter=100, max_leaf_nodes=15, learning_rate=0.1, random_state=seed
-        )
-    else:
-        raise ValueError(f"unknown deferral model {kind!r} (allowed: logistic, boosting)")
-    model.fit(features, labels)  # type: ignore[attr-defined]
-    graph = sklearn_to_onnx(
-        model, n_features=features.shape[1], metadata={"tier": "deferral-scorer"}
-    )
-    check_fidelity(
-        onnx_probabilities(graph, features),
-        model.predict_proba(features),  # type: ignore[attr-defined]
-        what=str(path),
-    )
-    path.write_bytes(graph.SerializeToString())
-    return path

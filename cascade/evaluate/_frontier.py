@@ -71,8 +71,10 @@ def plot_frontier(
     baselines: Sequence[Point] = (),
     title: str,
     target: float | None = None,
+    oracle: Sequence[tuple[float, float]] = (),
 ) -> Path:
-    """Save accuracy against relative cost: all candidates, the frontier, the chosen point."""
+    """Save accuracy against relative cost: all candidates, the frontier, the chosen point;
+    ``oracle``: the label-aware oracle's (cost, accuracy) line, the floor under any router."""
     try:
         import matplotlib  # noqa: F401  (absent: the hint below, not an error half-way)
         from matplotlib.figure import Figure
@@ -92,6 +94,9 @@ def plot_frontier(
         [p.relative_accuracy for p in front],
         color="tab:blue", lw=1.5, label="Pareto frontier",
     )  # fmt: skip
+    if oracle:
+        axes.plot([c for c, _ in oracle], [a for _, a in oracle], color="tab:green", ls="--",
+                  lw=1.2, label="oracle (labels known)")  # fmt: skip
     for base in baselines:
         axes.scatter([base.relative_cost], [base.relative_accuracy], marker="s", color="black")
         axes.annotate(base.label, (base.relative_cost, base.relative_accuracy),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from cascade.backends import OnnxModel, open_model
 from cascade.catalog import TierInfo, check_provenance, resolve_tiers
+from cascade.evaluate._oracle import oracle, oracle_curve, oracle_share
 from cascade.evaluate._served_cost import CostModel
 from cascade.policy import (
     ChainStep,
@@ -58,6 +59,8 @@ class EvalRow:
     # served cost (per-request and per-hop work included), both relative to always-large's
     served_batch_relative_cost: float | None = None
     served_relative_cost: float | None = None
+    # the share of the label-aware oracle's saving at this row's accuracy (see _oracle)
+    oracle_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +102,7 @@ class Evaluator:
         }
         self.reference = max(self.tiers, key=lambda name: self.tiers[name].cost)
         self._scorer_cost: float | None = None
+        self._rule_costs: dict[Path, float] = {}
 
     @property
     def costs(self) -> dict[str, float]:
@@ -211,34 +215,129 @@ class Evaluator:
                 self._scorer_cost = self.scorer_cost(policy)
             scorer = self._scorer_cost
             costs = costs + scorer
+        rules = self.rule_costs(policy)
+        if rules:  # a learned rule runs on every row that reaches its step
+            costs = costs + np.array([sum(rules.get(s.tier, 0.0) for s in d.steps)
+                                      for d in decisions])  # fmt: skip
         lat = np.array([sum(latency[s.tier] for s in d.steps) for d in decisions])
         return costs, lat
 
+    def rule_costs(self, policy: Policy) -> dict[str, float]:
+        """Cost units per row of each chain step's learned deferral rule, by tier."""
+        steps = getattr(policy.routing, "chain", [])[:-1]
+        found = {}
+        for step in steps:
+            if step.deferral is not None and step.deferral.model is not None:
+                path = self.loaded.base_dir / step.deferral.model
+                if path not in self._rule_costs:
+                    self._rule_costs[path] = self.model_cost(path)
+                found[step.tier] = self._rule_costs[path]
+        return found
+
     def evaluate(
-        self, X: np.ndarray, y: np.ndarray, *, cost_model: CostModel | None = None
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        cost_model: CostModel | None = None,
+        with_oracle: bool = True,
+        with_policy: bool = True,
     ) -> list[EvalRow]:
         """The policy beside always-<tier> for every tier, cheapest first after the policy;
-        with ``cost_model``, each row's served cost too."""
+        with ``cost_model``, each row's served cost too.
+
+        ``with_oracle``: right after the policy, the label-aware oracle at the policy's own
+        accuracy (its entry tier escalating to the reference tier only the rows that tier
+        fixes; see :mod:`cascade.evaluate._oracle`), and every row's share of the oracle's
+        saving at its accuracy. Skipped when the policy enters at the reference tier.
+        ``with_policy=False``: the always-<tier> rows alone (a policy that cannot run yet,
+        such as one whose deferral rules are still to be trained, still has baselines)."""
         policy = self.loaded.policy
-        reference_policy = _always(policy, self.reference)
-        reference = self.replay(reference_policy, X)
-        reference_accuracy = float((reference.labels == y).mean())
-        reference_cost = self.costs[self.reference]
-        rows = [
-            self.summarise(
-                policy.name, policy, self.replay(policy, X), y,
+        reference_accuracy, reference_cost = 0.0, self.costs[self.reference]
+        results: dict[str, BatchResult] = {}
+        for tier in sorted(self.tiers, key=lambda t: self.tiers[t].cost):
+            results[tier] = self.replay(_always(policy, tier), X)
+        reference_accuracy = float((results[self.reference].labels == y).mean())
+
+        def summary(name: str, routed: Policy, result: BatchResult) -> EvalRow:
+            return self.summarise(
+                name, routed, result, y,
                 reference_accuracy=reference_accuracy, reference_cost=reference_cost,
                 cost_model=cost_model,
-            )
-        ]  # fmt: skip
-        for tier in sorted(self.tiers, key=lambda t: self.tiers[t].cost):
-            always = _always(policy, tier)
-            result = reference if tier == self.reference else self.replay(always, X)
-            rows.append(
-                self.summarise(
-                    f"always-{tier}", always, result, y,
-                    reference_accuracy=reference_accuracy, reference_cost=reference_cost,
-                    cost_model=cost_model,
-                )
             )  # fmt: skip
-        return rows
+
+        always = [summary(f"always-{t}", _always(policy, t), r) for t, r in results.items()]
+        if not with_policy:
+            return always
+        rows = [summary(policy.name, policy, self.replay(policy, X)), *always]
+        entry = _entry_tier(policy)
+        if not with_oracle or entry == self.reference:
+            return rows
+        cheap_ok = results[entry].labels == y
+        large_ok = results[self.reference].labels == y
+        costs = {"cheap_cost": self.costs[entry], "expensive_cost": reference_cost}
+        shared = [
+            replace(
+                row,
+                oracle_share=oracle_share(
+                    row.relative_cost, row.relative_accuracy, cheap_ok, large_ok, **costs
+                ),
+            )
+            for row in rows
+        ]
+        floor = self._oracle_row(
+            entry, cheap_ok, large_ok, rows[0].relative_accuracy, reference_accuracy, cost_model
+        )
+        return [shared[0], floor, *shared[1:]]
+
+    def oracle_curve(self, X: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
+        """The oracle's (relative cost, relative accuracy) line on these rows, from its entry
+        tier alone to every row the reference tier fixes (for the frontier plot)."""
+        policy = self.loaded.policy
+        entry = _entry_tier(policy)
+        if entry == self.reference:
+            return []
+        cheap_ok = self.replay(_always(policy, entry), X).labels == y
+        large_ok = self.replay(_always(policy, self.reference), X).labels == y
+        return oracle_curve(
+            cheap_ok, large_ok, cheap_cost=self.costs[entry],
+            expensive_cost=self.costs[self.reference],
+        )  # fmt: skip
+
+    def _oracle_row(
+        self,
+        entry: str,
+        cheap_ok: np.ndarray,
+        large_ok: np.ndarray,
+        relative_accuracy: float,
+        reference_accuracy: float,
+        cost_model: CostModel | None,
+    ) -> EvalRow:
+        """The oracle at ``relative_accuracy`` (as far as escalation can reach) as a row."""
+        n = len(cheap_ok)
+        fixable = large_ok & ~cheap_ok
+        reachable = (int(cheap_ok.sum()) + int(fixable.sum())) / max(int(large_ok.sum()), 1)
+        found = oracle(cheap_ok, large_ok, relative_accuracy=min(relative_accuracy, reachable))
+        escalation = found.escalation
+        accuracy = (int(cheap_ok.sum()) + found.escalated) / n
+        cost = self.costs[entry] + escalation * self.costs[self.reference]
+        latency = self.latencies
+        escalated = np.arange(n) < found.escalated  # which rows does not matter: a mix
+        lat = np.where(escalated, latency[entry] + latency[self.reference], latency[entry])
+        reach = {entry: 1.0, **({self.reference: escalation} if escalation else {})}
+        served = cost_model.relative(reach) if cost_model is not None else (None, None)
+        return EvalRow(
+            name="oracle (labels known)",
+            n=n,
+            accuracy=accuracy,
+            relative_accuracy=accuracy / reference_accuracy if reference_accuracy else 0.0,
+            cost=cost,
+            relative_cost=cost / self.costs[self.reference],
+            escalation_rate=escalation,
+            tier_rates=reach,
+            latency_p50_ms=float(np.percentile(lat, 50)),
+            latency_p99_ms=float(np.percentile(lat, 99)),
+            served_batch_relative_cost=served[0],
+            served_relative_cost=served[1],
+            oracle_share=1.0,
+        )

@@ -107,14 +107,34 @@ class PolicyFile:
             raise PolicyError(f"tiers.{tier}.{key}: {_LEAVES}")
         return resolved
 
+    def log_dir(self) -> Path | None:
+        """The resolved folder of the policy's ``log`` section (``None``: no logging), under
+        the folder rule of model paths: a served policy must not make its server write
+        anywhere on its host unless it says so (``allow_outside_paths``).
+
+        Example::
+
+            loaded.log_dir()   # PosixPath('/.../policies/logs')
+        """
+        section = self.policy.log
+        if section is None:
+            return None
+        if _URL.match(section.path):
+            raise PolicyError(f"log.path: a folder on this machine, got {section.path}")
+        resolved, leaves = _resolve(section.path, self.base_dir)
+        if leaves and not self.policy.allow_outside_paths:
+            raise PolicyError(f"log.path: {_LEAVES}")
+        return resolved
+
 
 def read_policy(path: str | os.PathLike[str], *, check_files: bool = True) -> PolicyFile:
     """Read and validate a policy file; model paths are relative to the file's folder.
 
     With ``check_files`` (the default), every local tier's model file (and the complexity
     scorer's) must exist, stay inside the policy folder and take the same input as the other
-    tiers: one tensor, same element type, same width, read from the ONNX graph. When the policy
-    names a bundled ``dataset``, missing model files are allowed (they are built on first use);
+    tiers: one tensor, same element type, same width, read from the ONNX graph; a learned
+    deferral rule's file must exist and stay inside the folder. When the policy names a
+    bundled ``dataset``, missing tier model files are allowed (they are built on first use);
     files that exist are still checked.
 
     Why model paths may not leave the policy folder (unless ``allow_outside_paths: true``): a
@@ -577,6 +597,10 @@ def _model_files(policy: Policy) -> Iterator[tuple[Loc, str, str]]:
     routing = policy.routing
     if isinstance(routing, ComplexityRouting) and routing.scorer.model is not None:
         yield ("routing", "scorer", "model"), "the scorer", routing.scorer.model
+    for k, step in enumerate(getattr(routing, "chain", [])):
+        if step.deferral is not None and step.deferral.model is not None:
+            loc = ("routing", "chain", k, "deferral", "model")
+            yield loc, f"the deferral rule of '{step.tier}'", step.deferral.model
 
 
 def _check_reference(
@@ -620,10 +644,12 @@ def _check_files(policy: Policy, root: yaml.MappingNode, base_dir: Path) -> list
             is_tier=loc[0] == "tiers",
             base_dir=base_dir,
             outside_ok=policy.allow_outside_paths,
-            missing_ok=policy.dataset is not None,  # a bundled dataset's tiers: built on use
+            # a bundled dataset's tiers are built on first use; a deferral rule never is
+            missing_ok=policy.dataset is not None and "deferral" not in loc,
         )
         if isinstance(found, Path):
-            found = _read_input(found)
+            # a deferral rule reads tier outputs, not the rows: its input is its own
+            found = _read_input(found) if "deferral" not in loc else None
         if isinstance(found, _Input):
             if reference is None:
                 reference, found = (owner, found), None
@@ -632,4 +658,10 @@ def _check_files(policy: Policy, root: yaml.MappingNode, base_dir: Path) -> list
         if isinstance(found, str):
             place = _locate(loc, root)
             problems.append(_Problem(place.line, place.path, found))
+    if policy.log is not None:  # a folder written to: the rule of files read holds for it
+        try:
+            PolicyFile(policy=policy, path=None, base_dir=base_dir).log_dir()
+        except PolicyError as exc:
+            place = _locate(("log", "path"), root)
+            problems.append(_Problem(place.line, place.path, str(exc).split(": ", 1)[1]))
     return problems

@@ -29,6 +29,7 @@ __all__ = [
     "ConfidenceMeasure",
     "ConfidenceRouting",
     "Gear",
+    "LogSection",
     "Policy",
     "ProfileSection",
     "Provenance",
@@ -298,6 +299,35 @@ class Calibration(_Strict):
         return self
 
 
+class LearnedDeferral(_Strict):
+    """A learned escalation rule for one chain step: an ONNX classifier of "this tier's answer
+    is wrong", read from the tier's whole output (probabilities, max_prob, margin, entropy,
+    predicted class), earlier tiers' outputs and optionally the row's inputs; never a label.
+
+    Example (YAML)::
+
+        chain:
+          - tier: small
+            threshold: 0.5      # `cascade calibrate` fits it, on 1 - the rule's score,
+            deferral: {}        # and trains the rule and writes its `model` here
+          - tier: large
+    """
+
+    model: str | None = Field(
+        None,
+        description="the rule's ONNX file, relative to the policy's folder; its probability of "
+        "class 1 is the score. Written by `cascade calibrate` (trained on half of the "
+        "calibration split, the threshold certified on the other half); omit it before the "
+        "first calibration (such a policy cannot serve)",
+    )
+    earlier: list[TierName] = Field(
+        default_factory=list,
+        description="tiers run before this step in the chain whose outputs the rule also "
+        "reads (each tier's max_prob and whether it agrees with this tier)",
+    )
+    inputs: bool = Field(False, description="the rule also reads the row's input features")
+
+
 class ChainStep(_Strict):
     """One step of a confidence chain: a tier, and when its answer is accepted."""
 
@@ -312,6 +342,20 @@ class ChainStep(_Strict):
     calibration: Calibration | None = Field(
         None, description="calibration applied to this tier's confidence before the threshold"
     )
+    deferral: LearnedDeferral | None = Field(
+        None,
+        description="a learned escalation rule (measure 'learned' for this step): the step's "
+        "confidence is 1 - the rule's score instead of the routing's measure; no calibration",
+    )
+
+    @model_validator(mode="after")
+    def _one_confidence(self) -> ChainStep:
+        if self.deferral is not None and self.calibration is not None:
+            raise ValueError(
+                f"chain step '{self.tier}': a learned deferral rule takes no `calibration` "
+                "(its score is already fitted to the calibration split)"
+            )
+        return self
 
 
 def _check_chain(chain: list[ChainStep]) -> None:
@@ -319,6 +363,20 @@ def _check_chain(chain: list[ChainStep]) -> None:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"a tier may appear once in the chain, repeated: {repeated}")
+    if chain[-1].deferral is not None:
+        raise ValueError(
+            f"the last chain step '{chain[-1].tier}' cannot have a deferral rule: nothing "
+            "follows it to escalate to"
+        )
+    for k, step in enumerate(chain):
+        if step.deferral is None:
+            continue
+        late = [t for t in step.deferral.earlier if t not in names[:k]]
+        if late:
+            raise ValueError(
+                f"chain step '{step.tier}': deferral.earlier names {late}, which do not run "
+                f"before it (allowed: {names[:k]})"
+            )
     for step in chain[:-1]:
         if step.threshold is None:
             raise ValueError(
@@ -527,6 +585,55 @@ class ProfileSection(_Strict):
         le=1,
         description="share of requests profiled (0.01: one in a hundred; 0: none). Each costs "
         "a few clock reads and one histogram observation per phase",
+    )
+
+
+class LogSection(_Strict):
+    """Request/answer logging: a sampled share of the rows answered, one JSON line each.
+
+    Written off the request path (a bounded queue and a writer thread: when the queue is
+    full, records are dropped and counted, never waited for), rotated by size, and fed back
+    to ``cascade calibrate POLICY --from-log DIR``. Labels posted to
+    ``POST /v2/models/{name}/feedback`` go to the same files. File names and the record
+    format: ``cascade.serving._answer_log``.
+    """
+
+    path: str = Field(
+        min_length=1,
+        description="folder the log files go to, relative to the policy file (the folder "
+        "rule of model paths applies: allow_outside_paths for one elsewhere); created if "
+        "missing. Files: NAME.jsonl (NAME: the policy's), rotated to NAME.1.jsonl, ...; a "
+        "second process sharing the folder writes NAME.p1.jsonl, and so on",
+    )
+    sample_rate: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of requests whose rows are logged (all rows of a request, or "
+        "none). Default 1: feedback can only label a request that was logged",
+    )
+    inputs: Literal["full", "hash", "omit"] = Field(
+        "full",
+        description="full: the row's values (or text), which --from-log needs; hash: their "
+        "sha256 only; omit: no input at all",
+    )
+    probabilities: bool = Field(
+        False,
+        description="also log the answering tier's probabilities (one number per class: "
+        "150 for clinc150)",
+    )
+    max_bytes: int = Field(
+        64 * 2**20,
+        ge=4096,
+        le=2**40,
+        description="bytes one file may reach before it is rotated",
+    )
+    keep: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="rotated files kept besides the current one: at most "
+        "max_bytes x (keep + 1) on disk per process",
     )
 
 
@@ -823,6 +930,11 @@ class Policy(_Strict):
         description="the live audit against the top tier, drift and alarms (classification "
         "policies); absent or sample_rate 0: off",
     )
+    log: LogSection | None = Field(
+        None,
+        description="request/answer logging (classification policies), sampled, rotated, "
+        "bounded on disk; absent: off",
+    )
     stages: list[Stage] = Field(
         default_factory=list,
         description="ranking stages, filter -> coarse -> fine (ranking policies, instead of "
@@ -877,6 +989,8 @@ class Policy(_Strict):
             raise ValueError(
                 "audit applies to classification policies (routing), not to ranking stages"
             )
+        if self.log is not None:
+            raise ValueError("log applies to classification policies, not to ranking stages")
         return self
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from cascade.routing._confidence import calibrate, confidence
 from cascade.routing._decision import BatchResult, Decision, Reason, Step, TierCall
-from cascade.routing._deferral import deferral_features, deferral_width
+from cascade.routing._deferral import LearnedRule, deferral_features, deferral_width
 from cascade.routing._engine import Engine
 from cascade.routing._ranker import Ranker, Ranking, StageTrace
 from cascade.routing._scorers import SCORERS, FeatureScorer, OnnxScorer, Scorer, make_scorer
@@ -40,6 +40,7 @@ __all__ = [
     "Decision",
     "Engine",
     "FeatureScorer",
+    "LearnedRule",
     "OnnxScorer",
     "Pending",
     "Ranker",

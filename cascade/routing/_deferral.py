@@ -20,12 +20,14 @@ numpy only: serving processes never import scikit-learn for this.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from cascade.errors import BackendError, PolicyError
 from cascade.routing._confidence import confidence
 
-__all__ = ["deferral_features", "deferral_width"]
+__all__ = ["LearnedRule", "deferral_features", "deferral_width"]
 
 
 def deferral_width(n_classes: int, *, earlier: int = 0, input_width: int = 0) -> int:
@@ -83,3 +85,50 @@ def deferral_features(
             raise ValueError(f"rows must have shape ({n}, width), got {list(x.shape)}")
         columns.append(x)
     return np.hstack(columns).astype(np.float32)
+
+
+class LearnedRule:
+    """A chain step's learned escalation rule, as the engine runs it: deferral features of the
+    step's rows in, confidence ``1 - score`` out (higher: keep this tier's answer).
+
+    Example::
+
+        rule = LearnedRule(policy_dir / "covertype.small.deferral.onnx", earlier=["tiny"])
+        keep = rule.confidences(small_probabilities, earlier=[tiny_probabilities])
+    """
+
+    def __init__(
+        self, path: str | Path, *, earlier: Sequence[str] = (), inputs: bool = False
+    ) -> None:
+        from cascade.backends import OnnxModel
+
+        self.path = Path(path)
+        self.model = OnnxModel(path)
+        if self.model.n_classes != 2:
+            raise PolicyError(
+                f"deferral rule {path}: needs a binary classifier, got "
+                f"{self.model.n_classes} classes"
+            )
+        self.earlier = list(earlier)
+        self.inputs = inputs
+
+    def confidences(
+        self,
+        probabilities: np.ndarray,
+        *,
+        earlier: Sequence[np.ndarray] = (),
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``1 -`` the rule's score for each row, float64 in [0, 1]."""
+        features = deferral_features(
+            probabilities, earlier=earlier, rows=rows if self.inputs else None
+        )
+        want = self.model.input_spec.width
+        if want is not None and features.shape[1] != want:
+            raise BackendError(
+                f"deferral rule {self.path.name}: reads {want} features, but this step gives "
+                f"{features.shape[1]} ({probabilities.shape[1]} classes, {len(earlier)} earlier "
+                f"tiers{', inputs' if self.inputs else ''}): retrain it with `cascade calibrate`"
+            )
+        score = self.model.predict_sync(features)[:, 1].astype(np.float64)
+        return 1.0 - np.clip(score, 0.0, 1.0)

@@ -24,6 +24,7 @@ from cascade.errors import BackendError, CascadeError, InputError, ModelTimeout,
 from cascade.load import CircuitBreaker, Gear, LoadSignals, Outcome
 from cascade.policy import ComplexityRouting, Policy, SlaRouting
 from cascade.routing._decision import BatchResult
+from cascade.routing._deferral import LearnedRule
 from cascade.routing._scorers import Scorer, make_scorer
 from cascade.routing._strategies import RouteContext, Router, make_router, routed_tiers
 
@@ -151,7 +152,30 @@ class Engine:
                     "to build its scorer from"
                 )
             scorer = make_scorer(routing.scorer, base_dir=self._base_dir)
-        return policy, make_router(routing, scorer=scorer), tiers
+        return policy, make_router(routing, scorer=scorer, rules=self._rules(policy)), tiers
+
+    def _rules(self, policy: Policy) -> dict[str, LearnedRule]:
+        """The learned deferral rules of the policy's chain steps, opened from base_dir."""
+        steps = [s for s in getattr(policy.routing, "chain", []) if s.deferral is not None]
+        untrained = [s.tier for s in steps if s.deferral.model is None]
+        if untrained:
+            raise PolicyError(
+                f"policy '{policy.name}': the learned deferral rules of {untrained} are not "
+                "trained yet: run `cascade calibrate` on the policy first"
+            )
+        if steps and self._base_dir is None:
+            raise PolicyError(
+                f"policy '{policy.name}': learned deferral rules need base_dir to open "
+                f"their model files ({[s.deferral.model for s in steps]})"
+            )
+        return {
+            s.tier: LearnedRule(
+                Path(self._base_dir or ".") / s.deferral.model,
+                earlier=s.deferral.earlier,
+                inputs=s.deferral.inputs,
+            )
+            for s in steps
+        }
 
     def replace_policy(self, policy: Policy, *, scorer: Scorer | None = None) -> None:
         """Route by ``policy`` from the next ``run`` on; runs in flight finish on the old one.

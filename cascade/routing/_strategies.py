@@ -32,6 +32,7 @@ from cascade.policy import (
 )
 from cascade.routing._confidence import calibrate, confidence
 from cascade.routing._decision import BatchResult, Decision, Reason, Step, TierCall
+from cascade.routing._deferral import LearnedRule
 from cascade.routing._scorers import Scorer
 
 __all__ = [
@@ -422,11 +423,28 @@ def _confidences(call: TierCall, measure: ConfidenceMeasure, step: ChainStep | N
     return calibrate(call.probabilities, raw, None if step is None else step.calibration, measure)
 
 
+def _learned(
+    ctx: RouteContext, call: TierCall, rule: LearnedRule, calls: Mapping[str, TierCall]
+) -> np.ndarray:
+    """A learned rule's confidences for ``call``'s rows, from the earlier tiers' outputs on the
+    same rows (their indices are sorted supersets of this call's) and, if it reads them, the
+    rows themselves."""
+    assert call.probabilities is not None
+    earlier = []
+    for tier in rule.earlier:
+        before = calls[tier]
+        assert before.probabilities is not None
+        earlier.append(before.probabilities[np.searchsorted(before.idx, call.idx)])
+    rows = ctx.rows[call.idx] if rule.inputs else None
+    return rule.confidences(call.probabilities, earlier=earlier, rows=rows)
+
+
 async def _chain(
     ctx: RouteContext,
     chain: Sequence[ChainStep],
     measure: ConfidenceMeasure,
     max_escalations: int | None,
+    rules: Mapping[str, LearnedRule] | None = None,
 ) -> None:
     final = len(chain) - 1 if max_escalations is None else min(len(chain) - 1, max_escalations)
     deadlines = ctx.has_deadlines
@@ -437,6 +455,7 @@ async def _chain(
     if deadlines:
         late = ctx.now_ms() + ctx.estimate(chain[0].tier) > ctx.deadline_ms(open_rows)
     previous: TierCall | None = None
+    calls: dict[str, TierCall] = {}  # what each tier answered so far, for learned rules
     for k, step in enumerate(chain[: final + 1]):
         if previous is None:
             # the floor: nothing to fall back to, so it raises, and it answers late rows too
@@ -448,7 +467,12 @@ async def _chain(
                 ctx.settle(previous, np.isin(previous.idx, open_rows), "fallback", degraded=True)
                 return
             call = attempt
-        conf = _confidences(call, measure, step)
+        calls[step.tier] = call
+        rule = None if rules is None else rules.get(step.tier)
+        if rule is not None and k < final:
+            conf = _learned(ctx, call, rule, calls)
+        else:
+            conf = _confidences(call, measure, step)
         threshold = ctx.shifted(step.threshold)
         none = np.zeros(conf.size, dtype=bool)
         sure = conf >= threshold if threshold is not None else none
@@ -491,13 +515,25 @@ class ConfidenceRouter:
     """
 
     def __init__(
-        self, routing: ConfidenceRouting | SlaRouting, *, scorer: Scorer | None = None
+        self,
+        routing: ConfidenceRouting | SlaRouting,
+        *,
+        scorer: Scorer | None = None,
+        rules: Mapping[str, LearnedRule] | None = None,
     ) -> None:
         self.routing = routing
+        missing = [s.tier for s in routing.chain if s.deferral is not None and s.tier not in (
+            rules or {})]  # fmt: skip
+        if missing:
+            raise PolicyError(
+                f"chain steps {missing} have a learned deferral rule: build them with "
+                "LearnedRule (the engine does, given base_dir)"
+            )
+        self.rules = dict(rules or {})
 
     async def route(self, ctx: RouteContext, rows: np.ndarray) -> None:
         r = self.routing
-        await _chain(ctx, r.chain, r.measure, r.max_escalations)
+        await _chain(ctx, r.chain, r.measure, r.max_escalations, self.rules)
 
 
 class SlaRouter(ConfidenceRouter):
@@ -689,8 +725,14 @@ ROUTERS: Mapping[str, RouterFactory] = {
 """Routers by the policy's ``routing.kind``; each is built as ``Router(routing, scorer=...)``."""
 
 
-def make_router(routing: Routing | Any, *, scorer: Scorer | None = None) -> Router:
-    """Build the router for a policy's ``routing`` section.
+def make_router(
+    routing: Routing | Any,
+    *,
+    scorer: Scorer | None = None,
+    rules: Mapping[str, LearnedRule] | None = None,
+) -> Router:
+    """Build the router for a policy's ``routing`` section; ``rules``: the learned deferral
+    rules of its chain steps, by tier (confidence and SLA chains only).
 
     Example::
 
@@ -700,6 +742,11 @@ def make_router(routing: Routing | Any, *, scorer: Scorer | None = None) -> Rout
     factory = ROUTERS.get(kind) if isinstance(kind, str) else None
     if factory is None:
         raise PolicyError(f"unknown routing kind {kind!r} (allowed: {', '.join(sorted(ROUTERS))})")
+    if rules:
+        if not isinstance(routing, ConfidenceRouting | SlaRouting):
+            raise PolicyError(f"learned deferral rules need a chain routing, not {kind!r}")
+        chain_router = SlaRouter if isinstance(routing, SlaRouting) else ConfidenceRouter
+        return chain_router(routing, scorer=scorer, rules=rules)
     return factory(routing, scorer=scorer)
 
 

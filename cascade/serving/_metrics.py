@@ -104,6 +104,12 @@ METRICS: dict[str, MetricSpec] = {
         ("model", "phase"),
         PHASE_BUCKETS_MS,
     ),
+    "cascade_log_records_total": MetricSpec(
+        "counter",
+        "rows of the answer log (and feedback labels), by outcome: written, dropped (its "
+        "queue full) or failed (a write error)",
+        ("model", "outcome"),
+    ),
 }
 
 
@@ -120,6 +126,8 @@ class RecordingMetrics(ABC):
     ``cascade_audit_rows_total`` and the ``cascade_live_*``, ``cascade_drift_score`` and
     ``cascade_alarm`` gauges, the live audit (``cascade.serving._audit``), about once a
     second while it runs.
+    ``cascade_log_records_total{outcome}``, the answer log's rows (``written``, ``dropped``,
+    ``failed``), reported as requests pass, so it trails the writer by a request.
     """
 
     @abstractmethod
@@ -211,3 +219,7 @@ class RecordingMetrics(ABC):
             self.set("cascade_drift_score", snapshot["drift"]["score"], tags)
         for kind in ALARM_KINDS:
             self.set("cascade_alarm", float(kind in snapshot["alarms"]), tags | {"kind": kind})
+
+    def answer_log(self, model: str, rows: dict[str, int]) -> None:
+        for outcome, count in rows.items():
+            self.inc("cascade_log_records_total", count, {"model": model, "outcome": outcome})

@@ -13,7 +13,7 @@ fuzzes the server against this document (schemathesis). The paths are held to th
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
@@ -108,6 +108,25 @@ class InferResponse(BaseModel):
     )
 
 
+class FeedbackRequest(_Open):
+    """True labels for an earlier request's rows, by its id (Seldon Core's feedback)."""
+
+    id: str = Field(description="the id of the inference request these rows belong to")
+    labels: list[Annotated[int, Field(ge=0)] | str | None] = Field(
+        min_length=1,
+        description="one per row of that request: a class index, a class name, or null",
+    )
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    labels: int = Field(description="labels written to the answer log")
+    matched: bool = Field(
+        description="whether this replica logged that request lately (its row count was "
+        "checked); false: logged by another replica, long ago, or not sampled"
+    )
+
+
 class MetadataTensor(BaseModel):
     name: str
     datatype: Datatype
@@ -152,13 +171,15 @@ class Error(BaseModel):
 
 _MODELS: list[type[BaseModel]] = [
     InferRequest, InferResponse, ModelMetadata, ServerMetadata, Live, Ready, ModelReady, Error,
+    FeedbackRequest, FeedbackResponse,
 ]  # fmt: skip
+_REQUESTS = (InferRequest, FeedbackRequest)
 
 
 def _schemas() -> dict[str, Any]:
     """Every model's JSON schema, refs pointing into ``components.schemas``."""
     _, document = models_json_schema(
-        [(m, "validation" if m is InferRequest else "serialization") for m in _MODELS],
+        [(m, "validation" if m in _REQUESTS else "serialization") for m in _MODELS],
         ref_template="#/components/schemas/{model}",
     )
     schemas: dict[str, Any] = document["$defs"]
@@ -257,6 +278,18 @@ def openapi_document(models: list[str], versions: list[str] | None = None) -> di
                             "responses": {"200": _json({"type": "object"}, "configuration"),
                                           "404": unknown}}},
         "/infer": {"post": infer},
+        "/feedback": {"post": {
+            "summary": "true labels for an earlier request's rows, into the answer log",
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref("FeedbackRequest")}}},
+            "responses": {
+                "200": _json(_ref("FeedbackResponse"), "written to the answer log"),
+                "400": bad, "404": unknown,
+                "409": _json(_ref("Error"), "the model keeps no answer log (no `log` section)"),
+                "413": _json(_ref("Error"), "the body is larger than the limit"),
+                "503": busy,
+            },
+        }},
     }  # fmt: skip
     paths: dict[str, Any] = {
         "/v2": {"get": {"summary": "server metadata: name, version, extensions",
@@ -278,7 +311,7 @@ def openapi_document(models: list[str], versions: list[str] | None = None) -> di
         for suffix, operations in model_operations.items():
             paths[prefix + suffix] = {
                 method: operation
-                | {"parameters": parameters + (_INFER_HEADERS if method == "post" else [])}
+                | {"parameters": parameters + (_INFER_HEADERS if suffix == "/infer" else [])}
                 for method, operation in operations.items()
             }
     paths["/openapi.json"] = {

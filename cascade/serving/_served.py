@@ -8,6 +8,7 @@ spec of the local models.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -31,6 +32,7 @@ from cascade.load import (
 )
 from cascade.policy import Policy, PolicyFile
 from cascade.routing import BatchResult, Engine, Ranker, routed_tiers
+from cascade.serving._answer_log import AnswerLog
 from cascade.serving._audit import LiveAudit, audit_limits
 from cascade.serving._auth import load_token
 from cascade.serving._caching import AnswerCaches
@@ -227,6 +229,9 @@ class ServedModel(Served):
         self.caches: AnswerCaches | None = None
         self.audit: LiveAudit | None = None
         self._take_policy(loaded.policy, cache_changed=True)
+        self._base_dir = loaded.base_dir  # where a reloaded policy's log.path starts
+        self.answer_log: AnswerLog | None = None
+        self._take_log(loaded)
 
     def _run_batch(
         self,
@@ -253,10 +258,37 @@ class ServedModel(Served):
         Its caches start empty when the cache section changed; else they stay, and entries
         of the old policy are never served again (they are keyed by the policy's hash).
         """
+        # the log's folder first: a policy whose log.path is refused changes nothing
+        loaded = PolicyFile(policy=policy, path=None, base_dir=self._base_dir)
+        loaded.log_dir()
         self.engine.replace_policy(policy)
         changed = self.policy.cache != policy.cache
         super().set_policy(policy)
         self._take_policy(policy, cache_changed=changed)
+        self._take_log(loaded)
+
+    def _take_log(self, loaded: PolicyFile) -> None:
+        """Open the policy's answer log, keeping the one open when its section is the same
+        (its writer, file and counters go on); another section closes it first."""
+        section, directory = loaded.policy.log, loaded.log_dir()
+        current = self.answer_log
+        if current is not None and (current.section, current.directory) == (section, directory):
+            return
+        self.close_log()
+        if section is not None and directory is not None:
+            self.answer_log = AnswerLog(directory, loaded.policy.name, section,
+                                        classes=self.classes)  # fmt: skip
+
+    def close_log(self) -> None:
+        """Write what the answer log holds and close its file (blocks: see :meth:`aclose`)."""
+        log, self.answer_log = self.answer_log, None
+        if log is not None:
+            log.close()
+
+    async def aclose(self) -> None:
+        """Close remote tiers' connections and the answer log (its last writes off the loop)."""
+        await asyncio.to_thread(self.close_log)
+        await super().aclose()
 
     def _take_policy(self, policy: Policy, *, cache_changed: bool) -> None:
         if cache_changed:
@@ -386,6 +418,7 @@ class ServedModel(Served):
         """The load state metadata reports: gear, requests in flight, breaker states."""
         return {
             **({"cache": self.caches.stats()} if self.caches is not None else {}),
+            **({"log": self.answer_log.stats()} if self.answer_log is not None else {}),
             "gear": self.shifter.gear.name,
             **super().load(),
             "breakers": {

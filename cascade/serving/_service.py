@@ -10,6 +10,7 @@ version is the policy's hash, as model metadata lists it)::
     GET  /v2                GET /v2/health/live     GET /v2/health/ready    GET /openapi.json
     GET  /v2/models         GET /v2/models/{name}   GET /v2/models/{name}/ready
     GET  /v2/models/{name}/config                   POST /v2/models/{name}/infer
+    POST /v2/models/{name}/feedback
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 from cascade.errors import CascadeError, CircuitOpen, InputError, OverloadedError
 from cascade.policy import PolicyFile, parse_policy
+from cascade.serving._answer_log import AnswerLog, parse_feedback
 from cascade.serving._auth import BearerAuth
 from cascade.serving._deadline import epoch_header, request_budget_ms, sent_delay_ms
 from cascade.serving._profile import PROFILE_HEADER, Profile
@@ -38,6 +40,7 @@ from cascade.serving._protocol import (
     error_body,
     model_metadata,
     parse_infer_request,
+    parse_json_object,
     scalar_parameters,
 )
 from cascade.serving._ranking import build_rank_response, parse_rank_request
@@ -93,6 +96,10 @@ class ServiceMetrics(Protocol):
         """The live audit concluded (about once a second): its snapshot
         (``cascade.serving._audit``) and the audited rows by ``(tier, outcome)`` since."""
 
+    def answer_log(self, model: str, rows: dict[str, int]) -> None:
+        """Rows the answer log wrote, dropped (its queue full) and failed to write, since
+        the last call (``{"written": 12}``)."""
+
 
 class _NoMetrics:
     def record(self, model: str, decisions: Any, elapsed_ms: float) -> None:
@@ -114,6 +121,9 @@ class _NoMetrics:
         pass
 
     def audit(self, model: str, snapshot: dict[str, Any], rows: dict[tuple[str, str], int]) -> None:
+        pass
+
+    def answer_log(self, model: str, rows: dict[str, int]) -> None:
         pass
 
 
@@ -192,6 +202,7 @@ class InferenceService:
             ("GET", "/ready", self._model_ready),
             ("GET", "/config", self._config),
             ("POST", "/infer", self._infer),
+            ("POST", "/feedback", self._feedback),
         ]
         for prefix in (_MODEL, f"{_MODEL}/versions/([^/]+)"):
             self._routes += [
@@ -232,6 +243,10 @@ class InferenceService:
                     self.models[name] = serve_policy(
                         item, remote=remote(name), coalesce_ms=self.coalesce_ms
                     )
+                    if isinstance(current, ServedModel):
+                        current.close_log()  # its slot and file go to the new one
+                        if current.audit is not None:
+                            current.audit.close()  # its drain task stops with it
                 self._wire_audit(name)
                 self.reload_errors.pop(key, None)
                 _LOG.info("policy applied model=%s version=%s file=%s", name,
@@ -247,6 +262,14 @@ class InferenceService:
         if audit is not None and audit.sink is None:
             metrics = self.metrics
             audit.sink = lambda snapshot, rows: metrics.audit(name, snapshot, rows)
+
+    def close_logs(self) -> None:
+        """Write what every answer log holds and close it (a runtime's shutdown; blocks)."""
+        for name, served in self.models.items():
+            log = served.answer_log if isinstance(served, ServedModel) else None
+            if isinstance(served, ServedModel) and log is not None:
+                served.close_log()
+                self._log_counts(name, log)  # its last writes
 
     # ---- dispatch ----------------------------------------------------------------------
 
@@ -610,6 +633,12 @@ class InferenceService:
             similar = served.caches.similar
             rate = similar.false_hit_rate if similar is not None else None
             self.metrics.cache(name, outcomes, rate)
+        log = served.answer_log
+        if log is not None:
+            if log.sampled():
+                log.answers(version=served.version, request_id=parsed.id, rows=parsed.rows,
+                            probabilities=probabilities, decisions=decisions)  # fmt: skip
+            self._log_counts(name, log)
         if profile is not None:
             profile.mark("metrics")
         document = build_infer_response(
@@ -633,6 +662,56 @@ class InferenceService:
         if served.audit is not None:  # after the reply is built; it never awaits
             served.audit.observe(parsed.rows, probabilities, decisions)
         return reply
+
+    def _log_counts(self, name: str, log: AnswerLog) -> None:
+        rows = log.unreported()
+        if rows:
+            self.metrics.answer_log(name, rows)
+
+    async def _feedback(
+        self, name: str, version: str | None = None, *, body: Body, **_: Any
+    ) -> HttpReply:
+        """True labels for the rows of an earlier request, by its id, into the answer log
+        (Seldon Core's feedback route): ``{"id": "req-7", "labels": [3, "7", null]}``."""
+        served = self._model(name, version)
+        if isinstance(served, HttpReply):
+            return served
+        if isinstance(served, ServedRanker):
+            return HttpReply.error(f"model '{name}' ranks candidates; feedback labels classes", 400)
+        try:
+            raw = await body()
+        except Exception as exc:  # as for /infer: the service's state, not the client's mistake
+            return unavailable(f"request body could not be read: {type(exc).__name__}")
+        try:
+            feedback = parse_feedback(
+                parse_json_object(raw, self.max_body_bytes),
+                classes=served.classes,
+                n_classes=served.n_classes,
+                max_rows=self.max_rows,
+            )
+        except InputError as exc:
+            return HttpReply.error(str(exc), 400)
+        log = served.answer_log
+        if log is None:
+            return HttpReply.error(
+                f"model '{name}' keeps no answer log (its policy has no `log` section): "
+                "feedback has nowhere to go",
+                409,
+            )
+        expected = log.expected_rows(feedback.id)
+        if expected is not None and expected != len(feedback.labels):
+            return HttpReply.error(
+                f"request '{feedback.id}' had {expected} rows; feedback gives "
+                f"{len(feedback.labels)} labels (one per row, null for a row without one)",
+                400,
+            )
+        if not log.feedback(feedback):
+            self._log_counts(name, log)
+            return unavailable("the answer log's queue is full; send the feedback again")
+        self._log_counts(name, log)
+        labelled = sum(label is not None for label in feedback.labels)
+        matched = expected is not None
+        return HttpReply.json({"id": feedback.id, "labels": labelled, "matched": matched})
 
     def _profile(
         self,

@@ -18,9 +18,11 @@ Everything is torn down by PID. The timeline is printed (``pytest -s``) and writ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -113,6 +115,9 @@ def _bench(url: str, out: Path, *, rate: float, duration: float) -> subprocess.P
          "--rate", str(rate), "--duration", str(duration), "--timeout-s", "10",
          "--no-progress", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # its own process group: `cascade bench` spawns sender processes that share the
+        # stderr pipe, so killing only the parent would leave the pipe open for ever
+        start_new_session=True,
     )  # fmt: skip
 
 
@@ -194,8 +199,10 @@ def test_scale_up_down_and_lose_a_node(
         down = _report(bench("scale-down", 1, 30), tmp_path / "scale-down")
         report["phases"]["scale-down"] = _outcomes(down)
 
-        loss_run = bench("node-loss", 40, 40)
-        at_kill = timeline.wait_for(lambda s: s["running_other"] > 0, timeout_s=30)
+        # long enough for the autoscaler to grow again on a busy machine (CI once waited
+        # more than 30 s for it) and for the kill to land well inside the run
+        loss_run = bench("node-loss", 40, 80)
+        at_kill = timeline.wait_for(lambda s: s["running_other"] > 0, timeout_s=60)
         killed = cluster.kill(worker.name)
         loss = _report(loss_run, tmp_path / "node-loss")
         report["phases"]["node-loss"] = _outcomes(loss) | {
@@ -211,8 +218,9 @@ def test_scale_up_down_and_lose_a_node(
     finally:
         for run in runs:
             if run.poll() is None:
-                run.kill()
-                run.communicate()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(run.pid, signal.SIGKILL)
+            run.communicate(timeout=30)
         timeline.stop()
         report["timeline"] = timeline.samples
         _publish(report)

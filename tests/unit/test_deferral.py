@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from cascade.backends import OnnxModel
-from cascade.evaluate import Target, certified_threshold, oracle, train_deferral
+from cascade.evaluate import (
+    Target,
+    certified_threshold,
+    oracle,
+    oracle_curve,
+    oracle_share,
+    train_deferral,
+)
 from cascade.routing import confidence, deferral_features, deferral_width
 
 
@@ -44,6 +51,24 @@ def test_an_exact_product_does_not_round_up_to_an_extra_row() -> None:
     small = np.r_[np.ones(199, dtype=bool), np.zeros(1, dtype=bool)]
     large = np.ones(200, dtype=bool)
     assert oracle(small, large, relative_accuracy=0.995).escalated == 0
+
+
+def test_the_oracle_curve_and_share_by_hand_count() -> None:
+    # 10 rows: small right on 6, large right on 8; large fixes 3 rows, breaks 1
+    small = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0], bool)
+    large = np.array([1, 1, 1, 1, 1, 0, 1, 1, 1, 0], bool)
+    curve = oracle_curve(small, large, cheap_cost=0.1, expensive_cost=1.0)
+    # from small alone (6/8 of large's accuracy at 0.1) to all 3 fixable escalated (9/8 at 0.4)
+    assert curve == [(pytest.approx(0.1), pytest.approx(6 / 8)), (pytest.approx(0.4), 9 / 8)]
+    # at large's accuracy the oracle escalates 2 rows: cost 0.3; a router at 0.65 keeps half
+    share = oracle_share(0.65, 1.0, small, large, cheap_cost=0.1, expensive_cost=1.0)
+    assert share == pytest.approx((1 - 0.65) / (1 - 0.3))
+    # outside what escalation spans (below small's own, above all fixed): no share
+    assert oracle_share(0.05, 0.7, small, large, cheap_cost=0.1, expensive_cost=1.0) is None
+    assert oracle_share(0.9, 1.2, small, large, cheap_cost=0.1, expensive_cost=1.0) is None
+    # an oracle that saves nothing gives no share
+    assert oracle_share(0.5, 1.0, small, large, cheap_cost=0.8, expensive_cost=1.0) is None
+    assert oracle_curve(small, np.zeros(10, bool), cheap_cost=0.1, expensive_cost=1.0) == []
 
 
 def test_deferral_features_read_outputs_only_never_labels() -> None:

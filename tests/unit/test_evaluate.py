@@ -86,7 +86,31 @@ def test_evaluate_agrees_with_a_direct_numpy_cascade(policy_dir: Path) -> None:
     assert row.tier_rates == pytest.approx({"tiny": 1.0, "large": float((~sure).mean())})
     assert rows["always-large"].relative_accuracy == 1.0
     assert rows["always-large"].relative_cost == pytest.approx(1.0)
-    assert [r for r in rows] == ["d", "always-tiny", "always-small", "always-large"]
+    assert [r for r in rows] == [
+        "d",
+        "oracle (labels known)",
+        "always-tiny",
+        "always-small",
+        "always-large",
+    ]
+    # the oracle by hand: tiny answers, and just enough rows large fixes escalate to reach
+    # the policy's accuracy; each row's share of its saving at the row's own accuracy
+    tiny_ok, large_ok = tiny.argmax(axis=1) == test.y, large.argmax(axis=1) == test.y
+    need = int(np.ceil(row.relative_accuracy * large_ok.sum() - tiny_ok.sum() - 1e-9))
+    floor = rows["oracle (labels known)"]
+    assert floor.escalation_rate == pytest.approx(max(need, 0) / len(test.y))
+    assert floor.relative_cost == pytest.approx(costs["tiny"] + floor.escalation_rate)
+    assert floor.relative_accuracy == pytest.approx(row.relative_accuracy, abs=1 / len(test.y))
+    assert floor.relative_cost <= row.relative_cost
+    assert row.oracle_share == pytest.approx((1 - row.relative_cost) / (1 - floor.relative_cost))
+    assert rows["always-large"].oracle_share == pytest.approx(0.0)
+    assert rows["always-tiny"].oracle_share == pytest.approx(1.0)  # its own accuracy: the floor
+    assert [r.name for r in evaluator.evaluate(test.X, test.y, with_oracle=False)] == [
+        "d",
+        "always-tiny",
+        "always-small",
+        "always-large",
+    ]
 
 
 def _card(name: str, directory: Path) -> ModelCard:
@@ -196,6 +220,37 @@ routing:
     assert all(b is not None for b in bounds) and bounds == sorted(bounds)
     row = Evaluator(reloaded).evaluate(cal.X, cal.y)[0]
     assert row.relative_cost > 0 and 0 < row.accuracy <= 1
+    # calibrate says plainly whether a confidence chain over the same tiers does better
+    (verdict,) = [n for n in result.notes if "complexity routing" in n]
+    costs = []  # every confidence chain over the bands' tiers that ends at large
+    for chain in (["tiny", "small"], ["tiny"], ["small"]):
+        steps = "".join(f"    - {{tier: {t}, threshold: 0.5}}\n" for t in chain)
+        path = _write(policy_dir, CHAIN3.format(steps=steps), name="chain.yaml")
+        alternative = calibrate_policy(
+            read_policy(path), cal.X, cal.y, data_label="digits", write=False,
+            target=Target(relative_accuracy=0.95, confidence=0.8),
+        )  # fmt: skip
+        if alternative.chosen is not None:
+            costs.append((alternative.chosen.relative_cost, " -> ".join([*chain, "large"])))
+    assert costs and result.chosen is not None
+    cheapest, over = min(costs)
+    assert f"{cheapest:.3f}" in verdict and over in verdict, (verdict, costs)
+    dominated = cheapest <= result.chosen.relative_cost
+    assert ("DOMINATED" in verdict) == dominated, verdict
+    assert ("earns its place" in verdict) == (not dominated), verdict
+
+
+CHAIN3 = """\
+name: chain
+tiers:
+  tiny: {{model: tiny.onnx}}
+  small: {{model: small.onnx}}
+  large: {{model: large.onnx}}
+routing:
+  kind: confidence
+  chain:
+{steps}    - {{tier: large}}
+"""
 
 
 def test_speculative_policy_evaluates_and_calibrates(policy_dir: Path) -> None:
@@ -304,11 +359,16 @@ def test_cli_evaluate_json_and_users_own_table(
 ) -> None:
     argv = [str(wine.policy), "--data", str(wine.table), "--label-column", "target"]
     rows = _evaluate_json(argv, capsys)
-    assert [r["name"] for r in rows] == ["wine", "always-tiny", "always-small", "always-large"]
+    assert [r["name"] for r in rows] == [
+        "wine",
+        "oracle (labels known)",
+        "always-tiny",
+        "always-small",
+        "always-large",
+    ]
     for row in rows:
-        assert {"name", "accuracy", "relative_accuracy", "relative_cost", "escalation_rate"} <= set(
-            row
-        )
+        assert {"name", "accuracy", "relative_accuracy", "relative_cost", "escalation_rate",
+                "oracle_share"} <= set(row)  # fmt: skip
     assert main(["evaluate", str(wine.policy)]) == 1
     assert "the policy names no `dataset`" in capsys.readouterr().err
 

@@ -249,7 +249,7 @@ def test_unknown_key(folder: Path) -> None:
         match=_exactly(
             path,
             "9 routing.chain[0].treshold: unknown key 'treshold' "
-            "(allowed: tier, threshold, calibration)",
+            "(allowed: tier, threshold, calibration, deferral)",
         ),
     ):
         read_policy(path)
@@ -541,7 +541,7 @@ def test_several_errors_are_reported_together_in_line_order(folder: Path) -> Non
         "7 routing.measure: must be one of max_prob, margin, entropy, got 'mean'",
         "9 routing.chain[0].threshold: must be <= 1, got 2",
         "10 routing.chain[1].calibrate: unknown key 'calibrate' (allowed: tier, threshold, "
-        "calibration)",
+        "calibration, deferral)",
         "11 cache.exact_max_entries: must be >= 0, got -1",
     )
     with pytest.raises(PolicyError, match=match):

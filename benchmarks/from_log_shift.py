@@ -1,0 +1,174 @@
+"""`calibrate --from-log` on shifted live traffic: does the recalibrated policy meet the
+target on held-back shifted rows, and at what cost beside the policy that served?
+
+    python benchmarks/from_log_shift.py [--dataset clinc150] [--rows-per-request 10]
+    python benchmarks/from_log_shift.py --dataset covertype --wilderness 1
+
+The shipped policy (calibrated on its calibration split: CLINC150 3 % out of scope) serves
+the test split (18 % out of scope: the shift the README measures), or with covertype the
+test rows of one wilderness area (``--wilderness K``, one-hot column 10 + K), in-process through
+``InferenceService`` with a ``log`` section, requests with ids; true labels go to the
+feedback route for every request. The log is then fed to ``calibrate_from_log`` twice,
+written nowhere: with the feedback (true labels), and with the feedback lines removed (every
+row labelled by the top tier's answer). Each time the seeded half held back scores the
+serving and the recalibrated policy against the **true** labels: relative accuracy
+(against always-<top> on the same rows) and relative cost.
+Writes ``benchmarks/results/from_log_shift.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _serve_and_log(policy: Path, X: np.ndarray, y: np.ndarray, size: int, text: bool) -> None:
+    from cascade.serving import InferenceService, PolicyText
+
+    service = InferenceService(max_rows=4096)
+    service.apply_policies([PolicyText(str(policy), policy.read_text())], remote=lambda n: {})
+    assert not service.reload_errors, service.reload_errors
+    (name,) = service.models
+    classes = service.models[name].classes
+
+    async def post(path: str, document: dict[str, Any]) -> None:
+        raw = json.dumps(document).encode()
+
+        async def read() -> bytes:
+            return raw
+
+        reply = await service.handle("POST", path, {}, read)
+        assert reply.status == 200, reply.body[:300]
+
+    async def run() -> None:
+        for k, start in enumerate(range(0, len(X), size)):
+            rows = X[start : start + size]
+            data = [str(t) for t in rows] if text else np.asarray(rows).ravel().tolist()
+            shape = [len(rows)] if text else list(np.asarray(rows).shape)
+            tensor = {"name": "text" if text else "input", "shape": shape,
+                      "datatype": "BYTES" if text else "FP32", "data": data}  # fmt: skip
+            await post(f"/v2/models/{name}/infer", {"id": f"q{k}", "inputs": [tensor]})
+            labels = [classes[int(v)] if classes else int(v) for v in y[start : start + size]]
+            await post(f"/v2/models/{name}/feedback", {"id": f"q{k}", "labels": labels})
+            if k % 50 == 0:
+                await asyncio.sleep(0.06)  # let the writer keep up (its queue is bounded)
+        for served in service.models.values():
+            await served.aclose()
+
+    asyncio.run(run())
+
+
+def _truth(result: Any, evaluator: Any, policy: Any, y_true: np.ndarray) -> dict[str, float]:
+    """Relative accuracy (true labels, against always-<top>) and relative cost of ``policy``
+    on the held-back rows."""
+    from cascade.policy import ChainStep, ConfidenceRouting
+
+    held = result.split.held_back
+    X_held, y_held = result.rows.X[held], y_true[held]
+    top = ConfidenceRouting(kind="confidence", chain=[ChainStep(tier=result.top)])
+    reference = evaluator.replay(policy.model_copy(update={"routing": top}), X_held)
+    replayed = evaluator.replay(policy, X_held)
+    row = evaluator.summarise(
+        "x", policy, replayed, y_held,
+        reference_accuracy=float((reference.labels == y_held).mean()),
+        reference_cost=evaluator.costs[result.top],
+    )  # fmt: skip
+    return {"relative_accuracy": row.relative_accuracy, "relative_cost": row.relative_cost,
+            "accuracy": row.accuracy}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="clinc150")
+    parser.add_argument("--rows-per-request", type=int, default=10)
+    parser.add_argument("--wilderness", type=int, choices=range(4), default=None,
+                        help="covertype: only the test rows of this wilderness area")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
+    args = parser.parse_args()
+
+    from cascade._table import table
+    from cascade.evaluate import Evaluator, Target, calibrate_from_log, ensure_models
+    from cascade.policy import read_policy
+    from cascade.zoo import read_dataset
+
+    source = ROOT / "policies" / f"{args.dataset}.yaml"
+    shipped = read_policy(source)
+    ensure_models(shipped, progress=False)
+    assert shipped.policy.provenance is not None
+    target = Target(
+        relative_accuracy=shipped.policy.provenance.target["relative_accuracy"],
+        confidence=shipped.policy.provenance.confidence or 0.95,
+    )
+    test = read_dataset(args.dataset).test
+    X, y = test.X, np.asarray(test.y)
+    if args.wilderness is not None:
+        area = np.asarray(X)[:, 10 + args.wilderness] == 1
+        X, y = np.asarray(X)[area], y[area]
+    text = np.asarray(X).dtype == object or isinstance(X[0], str)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as work:
+        policy = Path(work) / source.name
+        body = source.read_text().replace("placement: deployment", "placement: inline")
+        body = body.replace("models/", f"{source.parent}/models/")
+        policy.write_text(f"allow_outside_paths: true\n{body}log: {{path: {work}/logs}}\n")
+        _serve_and_log(policy, X, y, args.rows_per_request, text)
+        log = Path(work) / "logs" / f"{shipped.policy.name}.jsonl"
+        plain = Path(work) / "no-feedback" / log.name
+        plain.parent.mkdir()
+        plain.write_text("".join(line for line in log.read_text().splitlines(keepends=True)
+                                 if '"kind":"feedback"' not in line))  # fmt: skip
+        loaded = read_policy(policy)
+        evaluator = Evaluator(loaded)
+        for labels, path in (("feedback (true labels)", log), ("top tier only", plain)):
+            result = calibrate_from_log(loaded, [path], target=target, write=False,
+                                        evaluator=evaluator)  # fmt: skip
+            assert len(result.rows.X) == len(y), "rows were dropped from the log"
+            serving = _truth(result, evaluator, loaded.policy, y)
+            after = (
+                _truth(result, evaluator, result.calibration.policy, y)
+                if result.calibration.met
+                else None
+            )
+            rows.append({"labels": labels, "rows": len(y), "feedback_rows": result.rows.labelled,
+                         "held_back": len(result.split.held_back), "serving": serving,
+                         "recalibrated": after,
+                         "chosen": None if result.calibration.chosen is None
+                         else result.calibration.chosen.params})  # fmt: skip
+    goal = target.relative_accuracy
+    assert goal is not None
+    body_rows = []
+    for r in rows:
+        s, a = r["serving"], r["recalibrated"]
+        body_rows.append([
+            r["labels"], f"{r['held_back']:,}",
+            f"{s['relative_accuracy']:.4f}", f"{s['relative_cost']:.3f}",
+            "-" if a is None else f"{a['relative_accuracy']:.4f}",
+            "-" if a is None else f"{a['relative_cost']:.3f}",
+            "-" if a is None else ("yes" if a["relative_accuracy"] >= goal else "no"),
+        ])  # fmt: skip
+    where = "" if args.wilderness is None else f" (wilderness area {args.wilderness} only)"
+    print(f"{args.dataset}{where}: {len(y):,} test rows served by the shipped policy "
+          f"(calibrated on its calibration split); target relative accuracy {goal:g} at confidence "
+          f"{target.confidence:g}; held-back rows scored against the true labels")  # fmt: skip
+    print(table(["recalibrated on", "held back", "serving rel acc", "serving rel cost",
+                 "recal rel acc", "recal rel cost", "meets target"], body_rows))  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.wilderness is None else f"-wilderness{args.wilderness}"
+    out = args.out / f"from_log_shift-{args.dataset}{suffix}.json"
+    document = {"dataset": args.dataset, "wilderness": args.wilderness,
+                "target": target.as_dict(),
+                "confidence": target.confidence, "runs": rows}  # fmt: skip
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
