@@ -343,3 +343,30 @@ def test_the_accuracy_alarm_starts_from_the_agreement_calibration_saw(tmp_path: 
     assert floor("{sample_rate: 0.1}", "") == 0.99
     assert floor("{sample_rate: 0.1}", reference) == pytest.approx(0.982)
     assert floor("{sample_rate: 0.1, min_agreement: 0.97}", reference) == 0.97
+
+
+def test_a_model_rebuilt_on_reload_stops_its_old_audit(
+    digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path, digits_rows: np.ndarray
+) -> None:
+    """New tiers rebuild the served model: the old one's drain task must not live on."""
+    models, _ = digits_zoo
+    svc, _, _ = _service(tmp_path, _policy(models, audit=_ON))
+    grown = _policy(models, audit=_ON).replace(
+        "tiers:\n", f"tiers:\n  small: {{model: {models / 'small.onnx'}}}\n"
+    )
+    path = tmp_path / "grown.yaml"
+    path.write_text(grown)
+
+    async def scenario() -> tuple[Any, Any]:
+        await _infer(svc, digits_rows[:10])
+        old = svc.models["digits"]
+        assert isinstance(old, ServedModel) and old.audit is not None
+        task = old.audit._task
+        svc.apply_policies([PolicyText(str(path), grown)], remote=lambda name: {})
+        assert svc.models["digits"] is not old and not svc.reload_errors
+        await asyncio.sleep(0)
+        return task, svc.models["digits"]
+
+    task, new = asyncio.run(scenario())
+    assert task is not None and task.cancelled()
+    assert isinstance(new, ServedModel) and new.audit is not None and new.audit.sink is not None
