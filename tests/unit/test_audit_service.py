@@ -357,16 +357,19 @@ def test_a_model_rebuilt_on_reload_stops_its_old_audit(
     path = tmp_path / "grown.yaml"
     path.write_text(grown)
 
-    async def scenario() -> tuple[Any, Any]:
+    async def scenario() -> tuple[bool, Any]:
         await _infer(svc, digits_rows[:10])
         old = svc.models["digits"]
         assert isinstance(old, ServedModel) and old.audit is not None
         task = old.audit._task
         svc.apply_policies([PolicyText(str(path), grown)], remote=lambda name: {})
         assert svc.models["digits"] is not old and not svc.reload_errors
-        await asyncio.sleep(0)
-        return task, svc.models["digits"]
+        assert task is not None
+        # asked here: asyncio.run cancels whatever task is left when it ends; a stopped
+        # task ends within the wait, a running one never does
+        await asyncio.wait([task], timeout=2)
+        return task.cancelled(), svc.models["digits"]
 
-    task, new = asyncio.run(scenario())
-    assert task is not None and task.cancelled()
+    stopped, new = asyncio.run(scenario())
+    assert stopped
     assert isinstance(new, ServedModel) and new.audit is not None and new.audit.sink is not None
