@@ -13,6 +13,7 @@ cascade bench URL --model NAME [--rate RPS | --ramp START:END] [--duration S] [o
 cascade profile URL --model NAME [--rows N] [--requests N] [--concurrency C] [--binary]
 cascade shadow URL [CANDIDATE] [--model NAME] [--sample-rate R] [--report | --stop]
 cascade promote URL --model NAME [--write PATH]
+cascade status URL [--model NAME] [--token-file PATH] [--json]
 
 One module per command group; each registers its parsers with the function that runs them
 (``set_defaults(run=...)``).
@@ -34,6 +35,7 @@ from cascade.cli.policy import add_policy_commands
 from cascade.cli.profile import add_profile_command
 from cascade.cli.serve import add_serve_command
 from cascade.cli.shadow import add_shadow_commands
+from cascade.cli.status import add_status_command
 from cascade.errors import CascadeError
 
 __all__ = ["build_parser", "main"]
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile_command(commands)
     add_policy_commands(commands)
     add_shadow_commands(commands)
+    add_status_command(commands)
     return parser
 
 

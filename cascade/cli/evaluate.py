@@ -169,6 +169,9 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[argparse.Argument
     calibrate.add_argument("--max-users", type=int, metavar="U",
                            help="movielens: a seeded sample of U users (default: all)")  # fmt: skip
     calibrate.add_argument("--dry-run", action="store_true", help="do not write the policy")
+    calibrate.add_argument("--reference-only", action="store_true",
+                           help="write only provenance.reference (the drift reference of the "
+                           "live audit) for the thresholds as they are")  # fmt: skip
     calibrate.add_argument("--cost", choices=("model", "served"), default="model",
                            help="what the cheapest certified setting minimises: model "
                            "(the cards' per-row cost at batch 256, default) or served "
@@ -378,6 +381,24 @@ def _calibrate_ranking(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_reference(args: argparse.Namespace) -> int:
+    from cascade.evaluate import Evaluator, confidence_reference, write_reference
+
+    loaded = _prepare(args)
+    data = _labelled(args, loaded, "calibration")
+    if args.dry_run:
+        reference = confidence_reference(loaded.policy, Evaluator(loaded), data.X)
+    else:
+        reference = write_reference(loaded, data.X)
+    if reference is None:
+        print("complexity routing: no confidence to take a drift reference of", file=sys.stderr)
+        return 1
+    written = "not written (--dry-run)" if args.dry_run else f"written to {args.policy}"
+    print(f"drift reference of tier {reference['tier']} ({reference['measure']}) on "
+          f"{data.description}: {len(reference['shares'])} bins; {written}")  # fmt: skip
+    return 0
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     if args.from_log:
         from cascade.cli.from_log import refuse_other_options, run_calibrate_from_log
@@ -388,6 +409,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         args.confidence = 0.95
     if args.gears:
         return run_gears(args)
+    if args.reference_only:
+        return _write_reference(args)
 
     from cascade.policy import read_policy
 

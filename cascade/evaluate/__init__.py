@@ -12,6 +12,8 @@ from cascade.evaluate._calibrate import (
     Target,
     calibrate_policy,
     calibration_provenance,
+    confidence_reference,
+    write_reference,
 )
 from cascade.evaluate._data import LabelledRows, labelled_rows, labelled_split, model_classes
 from cascade.evaluate._deferral import Certified, certified_threshold
@@ -44,6 +46,7 @@ __all__ = [
     "calibrate_policy",
     "calibration_provenance",
     "certified_threshold",
+    "confidence_reference",
     "edit_policy_file",
     "ensure_models",
     "fit_isotonic",
@@ -62,4 +65,5 @@ __all__ = [
     "plot_frontier",
     "read_answer_log",
     "train_deferral",
+    "write_reference",
 ]

@@ -16,13 +16,11 @@ certified by a variance it has not seen.
 
 from __future__ import annotations
 
-from statistics import NormalDist
-
 import numpy as np
 
-__all__ = ["MIN_EVENTS", "loss_upper_bound", "net_loss"]
+from cascade.audit import MIN_EVENTS, loss_bound
 
-MIN_EVENTS = 10
+__all__ = ["MIN_EVENTS", "loss_upper_bound", "net_loss"]
 
 
 def net_loss(cascade_correct: np.ndarray, large_correct: np.ndarray) -> np.ndarray:
@@ -41,15 +39,6 @@ def loss_upper_bound(d: np.ndarray, *, confidence: float) -> float:
         >>> round(loss_upper_bound(d, confidence=0.95), 4)
         0.0216
     """
-    n = len(d)
-    if n == 0:
-        return float("inf")
-    losses = int(np.count_nonzero(d > 0))
-    if np.count_nonzero(d) < MIN_EVENTS:
-        if losses == n:
-            return 1.0
-        from scipy.stats import beta
-
-        return float(beta.ppf(confidence, losses + 1, n - losses))
-    z = NormalDist().inv_cdf(confidence)
-    return float(d.mean()) + z * float(d.std(ddof=1)) / float(np.sqrt(n))
+    # the bound itself lives in cascade.audit, shared with the live audit of a server
+    losses, gains = int(np.count_nonzero(d > 0)), int(np.count_nonzero(d < 0))
+    return loss_bound(losses, gains, len(d), confidence=confidence)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cascade.audit import reference_from
 from cascade.errors import PolicyError
 from cascade.evaluate._bounds import loss_upper_bound
 from cascade.evaluate._candidate import Candidate
@@ -56,8 +57,10 @@ __all__ = [
     "Target",
     "calibrate_policy",
     "calibration_provenance",
+    "confidence_reference",
     "select_certified",
     "threshold_grid",
+    "write_reference",
 ]
 
 ConfidenceCalibration = Literal["none", "temperature", "isotonic"]
@@ -360,8 +363,10 @@ def calibrate_policy(
         extra_files=extra_files,
     )
     if write and chosen is not None and loaded.path is not None:
+        reference = confidence_reference(policy, evaluator, X)
         _write(loaded, result, target=target, data_label=data_label, evaluator=evaluator,
-               cost=cost_objective(cost_model), split_label=split_label)  # fmt: skip
+               cost=cost_objective(cost_model), reference=reference,
+               split_label=split_label)  # fmt: skip
     return result
 
 
@@ -581,6 +586,7 @@ def _write(
     data_label: str,
     evaluator: Evaluator,
     cost: str,
+    reference: dict[str, Any] | None = None,
     split_label: str = "calibration",
 ) -> None:
     from cascade.evaluate._policy_edit import plain
@@ -590,6 +596,7 @@ def _write(
     routing = policy.chain_routing
     provenance = calibration_provenance(
         result, target=target, data_label=data_label, evaluator=evaluator, cost=cost,
+        reference=reference,
         split_label=split_label,
     )  # fmt: skip
 
@@ -629,9 +636,11 @@ def calibration_provenance(
     data_label: str,
     evaluator: Evaluator,
     cost: str | None = None,
+    reference: dict[str, Any] | None = None,
     split_label: str = "calibration",
 ) -> dict[str, Any]:
-    """The policy's ``provenance`` section for a calibration result (see ``Provenance``)."""
+    """The policy's ``provenance`` section for a calibration result (see ``Provenance``);
+    ``reference``: the drift score's (:func:`confidence_reference`)."""
     if result.chosen is None:
         raise PolicyError("calibration chose no setting: there is no provenance to record")
     achieved = {
@@ -650,7 +659,74 @@ def calibration_provenance(
         "confidence": target.confidence,
         **({"cost": cost} if cost is not None else {}),
         "cards": {n: i.card.sha256 for n, i in evaluator.tiers.items() if i.card is not None},
+        **({"reference": reference} if reference is not None else {}),
     }
+
+
+def confidence_reference(
+    policy: Policy, evaluator: Evaluator, X: np.ndarray
+) -> dict[str, Any] | None:
+    """The first tier's confidence on ``X`` (the calibration split) as the live audit's
+    drift score reads it: the measure the policy routes on, calibration applied, exactly as
+    the engine computes it, cut at ~10 quantiles (:func:`cascade.audit.reference_from`).
+    ``agreement``: the share of ``X`` the policy answers as its top tier does (the live
+    audit's accuracy alarm starts from it). ``None`` for complexity routing (its first
+    decision is a score, not a confidence).
+
+    Example::
+
+        confidence_reference(loaded.policy, Evaluator(loaded), X_cal)
+        # {"tier": "tiny", "measure": "max_prob", "edges": [...], "shares": [...], "rows": 360}
+    """
+    routing = policy.chain_routing
+    if isinstance(routing, ConfidenceRouting | SlaRouting):
+        tier, calibration = routing.chain[0].tier, routing.chain[0].calibration
+    elif isinstance(routing, SpeculativeRouting):
+        tier, calibration = routing.cheap, routing.calibration
+    else:
+        return None
+    p = evaluator.probabilities(tier, X)
+    raw = measure_confidence(p, routing.measure)
+    values = apply_calibration(p, raw, calibration, routing.measure)
+    ref = reference_from(values, tier=tier, measure=routing.measure)
+    top = evaluator.probabilities(evaluator.reference, X).argmax(axis=1)
+    agreement = float(np.mean(evaluator.replay(policy, X).labels == top))
+    return {
+        "tier": ref.tier,
+        "measure": ref.measure,
+        "edges": list(ref.edges),
+        "shares": list(ref.shares),
+        "rows": ref.rows,
+        "agreement": round(agreement, 6),
+    }
+
+
+def write_reference(
+    loaded: PolicyFile, X: np.ndarray, *, evaluator: Evaluator | None = None
+) -> dict[str, Any] | None:
+    """Store the drift reference of ``loaded``'s thresholds as they are, on ``X`` (the
+    calibration split), in its provenance (``provenance.reference``); the rest of the file
+    is left as it is. Returns what was written (``None``: complexity routing has none)."""
+    from cascade.evaluate._policy_edit import plain
+
+    where = loaded.path or loaded.policy.name
+    if loaded.path is None or loaded.policy.provenance is None:
+        raise PolicyError(
+            f"{where}: a drift reference goes into the policy's provenance; this policy has "
+            "none (calibrate it first)"
+        )
+    reference = confidence_reference(loaded.policy, evaluator or Evaluator(loaded), X)
+    if reference is None:
+        return None
+
+    def edit(doc: Any) -> None:
+        doc["provenance"]["reference"] = plain(reference)
+
+    def validate(text: str) -> object:
+        return parse_policy(text, source=str(where), base_dir=loaded.base_dir, check_files=True)
+
+    edit_policy_file(loaded.path, edit, validate=validate)
+    return reference
 
 
 def _set(mapping: Any, key: str, value: Any) -> None:

@@ -14,6 +14,7 @@ from cascade.policy._loader import PolicyFile, parse_policy, read_policy
 from cascade.policy._models import (
     BUNDLED_DATASETS,
     RANKING_DATASETS,
+    AuditSection,
     Autoscaling,
     Band,
     Batching,
@@ -30,6 +31,7 @@ from cascade.policy._models import (
     Policy,
     ProfileSection,
     Provenance,
+    ProvenanceReference,
     Resources,
     Routing,
     Scorer,
@@ -44,6 +46,7 @@ from cascade.policy._schema import policy_json_schema, write_schema
 __all__ = [
     "BUNDLED_DATASETS",
     "RANKING_DATASETS",
+    "AuditSection",
     "Autoscaling",
     "Band",
     "Batching",
@@ -61,6 +64,7 @@ __all__ = [
     "PolicyFile",
     "ProfileSection",
     "Provenance",
+    "ProvenanceReference",
     "Resources",
     "Routing",
     "Scorer",

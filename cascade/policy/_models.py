@@ -18,6 +18,7 @@ from cascade.errors import PolicyError
 __all__ = [
     "BUNDLED_DATASETS",
     "RANKING_DATASETS",
+    "AuditSection",
     "Autoscaling",
     "Band",
     "Batching",
@@ -32,6 +33,7 @@ __all__ = [
     "Policy",
     "ProfileSection",
     "Provenance",
+    "ProvenanceReference",
     "Resources",
     "Routing",
     "Scorer",
@@ -698,6 +700,97 @@ class OverloadSection(_Strict):
     )
 
 
+class AuditSection(_Strict):
+    """The live audit: how much of what the cascade answers is checked against its top tier.
+
+    A random ``sample_rate`` of the rows answered below the most expensive tier is sent to
+    that tier too, after the reply is built, by a background task of the serving process:
+    only with spare capacity (never while a gear is engaged nor within
+    ``quiet_after_shed_s`` of a shed request) and at most ``max_rows_per_s``. The answers
+    are never changed. The server reports, over sliding windows and since start, agreement
+    with the top tier (the top tier's answer stands in for the label) with its lower bound,
+    live relative cost, escalation and the drift of the first tier's confidence against
+    ``provenance.reference``; alarms fire when the bound falls below the target, the cost
+    exceeds the calibrated one by ``cost_alarm_factor`` or the drift passes
+    ``drift_threshold``. Classification policies only.
+    """
+
+    sample_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of rows answered below the top tier also sent to it (0: no audit)",
+    )
+    max_rows_per_s: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="most rows per second sent to the top tier for the audit; none: 5 % of "
+        "the top tier's capacity by its card's latency (one row per call, conservative)",
+    )
+    queue_rows: int = Field(
+        1024, ge=1, le=1_000_000, description="audited rows waiting at most; more are dropped"
+    )
+    batch_rows: int = Field(
+        64, ge=1, le=4096, description="most audited rows sent to the top tier in one call"
+    )
+    window_rows: int = Field(
+        20_000, ge=100, le=10_000_000, description="served rows in the sliding window"
+    )
+    window_audited: int = Field(
+        5_000, ge=10, le=1_000_000, description="audited rows in the sliding window"
+    )
+    window_s: float = Field(
+        3600.0, gt=0, le=7 * 86_400, description="rows older than this leave the windows"
+    )
+    quiet_after_shed_s: float = Field(
+        5.0, ge=0, le=3600, description="no audit for this long after a request was shed"
+    )
+    min_audited_rows: int = Field(
+        2000,
+        ge=1,
+        le=1_000_000,
+        description="audited rows in the window before the accuracy alarm may fire (with "
+        "fewer, a low bound says 'not enough data yet', not 'below target')",
+    )
+    min_rows: int = Field(
+        1000,
+        ge=1,
+        le=10_000_000,
+        description="served rows in the window before the cost alarm may fire",
+    )
+    min_agreement: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="alarm when the live lower bound on agreement with the top tier falls "
+        "below this; none: the target relative accuracy, less the disagreement the policy "
+        "already had on its calibration split (provenance.reference.agreement) when recorded",
+    )
+    cost_alarm_factor: float = Field(
+        1.25,
+        gt=1,
+        le=100,
+        description="alarm when the live relative cost exceeds the calibrated one times this",
+    )
+    alarm_after_rows: int = Field(
+        500,
+        ge=0,
+        le=10_000_000,
+        description="an alarm is raised once its condition has held over this many served "
+        "rows (a window tested again and again crosses its line by chance now and then)",
+    )
+    drift_threshold: float = Field(
+        0.2, gt=0, le=100, description="alarm when the drift score (PSI) exceeds this"
+    )
+    drift_window: int = Field(
+        1000, ge=50, le=1_000_000, description="rows whose confidence the drift score reads"
+    )
+    drift_min_rows: int = Field(
+        500, ge=10, le=1_000_000, description="rows in the drift window before it is scored"
+    )
+
+
 class Stage(_Strict):
     """A ranking stage: filter, coarse or fine, in that order; only fine is required.
 
@@ -743,6 +836,36 @@ class Stage(_Strict):
         return self.max_keep if self.max_keep is not None else self.keep
 
 
+class ProvenanceReference(_Strict):
+    """The first tier's confidence on the calibration split, as the drift score reads it:
+    cut at ~10 of its quantiles (``edges``, ascending) with each bin's share."""
+
+    tier: TierName = Field(description="the tier whose confidence this is (the first routed)")
+    measure: ConfidenceMeasure = Field(description="the confidence measure, calibration applied")
+    edges: list[float] = Field(min_length=1, max_length=100, description="inner bin edges")
+    shares: list[float] = Field(min_length=2, max_length=101, description="share of each bin")
+    rows: int = Field(ge=1, description="calibration rows counted")
+    agreement: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="share of the calibration rows the policy answered as its top tier does "
+        "(what the live audit measures; a target on accuracy relative to the top tier counts "
+        "the rows where only the cheaper tier is right as no loss, agreement does not)",
+    )
+
+    @model_validator(mode="after")
+    def _bins(self) -> ProvenanceReference:
+        if len(self.shares) != len(self.edges) + 1:
+            raise ValueError(
+                f"reference: {len(self.edges)} edges need {len(self.edges) + 1} shares, "
+                f"got {len(self.shares)}"
+            )
+        if any(b <= a for a, b in pairwise(self.edges)):
+            raise ValueError(f"reference: edges must rise strictly, got {self.edges}")
+        return self
+
+
 class Provenance(_Strict):
     """Where the thresholds came from; written by `cascade calibrate`."""
 
@@ -762,6 +885,11 @@ class Provenance(_Strict):
     )
     cards: dict[str, str] = Field(
         default_factory=dict, description="sha256 of each tier's model file when fitted"
+    )
+    reference: ProvenanceReference | None = Field(
+        None,
+        description="the first tier's confidence distribution on the calibration split: what "
+        "the live audit's drift score compares traffic with; absent: no drift score",
     )
 
 
@@ -828,6 +956,11 @@ class Policy(_Strict):
         description="latency profiles of a sampled share of requests (classification "
         "policies), as a per-phase histogram metric; absent: only requests that ask",
     )
+    audit: AuditSection | None = Field(
+        None,
+        description="the live audit against the top tier, drift and alarms (classification "
+        "policies); absent or sample_rate 0: off",
+    )
     log: LogSection | None = Field(
         None,
         description="request/answer logging (classification policies), sampled, rotated, "
@@ -888,6 +1021,10 @@ class Policy(_Strict):
             raise ValueError("cache applies to classification policies, not to ranking stages")
         if self.profile is not None:
             raise ValueError("profile applies to classification policies, not to ranking stages")
+        if self.audit is not None:
+            raise ValueError(
+                "audit applies to classification policies (routing), not to ranking stages"
+            )
         if self.log is not None:
             raise ValueError("log applies to classification policies, not to ranking stages")
         if self.shadow is not None:

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+from cascade.serving._audit import AuditSink, LiveAudit, audit_limits
 from cascade.serving._auth import (
     OPEN_HEALTH,
     TOKEN_ENV,
@@ -67,11 +68,13 @@ __all__ = [
     "SCRAPED_PREFIX",
     "TOKEN_ENV",
     "AppArgs",
+    "AuditSink",
     "BearerAuth",
     "Coalescer",
     "HttpReply",
     "InferRequest",
     "InferenceService",
+    "LiveAudit",
     "MetricSpec",
     "PolicyText",
     "Profile",
@@ -81,6 +84,7 @@ __all__ = [
     "ServiceMetrics",
     "ServingLimits",
     "Shadow",
+    "audit_limits",
     "bearer_header",
     "build_infer_response",
     "bytes_elements",

@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cascade.audit import ALARM_KINDS
+
 __all__ = [
     "LATENCY_BUCKETS_MS",
     "METRICS",
@@ -71,6 +73,31 @@ METRICS: dict[str, MetricSpec] = {
         "counter", "candidates scored per ranking stage", ("model", "stage")
     ),
     "cascade_gear": MetricSpec("gauge", "engaged gear (0: normal)"),
+    "cascade_audit_rows_total": MetricSpec(
+        "counter",
+        "rows of the live audit by the tier that answered them and outcome (agreed, "
+        "disagreed with the top tier; dropped, failed, skipped_gear, skipped_shed)",
+        ("model", "tier", "outcome"),
+    ),
+    "cascade_live_relative_accuracy": MetricSpec(
+        "gauge",
+        "live agreement with the top tier over the audit's window: estimate and lower bound",
+        ("model", "bound"),
+    ),
+    "cascade_live_relative_cost": MetricSpec(
+        "gauge", "live cost per row over the audit's window, relative to the top tier's"
+    ),
+    "cascade_live_escalation_rate": MetricSpec(
+        "gauge", "share of rows answered past their entry tier over the audit's window"
+    ),
+    "cascade_drift_score": MetricSpec(
+        "gauge", "PSI of the first tier's confidence against the calibration split's"
+    ),
+    "cascade_alarm": MetricSpec(
+        "gauge",
+        "1 while the audit's alarm of this kind (accuracy, cost, drift) is raised",
+        ("model", "kind"),
+    ),
     "cascade_phase_latency_ms": MetricSpec(
         "histogram",
         "time per phase of the requests the policy's profile section samples",
@@ -125,6 +152,9 @@ class RecordingMetrics(ABC):
     deadline, ``body``, ``backpressure``); ``cascade_cache_false_hit_rate``, the audited
     similarity hits (see ``audit_rate``); ``cascade_phase_latency_ms{phase}``, one observation
     per phase of each request the policy sampled (phases: ``cascade.serving._profile``);
+    ``cascade_audit_rows_total`` and the ``cascade_live_*``, ``cascade_drift_score`` and
+    ``cascade_alarm`` gauges, the live audit (``cascade.serving._audit``), about once a
+    second while it runs.
     ``cascade_log_records_total{outcome}``, the answer log's rows (``written``, ``dropped``,
     ``failed``), reported as requests pass, so it trails the writer by a request.
     """
@@ -199,6 +229,25 @@ class RecordingMetrics(ABC):
 
     def gear(self, model: str, index: int) -> None:
         self.set("cascade_gear", index, {"model": model})
+
+    def audit(self, model: str, snapshot: dict[str, Any], rows: dict[tuple[str, str], int]) -> None:
+        tags = {"model": model}
+        for (tier, outcome), n in rows.items():
+            if n:
+                self.inc("cascade_audit_rows_total", n,
+                         tags | {"tier": tier, "outcome": outcome})  # fmt: skip
+        window = snapshot["window"]
+        for bound, value in window["relative_accuracy"].items():
+            if value is not None:
+                self.set("cascade_live_relative_accuracy", value, tags | {"bound": bound})
+        if window["relative_cost"] is not None:
+            self.set("cascade_live_relative_cost", window["relative_cost"], tags)
+        if window["escalation"] is not None:
+            self.set("cascade_live_escalation_rate", window["escalation"], tags)
+        if snapshot["drift"]["score"] is not None:
+            self.set("cascade_drift_score", snapshot["drift"]["score"], tags)
+        for kind in ALARM_KINDS:
+            self.set("cascade_alarm", float(kind in snapshot["alarms"]), tags | {"kind": kind})
 
     def answer_log(self, model: str, rows: dict[str, int]) -> None:
         for outcome, count in rows.items():

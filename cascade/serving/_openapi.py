@@ -373,6 +373,9 @@ def openapi_document(models: list[str], versions: list[str] | None = None) -> di
                                      "responses": {"200": _json(_ref("Ready"), "ready"),
                                                    "400": _json(_ref("Ready"), "not ready: no "
                                                                 "model is served")}}},
+        "/v2/models": {"get": {"summary": "the models served: name, version (the policy's hash) "
+                               "and kind (classification or ranking)",
+                               "responses": {"200": _json({"type": "object"}, "models")}}},
     }  # fmt: skip
     for prefix, parameters in (
         ("/v2/models/{name}", [name]),

@@ -33,6 +33,7 @@ from cascade.load import (
 from cascade.policy import Policy, PolicyFile
 from cascade.routing import BatchResult, Engine, Ranker, routed_tiers
 from cascade.serving._answer_log import AnswerLog
+from cascade.serving._audit import LiveAudit, audit_limits
 from cascade.serving._auth import load_token
 from cascade.serving._caching import AnswerCaches
 from cascade.serving._coalescer import Coalescer
@@ -172,6 +173,9 @@ class Served:
 
     async def aclose(self) -> None:
         """Close the connections of remote tiers (the server's shutdown calls it)."""
+        audit = getattr(self, "audit", None)
+        if audit is not None:
+            audit.close()
         for backend in self.backends.values():
             close = getattr(backend, "aclose", None)
             if close is not None:
@@ -238,8 +242,10 @@ class ServedModel(Served):
             discipline="adaptive-lifo" if discipline == "adaptive-lifo" else "fifo",
         )
         self._costs = tiers.costs
+        self._latency_ms = {n: t.latency_ms for n, t in tiers.info.items()}
         self.arrivals = StandingDelay(clock=clock)  # the delay before our code
         self.caches: AnswerCaches | None = None
+        self.audit: LiveAudit | None = None
         self._take_policy(loaded.policy, cache_changed=True)
         self._base_dir = loaded.base_dir  # where a reloaded policy's log.path starts
         self.answer_log: AnswerLog | None = None
@@ -328,6 +334,32 @@ class ServedModel(Served):
         self.shifter = GearShifter(
             gears, hysteresis=policy.gear_hysteresis, hold_s=policy.gear_hold_s, clock=self._clock
         )
+        self._take_audit(policy)
+
+    def _take_audit(self, policy: Policy) -> None:
+        """The live audit of ``policy`` (its ``audit`` section), started afresh: windows
+        of the policy served before say nothing of this one's thresholds."""
+        sink = None
+        if self.audit is not None:
+            sink = self.audit.sink
+            self.audit.close()
+        limits = audit_limits(policy, self._costs, self._latency_ms)
+        if limits is None:
+            self.audit = None
+            return
+        section = policy.audit
+        assert section is not None
+        self.audit = LiveAudit(
+            policy.name,
+            limits,
+            backend=self.backends[limits.top],
+            first=self.engine.first_tier,
+            gear=lambda: self.shifter.gear.name,
+            queue_rows=section.queue_rows,
+            batch_rows=section.batch_rows,
+            timeout_s=policy.tiers[limits.top].timeout_ms / 1000.0,
+        )
+        self.audit.sink = sink
 
     def shift(self, load: float) -> None:
         """Feed the gear shifter ``load``; a change of gear is logged (``cascade.serving``)."""

@@ -8,8 +8,9 @@ Routes (each model route also under ``/v2/models/{name}/versions/{version}/...``
 version is the policy's hash, as model metadata lists it)::
 
     GET  /v2                GET /v2/health/live     GET /v2/health/ready    GET /openapi.json
-    GET  /v2/models/{name}  GET /v2/models/{name}/ready  GET /v2/models/{name}/config
-    POST /v2/models/{name}/infer    POST /v2/models/{name}/feedback
+    GET  /v2/models         GET /v2/models/{name}   GET /v2/models/{name}/ready
+    GET  /v2/models/{name}/config                   POST /v2/models/{name}/infer
+    POST /v2/models/{name}/feedback
     PUT|GET|DELETE /v2/models/{name}/shadow    POST /v2/models/{name}/shadow/promote
 """
 
@@ -94,6 +95,10 @@ class ServiceMetrics(Protocol):
     def profile(self, model: str, phases: dict[str, float]) -> None:
         """One request the policy sampled for profiling: ms per phase."""
 
+    def audit(self, model: str, snapshot: dict[str, Any], rows: dict[tuple[str, str], int]) -> None:
+        """The live audit concluded (about once a second): its snapshot
+        (``cascade.serving._audit``) and the audited rows by ``(tier, outcome)`` since."""
+
     def answer_log(self, model: str, rows: dict[str, int]) -> None:
         """Rows the answer log wrote, dropped (its queue full) and failed to write, since
         the last call (``{"written": 12}``)."""
@@ -120,6 +125,9 @@ class _NoMetrics:
         pass
 
     def profile(self, model: str, phases: dict[str, float]) -> None:
+        pass
+
+    def audit(self, model: str, snapshot: dict[str, Any], rows: dict[tuple[str, str], int]) -> None:
         pass
 
     def answer_log(self, model: str, rows: dict[str, int]) -> None:
@@ -205,6 +213,7 @@ class InferenceService:
             ("GET", re.compile(r"/v2"), self._server_metadata),
             ("GET", re.compile(r"/v2/health/live"), self._live),
             ("GET", re.compile(r"/v2/health/ready"), self._ready),
+            ("GET", re.compile(r"/v2/models"), self._list_models),
         ]
         model_routes: list[tuple[str, str, _Handler]] = [
             ("GET", "", self._metadata),
@@ -260,6 +269,9 @@ class InferenceService:
                     )
                     if isinstance(current, ServedModel):
                         current.close_log()  # its slot and file go to the new one
+                        if current.audit is not None:
+                            current.audit.close()  # its drain task stops with it
+                self._wire_audit(name)
                 self.files[name] = (key, item)
                 follow_reload(name, self.models[name], current, item, candidate,
                               metrics=self.metrics)  # fmt: skip
@@ -269,6 +281,14 @@ class InferenceService:
             except CascadeError as exc:
                 self.reload_errors[key] = str(exc)
                 _LOG.warning("policy refused file=%s (the one serving stays): %s", key, exc)
+
+    def _wire_audit(self, name: str) -> None:
+        """The model's live audit reports to this service's metrics."""
+        served = self.models[name]
+        audit = served.audit if isinstance(served, ServedModel) else None
+        if audit is not None and audit.sink is None:
+            metrics = self.metrics
+            audit.sink = lambda snapshot, rows: metrics.audit(name, snapshot, rows)
 
     def close_logs(self) -> None:
         """Write what every answer log holds and close it (a runtime's shutdown; blocks)."""
@@ -338,6 +358,8 @@ class InferenceService:
         served = self.models.get(name)
         if served is not None and served.shadow is not None:
             served.shadow.shed()
+        if isinstance(served, ServedModel) and served.audit is not None:
+            served.audit.shed()  # the live audit pauses: no spare capacity now
 
     def _model(
         self, name: str, version: str | None = None
@@ -375,6 +397,21 @@ class InferenceService:
         ready = bool(self.models)
         return HttpReply.json({"ready": ready}, 200 if ready else 400)
 
+    async def _list_models(self, **_: Any) -> HttpReply:
+        # what `cascade status` walks: every model served, its version and kind
+        return HttpReply.json(
+            {
+                "models": [
+                    {
+                        "name": name,
+                        "version": served.version,
+                        "kind": "ranking" if isinstance(served, ServedRanker) else "classification",
+                    }
+                    for name, served in sorted(self.models.items())
+                ]
+            }
+        )
+
     async def _model_ready(self, name: str, version: str | None = None, **_: Any) -> HttpReply:
         served = self._model(name, version)
         if isinstance(served, HttpReply):
@@ -407,6 +444,7 @@ class InferenceService:
                 "load": served.load(),
                 "reload_errors": sorted(self.reload_errors.values()),
                 "shadow": None if served.shadow is None else served.shadow.report(),
+                **({"audit": audit.snapshot()} if (audit := _audit_of(served)) else {}),
             }
         )
 
@@ -435,6 +473,7 @@ class InferenceService:
                 "tiers": served.tiers,
                 "reload_errors": sorted(self.reload_errors.values()),
                 "load": served.load(),
+                **({"audit": served.audit.snapshot()} if served.audit is not None else {}),
             },
         )
 
@@ -650,8 +689,12 @@ class InferenceService:
         if served.shadow is not None:  # the answer is built: the candidate sees it after
             served.shadow.offer(parsed.rows, labels, decisions)
         if profile is None:
-            return HttpReply(200, *encode_response(document))
-        return self._profiled_reply(name, document, profile)
+            reply = HttpReply(200, *encode_response(document))
+        else:
+            reply = self._profiled_reply(name, document, profile)
+        if served.audit is not None:  # after the reply is built; it never awaits
+            served.audit.observe(parsed.rows, probabilities, decisions)
+        return reply
 
     def _log_counts(self, name: str, log: AnswerLog) -> None:
         rows = log.unreported()
@@ -786,6 +829,11 @@ class _ShedLog:
                      model, why, self._counts[key], reason)  # fmt: skip
         self._counts[key] = 0
         self._last[key] = now
+
+
+def _audit_of(served: ServedModel | ServedRanker) -> Any:
+    """The live audit of ``served``, if it has one (ranking policies have none)."""
+    return served.audit if isinstance(served, ServedModel) else None
 
 
 def _triton_tensor(tensor: dict[str, Any]) -> dict[str, Any]:

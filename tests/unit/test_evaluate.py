@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cascade.audit import DriftReference, DriftWindow
 from cascade.backends import OnnxModel
 from cascade.catalog import ModelCard, ModelDriftWarning
 from cascade.cli import main
@@ -141,6 +142,19 @@ def test_calibration_writes_thresholds_with_provenance_and_keeps_comments(
     assert provenance is not None
     assert provenance.target == {"relative_accuracy": 0.99}
     assert provenance.cards["large"] == _card("large", policy_dir).sha256
+    # the drift reference: the first tier's confidence on the calibration rows, which the
+    # engine's own first step reads the same on the same rows (a drift score of ~0)
+    reference = provenance.reference
+    assert reference is not None and (reference.tier, reference.measure) == ("tiny", "max_prob")
+    assert reference.rows == len(cal.X) and sum(reference.shares) == pytest.approx(1, abs=1e-5)
+    served = Evaluator(reloaded).replay(reloaded.policy, cal.X)
+    window = DriftWindow(
+        DriftReference("tiny", "max_prob", tuple(reference.edges), tuple(reference.shares),
+                       reference.rows),
+        size=len(cal.X), min_rows=1,
+    )  # fmt: skip
+    window.add([d.steps[0].confidence for d in served.decisions])
+    assert window.score() == pytest.approx(0, abs=1e-6)
     # The engine, replaying the written policy, reproduces what the search simulated.
     replay = Evaluator(reloaded).evaluate(cal.X, cal.y)[0]
     assert replay.relative_accuracy == pytest.approx(result.chosen.relative_accuracy)

@@ -24,6 +24,7 @@ REQUEST_PATH = (
     "cascade/routing",
     "cascade/load",
     "cascade/cache",
+    "cascade/audit",
     "cascade/serving",
     "cascade/edge",
     "deployments",
