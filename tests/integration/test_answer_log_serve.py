@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_answer_log import logged_digits_policy
+from test_answer_log_edge import logged_digits_policy
 
 from cascade.edge.testing import free_port
 from cascade.zoo import read_dataset
