@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,15 @@ def digits_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Mod
     out = tmp_path_factory.mktemp("digits-zoo")
     cards = build_zoo(read_dataset("digits"), out, compression=DIGITS_COMPRESSION, progress=False)
     return out, cards
+
+
+@pytest.fixture
+def policy_dir(digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path) -> Path:
+    """A private copy of the digits tiers (and cards), so calibration may write beside them."""
+    for path in digits_zoo[0].iterdir():
+        if path.name.startswith(("tiny", "small", "large")):
+            shutil.copy(path, tmp_path / path.name)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

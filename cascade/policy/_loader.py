@@ -85,7 +85,12 @@ class PolicyFile:
         where = f"tiers.{tier}.model"
         if _URL.match(spec.model):
             raise PolicyError(f"{where}: {_bad_scheme(spec.model)}")
-        resolved, leaves = _resolve(spec.model, self.base_dir)
+        return self._inside(spec.model, where)
+
+    def _inside(self, value: str, where: str) -> Path:
+        """``value`` resolved from the policy's folder, under the folder rule: it may leave
+        the folder only with ``allow_outside_paths`` (else a PolicyError naming ``where``)."""
+        resolved, leaves = _resolve(value, self.base_dir)
         if leaves and not self.policy.allow_outside_paths:
             raise PolicyError(f"{where}: {_LEAVES}")
         return resolved
@@ -100,12 +105,7 @@ class PolicyFile:
             loaded.tier_file("large", "ca_bundle")   # PosixPath('/.../policies/ca.pem')
         """
         value = getattr(self.policy.tiers[tier], key)
-        if value is None:
-            return None
-        resolved, leaves = _resolve(value, self.base_dir)
-        if leaves and not self.policy.allow_outside_paths:
-            raise PolicyError(f"tiers.{tier}.{key}: {_LEAVES}")
-        return resolved
+        return None if value is None else self._inside(value, f"tiers.{tier}.{key}")
 
     def log_dir(self) -> Path | None:
         """The resolved folder of the policy's ``log`` section (``None``: no logging), under
@@ -121,10 +121,7 @@ class PolicyFile:
             return None
         if _URL.match(section.path):
             raise PolicyError(f"log.path: a folder on this machine, got {section.path}")
-        resolved, leaves = _resolve(section.path, self.base_dir)
-        if leaves and not self.policy.allow_outside_paths:
-            raise PolicyError(f"log.path: {_LEAVES}")
-        return resolved
+        return self._inside(section.path, "log.path")
 
     def shadow_file(self) -> Path | None:
         """The resolved candidate file of the ``shadow`` section (``None``: no section),
@@ -136,10 +133,7 @@ class PolicyFile:
         """
         if self.policy.shadow is None:
             return None
-        resolved, leaves = _resolve(self.policy.shadow.policy, self.base_dir)
-        if leaves and not self.policy.allow_outside_paths:
-            raise PolicyError(f"shadow.policy: {_LEAVES}")
-        return resolved
+        return self._inside(self.policy.shadow.policy, "shadow.policy")
 
 
 def read_policy(path: str | os.PathLike[str], *, check_files: bool = True) -> PolicyFile:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,15 +47,6 @@ routing:
       threshold: {threshold}
     - tier: large
 """
-
-
-@pytest.fixture
-def policy_dir(digits_zoo: Zoo, tmp_path: Path) -> Path:
-    """A private copy of the digits tiers (and cards), so calibration may write beside them."""
-    for path in digits_zoo[0].iterdir():
-        if path.name.startswith(("tiny", "small", "large")):
-            shutil.copy(path, tmp_path / path.name)
-    return tmp_path
 
 
 def _write(directory: Path, text: str, name: str = "p.yaml") -> Path:

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cascade.backends import OnnxModel
-from cascade.catalog import ModelCard
 from cascade.errors import PolicyError
 from cascade.evaluate import Evaluator, Target, calibrate_policy, train_deferral
 from cascade.policy import parse_policy, read_policy
@@ -32,15 +30,6 @@ routing:
       deferral: {deferral}
     - tier: large
 """
-
-
-@pytest.fixture
-def policy_dir(digits_zoo: tuple[Path, list[ModelCard]], tmp_path: Path) -> Path:
-    """A private copy of the digits tiers (and cards), so calibration may write beside them."""
-    for path in digits_zoo[0].iterdir():
-        if path.name.startswith(("tiny", "small", "large")):
-            shutil.copy(path, tmp_path / path.name)
-    return tmp_path
 
 
 def _policy(directory: Path, *, tiny: float = 0.5, deferral: str = "{}") -> Path:
