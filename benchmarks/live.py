@@ -6,8 +6,9 @@ The shipped covertype policy (calibrated on the covertype mix; its drift referen
 provenance) is served twice by `cascade serve --runtime edge`, both servers pinned to core
 0, the client to core 1: server A with the live audit on (`audit: {sample_rate, ...,
 max_rows_per_s}`), server B without. Single-row JSON requests at concurrency 1, A and B in
-alternating blocks of ``--block`` requests over the same rows, so that both see the same
-machine and neither's background work lands in the other's block.
+alternating blocks of ``--block`` requests over the same rows, in ABBA order, so that both
+see the same machine and the audit's work after A's block lands as often in A's next block
+as in B's; besides the p50/p99 of all requests, the median over blocks of A's p50 / B's.
 
 Traffic: ``--unshifted`` rows drawn (with replacement, seeded) from the covertype test split,
 then ``--shifted`` rows from one natural sub-population of it: Wilderness_Area4 (Cache la
@@ -173,6 +174,7 @@ def _replay(
         "audited": {"unshifted": [], "shifted": []},
         "plain": {"unshifted": [], "shifted": []},
     }
+    block_p50: dict[str, list[float]] = {"audited": [], "plain": []}
     served_labels = np.full(len(order), -1)
     polls: list[dict[str, Any]] = []
     phases: dict[str, Any] = {}
@@ -184,14 +186,19 @@ def _replay(
         # the warm-up's rows are older than the windows read at the ends of the phases
         began = time.perf_counter()
         audited_before = _audit(client, a, "audited")["total"]["audited"]
-        for start in range(0, len(order), args.block):
+        for k, start in enumerate(range(0, len(order), args.block)):
             block = range(start, min(start + args.block, len(order)))
-            for name, url in (("audited", a), ("plain", b)):
+            pair = (("audited", a), ("plain", b))
+            # ABBA: either server's background work (the audit's batches after its block)
+            # lands as often in its own next block as in the other's
+            for name, url in pair if k % 2 == 0 else pair[::-1]:
+                block_ms: list[float] = []
                 for i in block:
                     phase = "unshifted" if i < args.unshifted else "shifted"
                     t = time.perf_counter()
                     reply = client.post(f"{url}/v2/models/{name}/infer", content=_body(X[order[i]]))
                     latencies[name][phase].append((time.perf_counter() - t) * 1000)
+                    block_ms.append(latencies[name][phase][-1])
                     assert reply.status_code == 200, reply.text
                     if name == "audited":
                         outputs = reply.json()["outputs"]
@@ -208,6 +215,7 @@ def _replay(
                             _audit(client, a, "audited"), served_labels, truth_labels[order],
                             end=i + 1, window=args.shifted,
                         )  # fmt: skip
+                block_p50[name].append(float(np.percentile(block_ms, 50)))
         elapsed = time.perf_counter() - began
         final = _audit(client, a, "audited")
     phases["shifted"] = _phase_readout(final, served_labels, truth_labels[order],
@@ -230,6 +238,9 @@ def _replay(
         "audited_rows": audited_rows,
         "audited_rows_per_s": audited_rows / elapsed,
         "audit_outcomes": final["outcomes"],
+        "block_p50_ratio_median": float(
+            np.median(np.array(block_p50["audited"]) / np.array(block_p50["plain"]))
+        ),
         "latency": {
             name: {phase: _percentiles(ms) for phase, ms in by.items()}
             | {"all": _percentiles(by["unshifted"] + by["shifted"])}
@@ -278,6 +289,8 @@ def _print(result: dict[str, Any]) -> None:
     print(table(["server", "p50 ms", "p99 ms"],
                 [[n, f"{v['all']['p50_ms']:.3f}", f"{v['all']['p99_ms']:.3f}"]
                  for n, v in lat.items()]))  # fmt: skip
+    print(f"audited/plain p50, median over blocks of {result['args']['block']} requests: "
+          f"{result['block_p50_ratio_median']:.3f}")  # fmt: skip
     share = result["audited_rows_per_s"] / result["top_capacity_rows_per_s"]
     print(
         f"audit: {result['audited_rows']} rows at {result['audited_rows_per_s']:.1f} rows/s = "

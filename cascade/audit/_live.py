@@ -56,6 +56,7 @@ class AuditLimits:
     min_rows: int = 1000
     cost_alarm_factor: float = 1.25
     alarm_after_rows: int = 500
+    alarm_after_audited: int = 1000
     drift_threshold: float = 0.2
     drift_window: int = 1000
     drift_min_rows: int = 500
@@ -371,29 +372,37 @@ class Alarms:
     """The alarms raised now, each with its message; :meth:`update` returns what changed,
     so that a caller logs one line per alarm raised or cleared, never one per request.
 
-    An alarm is raised once its condition has held over ``after_rows`` served rows: a
-    sliding window tested again and again crosses its line by chance now and then (one
-    poll in 200 over 20,000 unshifted covertype requests, without it). It clears as soon
-    as the condition no longer holds.
+    The cost and drift alarms are raised once their condition has held over ``after_rows``
+    served rows; the accuracy alarm once it has held while ``after_audited`` more rows were
+    audited. A sliding window tested again and again crosses its line by chance now and
+    then; served rows alone are not enough for the accuracy bound, whose evidence grows
+    with audited rows only (a hold of 500 served rows is ~100 audited ones against a window
+    of 2,000: one poll in 200 over 20,000 unshifted covertype requests alarmed with it).
+    An alarm clears as soon as its condition no longer holds.
     """
 
-    def __init__(self, *, after_rows: int = 0) -> None:
+    def __init__(self, *, after_rows: int = 0, after_audited: int = 0) -> None:
         self.after_rows = after_rows
+        self.after_audited = after_audited
         self.active: dict[AlarmKind, str] = {}
-        self._since: dict[AlarmKind, int] = {}  # rows served when the condition first held
+        self._since: dict[AlarmKind, int] = {}  # the count when the condition first held
 
     def update(
-        self, conditions: dict[AlarmKind, str | None], *, rows: int = 0
+        self, conditions: dict[AlarmKind, str | None], *, rows: int = 0, audited: int = 0
     ) -> list[AlarmChange]:
-        """Take the ``conditions`` now, ``rows`` served so far; what was raised or cleared."""
+        """Take the ``conditions`` now, ``rows`` served and ``audited`` so far; what was
+        raised or cleared."""
         changes = []
         for kind in ALARM_KINDS:
             message = conditions.get(kind)
+            count, hold = (
+                (audited, self.after_audited) if kind == "accuracy" else (rows, self.after_rows)
+            )
             if message is not None:
-                since = self._since.setdefault(kind, rows)
+                since = self._since.setdefault(kind, count)
                 if kind in self.active:
                     self.active[kind] = message
-                elif rows - since >= self.after_rows:
+                elif count - since >= hold:
                     self.active[kind] = message
                     changes.append(AlarmChange(kind, True, message))
             else:

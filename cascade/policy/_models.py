@@ -777,8 +777,17 @@ class AuditSection(_Strict):
         500,
         ge=0,
         le=10_000_000,
-        description="an alarm is raised once its condition has held over this many served "
-        "rows (a window tested again and again crosses its line by chance now and then)",
+        description="the cost and drift alarms are raised once their condition has held "
+        "over this many served rows (a window tested again and again crosses its line by "
+        "chance now and then)",
+    )
+    alarm_after_audited: int | None = Field(
+        None,
+        ge=0,
+        le=10_000_000,
+        description="the accuracy alarm is raised once its condition has held while this "
+        "many more rows were audited; none: half of window_audited (its bound grows with "
+        "audited rows, not served ones)",
     )
     drift_threshold: float = Field(
         0.2, gt=0, le=100, description="alarm when the drift score (PSI) exceeds this"

@@ -1,26 +1,28 @@
 """The live audit as a server runs it: a cheap hook after each answered request and a
 background task that sends the sampled rows to the top tier.
 
-The hook (:meth:`LiveAudit.observe`) runs after the reply is built and never awaits: it
-counts the request's rows into the windows, draws the rows to audit and queues them
-(bounded: a full queue drops and counts). The drain task, started with the first request,
-calls the top tier's backend (inline ONNX, a Ray deployment handle, a remote endpoint: the
-same backend the engine calls) in batches of ``batch_rows`` (or what is queued once a
-second), outside the engine: no breaker counts an audit's failure, and no request waits
-for it. An inline tier's graph runs in a thread of idle priority (Linux ``SCHED_IDLE``,
-else nice 19): it gets the CPU only when the requests leave it idle. Run in the event
-loop, a 1-row call of covertype's large tier after each reply delayed the next request:
-p50 1.35 ms against 1.15 ms without the audit, one core, concurrency 1. Before each call
-it checks again that the gear is normal and nothing was shed lately; failures are logged
-(at most once a minute) and counted, never raised. Once a second (and on every metadata
-read) it concludes: the snapshot the metadata shows, the metrics, and one log line per
-alarm raised or cleared.
+The hook (:meth:`LiveAudit.observe`, ~13 µs for one row) runs once the reply is on its way
+(the service schedules it with ``call_soon``; run before, it added that to every reply's
+latency) and never awaits: it counts the request's rows into the windows, draws the rows to
+audit and queues them (bounded: a full queue drops and counts). The drain task, started with
+the first request, calls the top tier's backend (inline ONNX, a Ray deployment handle, a
+remote endpoint: the same backend the engine calls) in batches of ``batch_rows`` (or what is
+queued once a second), outside the engine: no breaker counts an audit's failure, and no
+request waits for it. An inline tier's graph runs in a thread of idle priority (Linux
+``SCHED_IDLE``, else nice 19): it gets the CPU only when the requests leave it idle. Run in
+the event loop, a 1-row call of covertype's large tier after each reply delayed the next
+request: p50 1.35 ms against 1.15 ms without the audit, one core, concurrency 1. Before each
+call it checks again that the gear is normal and nothing was shed lately; failures are
+logged (at most once a minute) and counted, never raised. Once a second (and on every
+metadata read) it concludes: the snapshot the metadata shows, the metrics, and one log line
+per alarm raised or cleared.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -122,6 +124,11 @@ def audit_limits(
         min_rows=section.min_rows,
         cost_alarm_factor=section.cost_alarm_factor,
         alarm_after_rows=section.alarm_after_rows,
+        alarm_after_audited=(
+            section.window_audited // 2
+            if section.alarm_after_audited is None
+            else section.alarm_after_audited
+        ),
         drift_threshold=section.drift_threshold,
         drift_window=section.drift_window,
         drift_min_rows=section.drift_min_rows,
@@ -181,7 +188,9 @@ class LiveAudit:
             clock=clock,
             rng=rng,
         )
-        self.alarms = Alarms(after_rows=limits.alarm_after_rows)
+        self.alarms = Alarms(
+            after_rows=limits.alarm_after_rows, after_audited=limits.alarm_after_audited
+        )
         self.sink: AuditSink | None = None
         self._queue: deque[tuple[Any, str, int]] = deque()
         self._wake: asyncio.Event | None = None
@@ -259,8 +268,9 @@ class LiveAudit:
     def _start(self) -> None:
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
+            # a context of its own, not the one of the request that happened to start it
             self._task = asyncio.get_running_loop().create_task(
-                self._drain(), name=f"cascade-audit-{self.model}"
+                self._drain(), name=f"cascade-audit-{self.model}", context=contextvars.Context()
             )
 
     async def _drain(self) -> None:
@@ -327,7 +337,9 @@ class LiveAudit:
         self._refreshed = self.clock()
         snapshot = self.stats.snapshot()
         conditions = self.stats.conditions(snapshot)
-        for change in self.alarms.update(conditions, rows=snapshot["total"]["rows"]):
+        total = snapshot["total"]
+        changes = self.alarms.update(conditions, rows=total["rows"], audited=total["audited"])
+        for change in changes:
             if change.raised:
                 _LOG.warning("audit alarm raised model=%s kind=%s: %s", self.model,
                              change.kind, change.message)  # fmt: skip

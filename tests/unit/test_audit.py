@@ -190,6 +190,21 @@ def test_an_alarm_waits_until_its_condition_has_held_over_after_rows() -> None:
     ]
 
 
+def test_the_accuracy_alarm_waits_for_fresh_audited_rows_not_served_ones() -> None:
+    alarms = Alarms(after_rows=500, after_audited=1000)
+    assert alarms.update({"accuracy": "low"}, rows=10_000, audited=2000) == []
+    # served rows alone do not raise it: the window holds nearly the same audited rows
+    assert alarms.update({"accuracy": "low"}, rows=50_000, audited=2900) == []
+    raised = alarms.update({"accuracy": "low", "cost": "dear"}, rows=50_100, audited=3000)
+    assert [(c.kind, c.raised) for c in raised] == [("accuracy", True)]
+    # the cost alarm counts served rows from when its own condition first held
+    assert [c.kind for c in alarms.update({"accuracy": "low", "cost": "dear"},
+                                          rows=50_600, audited=3000)] == ["cost"]  # fmt: skip
+    assert [(c.kind, c.raised) for c in alarms.update({}, rows=50_700, audited=3100)] == [
+        ("accuracy", False), ("cost", False)
+    ]  # fmt: skip
+
+
 def test_alarms_change_once_when_raised_and_once_when_cleared() -> None:
     alarms = Alarms()
     assert [(c.kind, c.raised) for c in alarms.update({"cost": "too dear"})] == [("cost", True)]

@@ -241,7 +241,7 @@ def test_alarm_is_logged_once_when_raised_and_once_when_cleared(
     )
     audit = (
         "{sample_rate: 1.0, max_rows_per_s: 100000, window_audited: 10, min_audited_rows: 10, "
-        "alarm_after_rows: 0}"
+        "alarm_after_rows: 0, alarm_after_audited: 0}"
     )
     svc, tops, _ = _service(tmp_path, _policy(models, audit=audit, threshold=0, extra=provenance))
     tiny = OnnxModel(models / "tiny.onnx")
