@@ -201,6 +201,7 @@ class Ingress:
             max_rows=self.args.max_rows,
             max_body_bytes=self.args.max_body_bytes,
             coalesce_ms=self.args.coalesce_ms,
+            front_queue_ms=self.args.front_queue_ms,
             metrics=_Metrics(),
             # the token from the replica's own file or environment, never from the config
             auth=self.args.auth(),

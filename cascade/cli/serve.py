@@ -53,6 +53,11 @@ def grpc_options(port: int) -> dict[str, object]:
 APP_NAME = "cascade"
 """The Serve application `cascade serve` runs and `cascade reload` rebuilds."""
 
+HAPROXY_MAXCONN = 64
+"""Requests at most in one ingress replica behind HAProxy (``--haproxy-maxconn``)."""
+HAPROXY_QUEUE_MS = 20
+"""How long a request may wait in HAProxy for a replica (``--haproxy-queue-ms``)."""
+
 
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser(
@@ -93,6 +98,22 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "ray[serve] installs one on Linux) puts HAProxy on --port in front of the ingress "
         "replica's own server and runs Serve throughput-optimized, about 2x the requests per "
         "second; serve: Ray Serve's Python proxy and Ray's defaults",
+    )
+    serve.add_argument(
+        "--haproxy-maxconn",
+        type=int,
+        default=HAPROXY_MAXCONN,
+        metavar="N",
+        help="ray runtime with HAProxy: at most N requests in each ingress replica, the rest "
+        f"wait in HAProxy (default {HAPROXY_MAXCONN}; 0: no limit, Ray's own configuration)",
+    )
+    serve.add_argument(
+        "--haproxy-queue-ms",
+        type=int,
+        default=HAPROXY_QUEUE_MS,
+        metavar="MS",
+        help="ray runtime with HAProxy: a request that waited this long in HAProxy for a "
+        f"replica is refused there with a 503 and Retry-After (default {HAPROXY_QUEUE_MS})",
     )
     add_app_options(serve)
     add_tls_options(serve)
@@ -159,13 +180,17 @@ def _read_and_build(args: argparse.Namespace) -> list[PolicyFile]:
     return loaded
 
 
-def ray_environment(choice: str | None) -> str:
+def ray_environment(
+    choice: str | None, *, maxconn: int = HAPROXY_MAXCONN, queue_ms: int = HAPROXY_QUEUE_MS
+) -> str:
     """Set Ray Serve's request-path switches for ``--ray-proxy choice`` in this process's
     environment, before Ray is imported and started (its processes inherit them); the
-    proxy chosen. Variables already set in the environment win over these defaults."""
+    proxy chosen. Variables already set in the environment win over these defaults. With
+    HAProxy, ``maxconn`` requests at most in each ingress replica and the rest queued in
+    HAProxy for at most ``queue_ms`` (:mod:`cascade.cluster._haproxy`; 0: Ray's config)."""
     import os
 
-    from cascade.cluster import HAPROXY_ENV, haproxy_available
+    from cascade.cluster import HAPROXY_ENV, haproxy_available, queue_environment
 
     if choice == "serve":
         return "serve"
@@ -192,6 +217,11 @@ def ray_environment(choice: str | None) -> str:
     # an ingress replica that stops stays reachable this long for load balancers to let go
     # of it (Ray's default: 30 s, which Ctrl-C would wait out); HAProxy retries elsewhere
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    try:
+        queue = queue_environment(maxconn=maxconn, queue_ms=queue_ms)
+    except FileNotFoundError as exc:
+        raise CascadeError(f"--haproxy-maxconn: {exc} (reinstall cascade, or give 0)") from exc
+    os.environ.update(queue)
     return "haproxy"
 
 
@@ -259,7 +289,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CascadeError(f"--tls-cert with --ray-proxy haproxy: {HAPROXY_NO_TLS}")
     if tls:
         choice = "serve"  # the only request path of Ray Serve 2.60 with TLS
-    proxy = ray_environment(choice)  # before Ray is imported: Serve reads it then
+    # before Ray is imported: Serve reads it then
+    proxy = ray_environment(choice, maxconn=args.haproxy_maxconn, queue_ms=args.haproxy_queue_ms)
     try:
         import ray
         from ray import serve
@@ -270,6 +301,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from deployments.app import app_for
 
     given = _serving_args(args)
+    if proxy == "haproxy" and min(args.haproxy_maxconn, args.haproxy_queue_ms) > 0:
+        given["front_queue_ms"] = float(args.haproxy_queue_ms)  # the replicas allow that wait
     app_args = AppArgs.model_validate(given)
     check_port_free(args.host, args.port)
     grpc = None

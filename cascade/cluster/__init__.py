@@ -22,6 +22,7 @@ from cascade.cluster._config import (
     serve_config,
     validate_serve_config,
 )
+from cascade.cluster._haproxy import queue_environment, queued_config
 from cascade.cluster._kuberay import DEFAULT_IMAGE, RAY_IMAGE, dump_yaml, kuberay_manifest
 from cascade.cluster._package import PACKAGE_TOP, PolicyPackage, build_package
 
@@ -37,6 +38,8 @@ __all__ = [
     "dump_yaml",
     "haproxy_available",
     "kuberay_manifest",
+    "queue_environment",
+    "queued_config",
     "serve_config",
     "validate_serve_config",
 ]

@@ -222,11 +222,19 @@ class StandingDelay:
 
 
 def behind(
-    delay_ms: float | None, standing_ms: float, budget_ms: float | None, priority: int = 0
+    delay_ms: float | None,
+    standing_ms: float,
+    budget_ms: float | None,
+    priority: int = 0,
+    *,
+    allowed_ms: float = 0.0,
 ) -> Refusal | None:
     """Refuse a request that reached the service ``delay_ms`` after its send, while the
     delay before the service's code stands above the target: 3 % of the request's whole
-    budget (``budget_ms``, from its send), at least 5 ms; twice that for priority 1.
+    budget (``budget_ms``, from its send), at least 5 ms; twice that for priority 1; plus
+    ``allowed_ms``, the wait a bounded queue in front of the process may add on purpose
+    (HAProxy's in front of a Ray replica: it holds the excess so that the replica stays
+    busy, and refuses what waited longer itself).
 
     Shedding on arrival is then not enough: the process spends its core on the work it
     admitted and reads requests late, so even its 503s are late. Refusing the delayed ones
@@ -238,7 +246,7 @@ def behind(
     """
     if delay_ms is None or budget_ms is None:
         return None
-    target = max(5.0, 0.03 * budget_ms) * (2.0 if priority == 1 else 1.0)
+    target = max(5.0, 0.03 * budget_ms) * (2.0 if priority == 1 else 1.0) + allowed_ms
     if standing_ms <= target or delay_ms <= target:
         return None
     return Refusal(

@@ -134,12 +134,18 @@ def _open_tiers(loaded: PolicyFile, remote: Mapping[str, RemoteFactory]) -> _Tie
 
 
 def serve_policy(
-    loaded: PolicyFile, *, remote: Mapping[str, RemoteFactory], coalesce_ms: float = 2.0
+    loaded: PolicyFile,
+    *,
+    remote: Mapping[str, RemoteFactory],
+    coalesce_ms: float = 2.0,
+    front_queue_ms: float = 0.0,
 ) -> ServedModel | ServedRanker:
     """The served form of ``loaded``: a classification cascade or a ranking one."""
     if loaded.policy.stages:
         return ServedRanker(loaded, remote=remote)
-    return ServedModel(loaded, remote=remote, coalesce_ms=coalesce_ms)
+    return ServedModel(
+        loaded, remote=remote, coalesce_ms=coalesce_ms, front_queue_ms=front_queue_ms
+    )
 
 
 class Served:
@@ -217,6 +223,7 @@ class ServedModel(Served):
         *,
         remote: Mapping[str, RemoteFactory],
         coalesce_ms: float = 2.0,
+        front_queue_ms: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         tiers = _open_tiers(loaded, remote)
@@ -244,6 +251,7 @@ class ServedModel(Served):
         self._costs = tiers.costs
         self._latency_ms = {n: t.latency_ms for n, t in tiers.info.items()}
         self.arrivals = StandingDelay(clock=clock)  # the delay before our code
+        self.front_queue_ms = front_queue_ms  # of it, what a queue in front may add on purpose
         self.caches: AnswerCaches | None = None
         self.audit: LiveAudit | None = None
         self._take_policy(loaded.policy, cache_changed=True)
@@ -400,7 +408,7 @@ class ServedModel(Served):
         if delay_ms is not None:
             standing = self.arrivals.observe(delay_ms)
             whole = None if deadline_ms is None else deadline_ms + delay_ms
-            refusal = behind(delay_ms, standing, whole, priority)
+            refusal = behind(delay_ms, standing, whole, priority, allowed_ms=self.front_queue_ms)
             if refusal is not None:
                 return refusal
         return admit(deadline_ms, ahead_ms=ahead_ms, own_ms=own_ms, priority=priority)

@@ -187,6 +187,7 @@ class InferenceService:
         max_rows: int = 4096,
         max_body_bytes: int = 8 * 2**20,
         coalesce_ms: float = 2.0,
+        front_queue_ms: float = 0.0,
         metrics: ServiceMetrics | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
@@ -200,6 +201,7 @@ class InferenceService:
         self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
         self.coalesce_ms = coalesce_ms
+        self.front_queue_ms = front_queue_ms
         self.metrics: ServiceMetrics = metrics or _NoMetrics()
         self.clock = clock
         self.wall_clock = wall_clock
@@ -266,7 +268,10 @@ class InferenceService:
                     current.set_policy(item.policy)
                 else:
                     self.models[name] = serve_policy(
-                        item, remote=remote(name), coalesce_ms=self.coalesce_ms
+                        item,
+                        remote=remote(name),
+                        coalesce_ms=self.coalesce_ms,
+                        front_queue_ms=self.front_queue_ms,
                     )
                     if isinstance(current, ServedModel):
                         current.close_log()  # its slot and file go to the new one

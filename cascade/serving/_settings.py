@@ -40,6 +40,14 @@ class ServingLimits(BaseModel):
     max_rows: int = Field(4096, ge=1, description="most rows per request")
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="largest request body")
     coalesce_ms: float = Field(2.0, ge=0, description="window coalescing concurrent requests")
+    front_queue_ms: float = Field(
+        0.0,
+        ge=0,
+        le=60_000,
+        description="the most a request may wait on purpose in a bounded queue in front of "
+        "this process (HAProxy's with `cascade serve --haproxy-queue-ms`): the test for a "
+        "standing delay before our code allows it",
+    )
     max_ongoing_requests: int = Field(
         512,
         ge=1,

@@ -163,3 +163,6 @@ def test_requests_are_refused_while_the_delay_before_the_service_stands_high() -
     assert behind(None, standing_ms=60.0, budget_ms=1000.0) is None  # no send time
     assert behind(80.0, standing_ms=50.0, budget_ms=1000.0, priority=1) is None  # 2x target
     assert behind(6.0, standing_ms=6.0, budget_ms=100.0) is not None  # at least 5 ms
+    # behind HAProxy's bounded queue a request may have waited up to its bound on purpose
+    assert behind(60.0, standing_ms=45.0, budget_ms=1000.0, allowed_ms=20.0) is None
+    assert behind(80.0, standing_ms=60.0, budget_ms=1000.0, allowed_ms=20.0) is not None
