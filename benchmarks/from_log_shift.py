@@ -145,20 +145,66 @@ def _serve_and_log(policy: Path, X: np.ndarray, y: np.ndarray, size: int, text: 
 def _truth(result: Any, evaluator: Any, policy: Any, y_true: np.ndarray) -> dict[str, float]:
     """Relative accuracy (true labels, against always-<top>) and relative cost of ``policy``
     on the held-back rows."""
+    held = result.split.held_back
+    return _score(evaluator, policy, result.top, result.rows.X[held], y_true[held])
+
+
+def _score(evaluator: Any, policy: Any, top_tier: str, X: Any, y: np.ndarray) -> dict[str, float]:
     from cascade.policy import ChainStep, ConfidenceRouting
 
-    held = result.split.held_back
-    X_held, y_held = result.rows.X[held], y_true[held]
-    top = ConfidenceRouting(kind="confidence", chain=[ChainStep(tier=result.top)])
-    reference = evaluator.replay(policy.model_copy(update={"routing": top}), X_held)
-    replayed = evaluator.replay(policy, X_held)
+    top = ConfidenceRouting(kind="confidence", chain=[ChainStep(tier=top_tier)])
+    reference = evaluator.replay(policy.model_copy(update={"routing": top}), X)
+    replayed = evaluator.replay(policy, X)
     row = evaluator.summarise(
-        "x", policy, replayed, y_held,
-        reference_accuracy=float((reference.labels == y_held).mean()),
-        reference_cost=evaluator.costs[result.top],
+        "x", policy, replayed, y,
+        reference_accuracy=float((reference.labels == y).mean()),
+        reference_cost=evaluator.costs[top_tier],
     )  # fmt: skip
     return {"relative_accuracy": row.relative_accuracy, "relative_cost": row.relative_cost,
             "accuracy": row.accuracy}  # fmt: skip
+
+
+def _draws(
+    evaluator: Any, loaded: Any, target: Any, pool: tuple[np.ndarray, np.ndarray],
+    classes: Sequence[str], prior: Mapping[str, float], split: Any, count: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The served experiment repeated offline on ``count`` seeded draws of the same mix (seeds
+    0 .. count-1; true labels; the same calibration / held-back split of the draw as the
+    served log): how often the serving policy misses the target on the held-back rows, how
+    often recalibration is certified and meets it. Replaying a draw gives the served answers
+    (the engine is the one the server runs), so no draw needs serving."""
+    from cascade.evaluate import calibrate_policy
+
+    X_pool, y_pool = pool
+    goal = target.relative_accuracy
+    runs: list[dict[str, Any]] = []
+    for seed in range(count):
+        picked = prior_sample(y_pool, classes, prior, seed)
+        cal, held = picked[split.calibration], picked[split.held_back]
+        result = calibrate_policy(loaded, X_pool[cal], y_pool[cal], target=target, write=False,
+                                  evaluator=evaluator, data_label=f"draw {seed}")  # fmt: skip
+        serving = _score(evaluator, loaded.policy, evaluator.reference, X_pool[held], y_pool[held])
+        after = (
+            _score(evaluator, result.policy, evaluator.reference, X_pool[held], y_pool[held])
+            if result.met
+            else None
+        )
+        runs.append({"seed": seed, "serving": serving, "recalibrated": after})
+    recal = [r["recalibrated"] for r in runs if r["recalibrated"] is not None]
+
+    def mean(rows: list[dict[str, float]], key: str) -> float | None:
+        return float(np.mean([r[key] for r in rows])) if rows else None
+
+    return {
+        "draws": count,
+        "serving_missed": sum(r["serving"]["relative_accuracy"] < goal for r in runs),
+        "recalibrated_certified": len(recal),
+        "recalibrated_met": sum(r["relative_accuracy"] >= goal for r in recal),
+        "serving_mean": {k: mean([r["serving"] for r in runs], k)
+                         for k in ("relative_accuracy", "relative_cost")},
+        "recalibrated_mean": {k: mean(recal, k) for k in ("relative_accuracy", "relative_cost")},
+        "runs": runs,
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -173,6 +219,10 @@ def main() -> None:
                         "in their test proportions (e.g. covertype 5=0.1, clinc150 oos=0.5)",
                         )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the --prior draw")
+    parser.add_argument("--draws", type=int, default=0, metavar="N",
+                        help="with --prior: also repeat the experiment offline on N seeded draws "
+                        "of the mix (seeds 0..N-1, true labels) and count misses and restores",
+                        )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     args = parser.parse_args()
     try:
@@ -199,6 +249,7 @@ def main() -> None:
     if args.wilderness is not None:
         area = X[:, 10 + args.wilderness] == 1
         X, y = X[area], y[area]
+    pool = (X, y)
     test_shares = np.bincount(y, minlength=len(dataset.classes)) / len(y)
     shift: dict[str, Any] | None = None
     if prior is not None:
@@ -215,6 +266,7 @@ def main() -> None:
                             for k, c in enumerate(dataset.classes) if c in prior}}  # fmt: skip
     text = np.asarray(X).dtype == object or isinstance(X[0], str)
     rows: list[dict[str, Any]] = []
+    draws: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as work:
         policy = Path(work) / source.name
         body = source.read_text().replace("placement: deployment", "placement: inline")
@@ -241,6 +293,9 @@ def main() -> None:
                 if result.calibration.met
                 else None
             )
+            if draws is None and prior is not None and args.draws > 0:
+                draws = _draws(evaluator, loaded, target, pool, dataset.classes, prior,
+                               result.split, args.draws)  # fmt: skip
             rows.append({"labels": labels, "rows": len(y), "feedback_rows": result.rows.labelled,
                          "held_back": len(result.split.held_back), "serving": serving,
                          "held_back_shares": held_shares,
@@ -270,6 +325,17 @@ def main() -> None:
           f"{target.confidence:g}; held-back rows scored against the true labels")  # fmt: skip
     print(table(["recalibrated on", "held back", "serving rel acc", "serving rel cost",
                  "recal rel acc", "recal rel cost", "meets target"], body_rows))  # fmt: skip
+    if draws is not None:
+        s, a = draws["serving_mean"], draws["recalibrated_mean"]
+        print(f"\nover {draws['draws']} seeded draws of this mix (seeds 0..{draws['draws'] - 1}, "
+              "true labels, replayed offline with the served split): the serving policy missed "
+              f"the target on {draws['serving_missed']}; the recalibrated one was certified on "
+              f"{draws['recalibrated_certified']} and met the target on "
+              f"{draws['recalibrated_met']}; mean rel acc {s['relative_accuracy']:.4f} serving, "
+              + ("-" if a["relative_accuracy"] is None else f"{a['relative_accuracy']:.4f}")
+              + f" recalibrated; mean rel cost {s['relative_cost']:.3f} serving, "
+              + ("-" if a["relative_cost"] is None else f"{a['relative_cost']:.3f}")
+              + " recalibrated")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.wilderness is None else f"-wilderness{args.wilderness}"
     if prior is not None:
@@ -278,7 +344,7 @@ def main() -> None:
     out = args.out / f"from_log_shift-{args.dataset}{suffix}.json"
     document = {"dataset": args.dataset, "wilderness": args.wilderness, "shift": shift,
                 "target": target.as_dict(),
-                "confidence": target.confidence, "runs": rows}  # fmt: skip
+                "confidence": target.confidence, "runs": rows, "draws": draws}  # fmt: skip
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nwrote {out}")
 
