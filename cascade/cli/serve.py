@@ -327,6 +327,10 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"infer:    {_curl_example(url, names[0], loaded[0])}{_bearer(given)}")
         _print_grpc(args)
         print(_PATHS[proxy])
+        if "front_queue_ms" in given:
+            print(f"overload: at most {args.haproxy_maxconn} requests in the ingress replica, "
+                  f"the rest wait in HAProxy at most {args.haproxy_queue_ms} ms, then 503 "
+                  "(--haproxy-maxconn, --haproxy-queue-ms)")  # fmt: skip
         _announce_auth(given, tls)
         sys.stdout.flush()
         while not signals:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
@@ -111,3 +112,37 @@ def test_the_readme_main_command_serves_answers_reloads_and_stops_cleanly(
     assert f"serving digits, mine at {url}/v2/models/<name>/infer" in output
     assert "request path: HAProxy -> the ingress replica" in output  # the default
     assert output.rstrip().endswith("stopped")
+
+
+def test_haproxy_refuses_what_waited_too_long_for_a_replica() -> None:
+    """`--haproxy-maxconn 1 --haproxy-queue-ms 5`: one request at a time in the ingress
+    replica; of 64 sent at once, those that waited in HAProxy's queue more than 5 ms are
+    refused there (503, JSON error naming the bound, Retry-After) without reaching the
+    replica; the others are answered, and the server goes on serving."""
+    port = free_port()
+    cli = Path(sys.executable).with_name("cascade")
+    flags = ["--port", str(port), "--num-cpus", "2", "--no-progress",
+             "--haproxy-maxconn", "1", "--haproxy-queue-ms", "5"]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    rows = {"inputs": [{"name": "input", "shape": [40, 64], "datatype": "FP32",
+                        "data": [1.0] * 40 * 64}]}  # fmt: skip
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            return await asyncio.gather(
+                *(client.post(f"{url}/v2/models/digits/infer", json=rows) for _ in range(64))
+            )
+
+    server = CliServer([str(cli), "serve", "policies/digits.yaml", *flags], cwd=ROOT)
+    with server:
+        replies = asyncio.run(burst())
+        assert {r.status_code for r in replies} == {200, 503}, {r.status_code for r in replies}
+        refused = [r for r in replies if r.status_code == 503]
+        assert all(r.headers["retry-after"] == "1" for r in refused)
+        errors = [r.json()["error"] for r in refused]
+        assert any("no model server could take the request within 5 ms" in e for e in errors)
+        again = httpx.post(f"{url}/v2/models/digits/infer", json=rows, timeout=30)
+        assert again.status_code == 200, again.text
+    assert server.returncode == 0, server.output
+    assert "at most 1 requests in the ingress replica" in server.output
