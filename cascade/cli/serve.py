@@ -53,7 +53,7 @@ def grpc_options(port: int) -> dict[str, object]:
 APP_NAME = "cascade"
 """The Serve application `cascade serve` runs and `cascade reload` rebuilds."""
 
-HAPROXY_MAXCONN = 64
+HAPROXY_MAXCONN = 32
 """Requests at most in one ingress replica behind HAProxy (``--haproxy-maxconn``)."""
 HAPROXY_QUEUE_MS = 20
 """How long a request may wait in HAProxy for a replica (``--haproxy-queue-ms``)."""

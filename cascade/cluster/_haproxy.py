@@ -15,11 +15,11 @@ adds to every backend that has replica servers ``timeout queue``, a JSON 503 wit
 ``Retry-After`` (Ray's defaults turn HAProxy's 503s into bare 500s) and ``maxconn`` on each
 replica server, then ``exec``s the real binary with the same arguments (same pid, so Ray's
 reloads with ``-sf`` work as before). ``cascade serve --runtime ray`` sets it up when it runs
-HAProxy; ``--replica-maxconn 0`` turns it off.
+HAProxy; ``--haproxy-maxconn 0`` turns it off.
 
 Example::
 
-    text = queued_config(open("haproxy.cfg").read(), maxconn=64, queue_ms=50)
+    text = queued_config(open("haproxy.cfg").read(), maxconn=32, queue_ms=20)
 """
 
 from __future__ import annotations

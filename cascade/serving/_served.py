@@ -404,7 +404,12 @@ class ServedModel(Served):
         if self.automatic and budget is not None:
             # the share of the whole budget (from the send) the queues take: ours and the
             # one before our code
-            self.shift((ahead_ms + waited) / max(budget + waited, 1e-3))
+            load = (ahead_ms + waited) / max(budget + waited, 1e-3)
+            if self.front_queue_ms > 0:
+                # behind a bounded queue (HAProxy's) the backlog waits there, refused at its
+                # bound, and ours stays short: how full that queue stands is the load
+                load = max(load, self.arrivals.standing_ms / self.front_queue_ms)
+            self.shift(load)
         if delay_ms is not None:
             standing = self.arrivals.observe(delay_ms)
             whole = None if deadline_ms is None else deadline_ms + delay_ms

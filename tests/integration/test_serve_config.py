@@ -213,7 +213,7 @@ def test_cascade_serve_sets_serves_fast_path_before_ray_starts(
     # Ray runs HAProxy through cascade-haproxy, which runs the binary Ray would have run
     assert Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"]).name == "cascade-haproxy"
     assert os.access(env["CASCADE_HAPROXY_BINARY"], os.X_OK)
-    assert (env["CASCADE_HAPROXY_MAXCONN"], env["CASCADE_HAPROXY_QUEUE_MS"]) == ("64", "20")
+    assert (env["CASCADE_HAPROXY_MAXCONN"], env["CASCADE_HAPROXY_QUEUE_MS"]) == ("32", "20")
     for key in [k for k in env if "HAPROXY_BINARY" in k or k.startswith("CASCADE_HAPROXY")]:
         del env[key]
     assert ray_environment(None, maxconn=0) == "haproxy"  # Ray's HAProxy as Ray writes it

@@ -457,6 +457,7 @@ def test_a_cascade_without_gears_degrades_by_itself_and_recovers_with_hysteresis
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from cascade.load import StandingDelay
     from cascade.policy import read_policy
     from cascade.serving import ServedModel
 
@@ -498,6 +499,21 @@ def test_a_cascade_without_gears_degrades_by_itself_and_recovers_with_hysteresis
     assert gear_after(0.0, at=105.1) == "normal"
     # a request without a deadline has nothing to threaten: it does not move the gear
     assert gear_after(80.0, at=106.0, deadline_ms=None) == "normal"
+
+    # behind HAProxy's bounded queue (20 ms) a standing delay before our code is the load:
+    # the backlog waits there, and ours stays short
+    fronted = ServedModel(read_policy(path), remote=_remote()("digits"), clock=lambda: now[0],
+                          front_queue_ms=20.0)  # fmt: skip
+    monkeypatch.setattr(fronted.coalescer, "ahead_ms", lambda rows: (0.0, 1.0))
+    fronted.arrivals = StandingDelay(clock=lambda: now[0])
+    now[0] = 200.0
+    for t in (200.0, 200.05, 200.11):  # every request of an interval waited >= 8 ms
+        now[0] = t
+        fronted.admit(100.0, rows=1, delay_ms=8.0 + t - 200.0)
+    assert fronted.arrivals.standing_ms == 8.0
+    now[0] = 200.12
+    fronted.admit(100.0, rows=1, delay_ms=9.0)
+    assert fronted.shifter.gear.name == "auto-small"  # 8 / 20 = 0.4 of the queue's bound
 
     # hand-written gears take precedence: no automatic ones then
     path.write_text(
