@@ -504,6 +504,8 @@ def main() -> None:
                         help="more options to `cascade serve`, e.g. '--coalesce-ms 1'")  # fmt: skip
     parser.add_argument("--queue", choices=("fifo", "adaptive-lifo"), default="fifo",
                         help="the servers' queue discipline (CASCADE_QUEUE)")  # fmt: skip
+    parser.add_argument("--haproxy-maxconn", type=int, default=32,
+                        help="Ray: serve --haproxy-maxconn (default 32; 0: off)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"),
                         help="folder of overload.json (default benchmarks/results)")  # fmt: skip
     args = parser.parse_args()
@@ -539,6 +541,9 @@ def main() -> None:
     print(f"server on core {server_core}, generator on {sorted(client_cores)}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="overload-"))
     extra = shlex.split(args.serve_args)
+    if "ray" in args.runtime and "--haproxy-maxconn" not in extra:
+        # HAProxy's queue in front of the Ray replica (off in `cascade serve` by default)
+        extra += ["--haproxy-maxconn", str(args.haproxy_maxconn)]
     os.environ["CASCADE_QUEUE"] = args.queue  # the servers (and Ray's workers) inherit it
     names = {"always-large": "covertype-always-large", "cascade": "covertype-cascade"}
     try:

@@ -53,8 +53,10 @@ def grpc_options(port: int) -> dict[str, object]:
 APP_NAME = "cascade"
 """The Serve application `cascade serve` runs and `cascade reload` rebuilds."""
 
-HAPROXY_MAXCONN = 32
-"""Requests at most in one ingress replica behind HAProxy (``--haproxy-maxconn``)."""
+HAPROXY_MAXCONN = 0
+"""Requests at most in one ingress replica behind HAProxy (``--haproxy-maxconn``; 0: no
+limit). Off by default: the queue's bound is one figure for every request, so a burst of
+requests with long deadlines (or none) past the limit is refused after it like any other."""
 HAPROXY_QUEUE_MS = 20
 """How long a request may wait in HAProxy for a replica (``--haproxy-queue-ms``)."""
 
@@ -105,7 +107,9 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         default=HAPROXY_MAXCONN,
         metavar="N",
         help="ray runtime with HAProxy: at most N requests in each ingress replica, the rest "
-        f"wait in HAProxy (default {HAPROXY_MAXCONN}; 0: no limit, Ray's own configuration)",
+        "wait in HAProxy (default 0: no limit, Ray's own configuration; 32 measured best "
+        "under overload, but it refuses a burst past N that waited --haproxy-queue-ms, "
+        "whatever its deadline)",
     )
     serve.add_argument(
         "--haproxy-queue-ms",

@@ -14,8 +14,8 @@ with ``-f CONFIG``. ``cascade-haproxy`` (this module's :func:`main`) is that pro
 adds to every backend that has replica servers ``timeout queue``, a JSON 503 with
 ``Retry-After`` (Ray's defaults turn HAProxy's 503s into bare 500s) and ``maxconn`` on each
 replica server, then ``exec``s the real binary with the same arguments (same pid, so Ray's
-reloads with ``-sf`` work as before). ``cascade serve --runtime ray`` sets it up when it runs
-HAProxy; ``--haproxy-maxconn 0`` turns it off.
+reloads with ``-sf`` work as before). ``cascade serve --haproxy-maxconn N`` (Ray runtime, HAProxy
+path) sets it up; off by default.
 
 Example::
 
